@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# prodcat entry point. Bootstraps .venv on first use (pinned requirements.txt + constraints.txt),
+# then: ./run.sh all | test | folds | train MODEL [--fold K] | submit | scores | ... [--data DIR] [--config FILE]
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=.venv
+PY="$VENV/bin/python"
+STAMP="$VENV/.requirements.sha"
+
+bootstrap() {
+  local want
+  want=$(cat requirements.txt constraints.txt | sha1sum | cut -d' ' -f1)
+  if [[ -x "$PY" && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
+    return 0
+  fi
+  echo "run.sh: installing the environment into $VENV (first run only) ..." >&2
+  [[ -x "$PY" ]] || python3 -m venv "$VENV"
+  "$PY" -m pip install --quiet --upgrade "pip>=24"
+  "$PY" -m pip install --quiet -r requirements.txt -c constraints.txt
+  echo "$want" > "$STAMP"
+}
+
+bootstrap
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+cmd="${1:-all}"
+[[ $# -gt 0 ]] && shift
+case "$cmd" in
+  test) exec "$PY" -m pytest "$@" ;;
+  python) exec "$PY" "$@" ;;
+  *) exec "$PY" -m prodcat "$cmd" "$@" ;;
+esac

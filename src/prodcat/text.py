@@ -1,0 +1,124 @@
+"""A product's text: title, description and parsed characteristics, normalised, optionally lemmatised.
+
+`product_texts` is the one entry point for models; it caches its result per dataset and settings.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from prodcat.config import config_hash
+from prodcat.storage import write_parquet
+
+UNITS = ("мл", "л", "гр", "г", "кг", "мг", "см", "мм", "м", "шт", "уп", "пак", "таб", "капс", "%", "ml", "l",
+         "gr", "g", "kg", "mg", "cm", "mm", "m", "pcs", "pc", "inch", "in", "вт", "w", "в", "v", "мач", "mah",
+         "гб", "gb", "тб", "tb", "мп", "mp", "гц", "hz", "x", "х")
+_TAG = re.compile(r"<[^>]+>")
+_NUM_UNIT = re.compile(r"(\d+(?:[.,]\d+)?)\s*(" + "|".join(sorted(map(re.escape, UNITS), key=len, reverse=True))
+                       + r")(?![a-zа-я])")
+_DECIMAL = re.compile(r"(\d),(\d)")
+_NON_WORD = re.compile(r"[^\w.%]+|(?<!\d)\.|\.(?!\d)")
+_SPACES = re.compile(r"\s+")
+_CHAR_SPLIT = re.compile(r"\s*/\s*(?=[^/|:]{1,80}:)")
+
+DEFAULT_TEXT = {
+    "fields": ["title", "short_description", "name_value_characteristics"],
+    "title_repeat": 1,
+    "description_chars": 1000,
+    "characteristic_names": True,
+    "lemmatize": False,
+}
+
+
+def parse_characteristics(value: str | None) -> list[tuple[str, list[str]]]:
+    """'name1: v1 | v2 / name2: v1' -> [('name1', ['v1', 'v2']), ('name2', ['v1'])]."""
+    if not value or not isinstance(value, str):
+        return []
+    out = []
+    for part in _CHAR_SPLIT.split(value.strip()):
+        if not part.strip():
+            continue
+        name, sep, values = part.partition(":")
+        if not sep:
+            name, values = "", name
+        vals = [v.strip() for v in values.split("|") if v.strip()]
+        out.append((name.strip(), vals))
+    return out
+
+
+def normalize(text: str | None) -> str:
+    """Lower case, ё->е, no HTML or punctuation, numbers glued to their units ('1,5 л' -> '1.5л')."""
+    if not text or not isinstance(text, str):
+        return ""
+    text = _TAG.sub(" ", text).lower().replace("ё", "е")
+    text = _DECIMAL.sub(r"\1.\2", text)
+    text = _NUM_UNIT.sub(r"\1\2", text)
+    text = _NON_WORD.sub(" ", text)
+    return _SPACES.sub(" ", text).strip()
+
+
+def build_text(title, description, characteristics, cfg: dict | None = None) -> str:
+    """One product's normalised text from its three text fields."""
+    cfg = {**DEFAULT_TEXT, **(cfg or {})}
+    parts = []
+    if "title" in cfg["fields"]:
+        parts += [normalize(title)] * int(cfg["title_repeat"])
+    if "name_value_characteristics" in cfg["fields"]:
+        for name, values in parse_characteristics(characteristics):
+            if cfg["characteristic_names"] and name:
+                parts.append(normalize(name))
+            parts.extend(normalize(v) for v in values)
+    if "short_description" in cfg["fields"] and isinstance(description, str):
+        parts.append(normalize(description[: int(cfg["description_chars"])]))
+    return " ".join(p for p in parts if p)
+
+
+@lru_cache(maxsize=1)
+def _morph():
+    from natasha import MorphVocab
+
+    return MorphVocab()
+
+
+@lru_cache(maxsize=500_000)
+def lemma(token: str) -> str:
+    """Dictionary form of one token (natasha's MorphVocab, pymorphy2 underneath); non-Cyrillic kept."""
+    if not re.search("[а-я]", token):
+        return token
+    parses = _morph()(token)
+    return parses[0].normal.replace("ё", "е") if parses else token
+
+
+def tokenize(text: str) -> list[str]:
+    """natasha's razdel tokenisation of an already normalised text."""
+    from razdel import tokenize as razdel_tokenize
+
+    return [t.text for t in razdel_tokenize(text)]
+
+
+def lemmatize(text: str) -> str:
+    return " ".join(lemma(t) for t in text.split())
+
+
+def product_texts(ds, cfg: dict | None, cache_dir) -> pd.Series:
+    """Text of every train and test product, indexed by id; cached per dataset and text settings."""
+    cfg = {**DEFAULT_TEXT, **(cfg or {})}
+    ids = np.concatenate([ds.train["id"].to_numpy(), ds.test["id"].to_numpy()])
+    key = hashlib.sha1(ids.tobytes()).hexdigest()[:8] + "-" + config_hash(cfg)
+    path = cache_dir / f"text-{key}.parquet"
+    if path.exists():
+        cached = pd.read_parquet(path)
+        return pd.Series(cached["text"].to_numpy(), index=cached["id"].to_numpy(), name="text")
+    frames = pd.concat([ds.train, ds.test], ignore_index=True)
+    texts = [build_text(t, d, c, cfg) for t, d, c in tqdm(
+        zip(frames["title"], frames["short_description"], frames["name_value_characteristics"]),
+        total=len(frames), desc="text", unit="product", mininterval=1.0, leave=False)]
+    if cfg["lemmatize"]:
+        texts = [lemmatize(t) for t in tqdm(texts, desc="lemmas", unit="product", mininterval=1.0, leave=False)]
+    write_parquet(pd.DataFrame({"id": ids, "text": texts}), path)
+    return pd.Series(texts, index=ids, name="text")
