@@ -1,7 +1,14 @@
-"""fastText text model (fasttext-numpy2): supervised training on product texts per fold."""
+"""fastText text model (fasttext-numpy2): supervised training on product texts per fold.
+
+Each fold is trained and predicted in a fresh worker process: fastText's training was seen to diverge
+(NaN or a far worse model) in a long-lived process that had done other work, while the same input and
+seed in a clean process always gave the same, good model.
+"""
 from __future__ import annotations
 
 import os
+import pickle
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -33,34 +40,80 @@ class FastTextModel(BaseModel):
         return args
 
     def fit_predict(self, fold, train, predict, workdir: Path):
-        import fasttext
-
         texts = self.run.texts(self.params.get("text"))
         workdir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", suffix=".txt", dir=workdir, delete=False, encoding="utf-8") as fh:
             for cat, text in zip(train["category_id"].tolist(), texts.loc[train["id"]].tolist()):
                 fh.write(f"{LABEL}{cat} {text}\n")
             train_file = fh.name
+        lines = {split: texts.loc[frame["id"]].tolist() for split, frame in predict.items()}
+        save_to = str(workdir / "model.bin") if self.params.get("save_model") else None
         try:
-            model = fasttext.train_supervised(input=train_file, **self._train_args())
+            ranked = run_in_fresh_process(train_file, self._train_args(), lines, self.run.top_k, save_to)
         finally:
             os.unlink(train_file)
-        if self.params.get("save_model"):
-            model.save_model(str(workdir / "model.bin"))
-        return {split: self._predict(model, frame, texts) for split, frame in predict.items()}
+        out = {}
+        for split, frame in predict.items():
+            cats, scores = ranked[split]
+            if self.params.get("loss") in ("ns", "ova"):  # independent sigmoids: make the top-K sum to one
+                scores = scores / np.maximum(scores.sum(axis=1, keepdims=True), 1e-12)
+            out[split] = TopK.from_ranked(frame["id"].to_numpy(), cats, scores, self.run.top_k)
+        return out
 
-    def _predict(self, model, frame: pd.DataFrame, texts: pd.Series) -> TopK:
-        k = self.run.top_k
-        lines = texts.loc[frame["id"]].tolist()
-        if not lines:
-            return TopK.empty(frame["id"].to_numpy(), k)
-        labels, probs = model.predict(lines, k=k)
-        cats = np.full((len(lines), k), -1, np.int64)
-        scores = np.zeros((len(lines), k), np.float32)
-        for i, (lab, pr) in enumerate(zip(labels, probs)):
-            n = len(lab)
-            cats[i, :n] = [int(x[len(LABEL):]) for x in lab]
-            scores[i, :n] = pr
-        scores /= np.maximum(scores.sum(axis=1, keepdims=True), 1e-12) if self.params.get("loss") in (
-            "ns", "ova") else 1.0
-        return TopK.from_ranked(frame["id"].to_numpy(), cats, scores, k)
+
+def run_in_fresh_process(train_file: str, args: dict, lines: dict[str, list[str]], k: int,
+                         save_to: str | None):
+    """`train_and_predict` in a new Python process (`python -m prodcat.fasttext_model JOB`)."""
+    job = Path(train_file).with_suffix(".job.pkl")
+    result = Path(train_file).with_suffix(".result.pkl")
+    try:
+        job.write_bytes(pickle.dumps((train_file, args, lines, k, save_to, str(result))))
+        package_root = str(Path(__file__).resolve().parents[1])
+        env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        done = subprocess.run([sys.executable, "-m", "prodcat.fasttext_model", str(job)], env=env)
+        if done.returncode != 0 or not result.exists():
+            raise RuntimeError(f"fastText worker failed (exit code {done.returncode}); see its output above")
+        return pickle.loads(result.read_bytes())
+    finally:
+        job.unlink(missing_ok=True)
+        result.unlink(missing_ok=True)
+
+
+def train_and_predict(train_file: str, args: dict, lines: dict[str, list[str]], k: int,
+                      save_to: str | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Worker: train on `train_file`, return {split: (category ids, scores)} of the top-k per line."""
+    model = train_with_retries(train_file, args)
+    if save_to:
+        model.save_model(save_to)
+    out = {}
+    for split, texts in lines.items():
+        cats = np.full((len(texts), k), -1, np.int64)
+        scores = np.zeros((len(texts), k), np.float32)
+        if texts:
+            labels, probs = model.predict(texts, k=k)
+            for i, (lab, pr) in enumerate(zip(labels, probs)):
+                cats[i, :len(lab)] = [int(x[len(LABEL):]) for x in lab]
+                scores[i, :len(lab)] = pr
+        out[split] = (cats, scores)
+    return out
+
+
+def train_with_retries(train_file: str, args: dict, tries: int = 3):
+    """fastText's SGD can diverge ('Encountered NaN') on small data; retry with half the learning rate."""
+    import fasttext
+
+    lr = float(args.get("lr", 0.1))
+    for attempt in range(tries):
+        try:
+            return fasttext.train_supervised(input=train_file, **(args | {"lr": lr}))
+        except RuntimeError as exc:
+            if "NaN" not in str(exc) or attempt == tries - 1:
+                raise
+            lr /= 2
+            print(f"[fasttext] training diverged (NaN); retrying with lr={lr:g}", file=sys.stderr)
+
+
+if __name__ == "__main__":  # the worker of run_in_fresh_process
+    job_file = Path(sys.argv[1])
+    *job, result_file = pickle.loads(job_file.read_bytes())
+    Path(result_file).write_bytes(pickle.dumps(train_and_predict(*job)))

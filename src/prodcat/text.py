@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from functools import lru_cache
 
 import numpy as np
@@ -80,9 +81,11 @@ def build_text(title, description, characteristics, cfg: dict | None = None) -> 
 
 @lru_cache(maxsize=1)
 def _morph():
-    from natasha import MorphVocab
+    with warnings.catch_warnings():  # pymorphy2 imports pkg_resources, which warns on import
+        warnings.simplefilter("ignore")
+        from natasha import MorphVocab
 
-    return MorphVocab()
+        return MorphVocab()
 
 
 @lru_cache(maxsize=500_000)

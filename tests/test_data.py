@@ -1,0 +1,84 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import TREE, products, write_dataset
+from prodcat.data import load_dataset
+from prodcat.errors import DataError
+
+
+def test_loads_and_keeps_missing_text(tiny):
+    ds = load_dataset(tiny)
+    assert ds.name == "tiny" and len(ds.train) == 120 and len(ds.test) == 30
+    assert ds.train["short_description"].isna().sum() > 0  # None is normal data
+    assert ds.train["category_id"].dtype == np.int64
+    assert not ds.has_images and ds.image_path("train", 1000) is None
+
+
+def test_image_lookup_split_and_flat(tmp_path):
+    root = write_dataset(tmp_path / "d")
+    (root / "images" / "train").mkdir(parents=True)
+    (root / "images" / "train" / "1000.jpg").write_bytes(b"x")
+    (root / "images" / "9001.png").write_bytes(b"x")
+    ds = load_dataset(root)
+    assert ds.has_images
+    assert ds.image_path("train", 1000).name == "1000.jpg"
+    assert ds.image_path("test", 9001).name == "9001.png"
+    assert ds.image_path("test", 1000) is None
+
+
+def _broken(tmp_path, **changes):
+    train = products(40)
+    test = products(10, seed=1, labels=False, start_id=9000)
+    for key, fn in changes.items():
+        if key == "train":
+            train = fn(train)
+        else:
+            test = fn(test)
+    return write_dataset(tmp_path / "bad", train=train, test=test)
+
+
+@pytest.mark.parametrize("change, file, column, message", [
+    (dict(train=lambda d: d.drop(columns="title")), "train.parquet", "title", "missing column"),
+    (dict(train=lambda d: d.assign(id=[5] * len(d))), "train.parquet", "id", "duplicate ids"),
+    (dict(train=lambda d: d.assign(category_id=d["category_id"].where(d.index != 3, 777))),
+     "train.parquet", "category_id", "not in categories_tree"),
+    (dict(train=lambda d: d.assign(category_id=d["category_id"].where(d.index != 7, 22))),
+     "train.parquet", "category_id", "not leaves"),
+    (dict(train=lambda d: d.assign(category_id=d["category_id"].astype(float).where(d.index != 2, np.nan))),
+     "train.parquet", "category_id", "whole numbers"),
+    (dict(train=lambda d: d.assign(title=np.arange(len(d), dtype=float))), "train.parquet", "title",
+     "expected text"),
+    (dict(train=lambda d: d.assign(rating=["x" if i == 4 else "1" for i in range(len(d))])),
+     "train.parquet", "rating", "expected numbers"),
+    (dict(test=lambda d: d.assign(id=d["id"] - 9000 + 1000)), "test.parquet", "id", "also present in train"),
+])
+def test_bad_input_names_file_column_rows(tmp_path, change, file, column, message):
+    root = _broken(tmp_path, **change)
+    with pytest.raises(DataError) as err:
+        load_dataset(root)
+    text = str(err.value)
+    assert file in text and f"'{column}'" in text and message in text
+
+
+def test_bad_rows_are_listed(tmp_path):
+    root = _broken(tmp_path, train=lambda d: d.assign(category_id=d["category_id"].where(~d.index.isin([3, 8]), 777)))
+    with pytest.raises(DataError, match=r"rows 3, 8"):
+        load_dataset(root)
+
+
+def test_missing_files(tmp_path):
+    root = write_dataset(tmp_path / "d")
+    (root / "test.parquet").unlink()
+    with pytest.raises(DataError, match="test.parquet: file not found"):
+        load_dataset(root)
+    with pytest.raises(DataError, match="dataset folder not found"):
+        load_dataset(tmp_path / "nowhere")
+
+
+def test_tree_problems_surface_from_dataset(tmp_path):
+    tree = pd.DataFrame({"id": [1, 2, 3], "title": ["r", "a", "b"], "parent_id": [3, 3, 2]})
+    root = write_dataset(tmp_path / "d", tree=tree)
+    with pytest.raises(DataError, match="categories_tree.csv.*cycle"):
+        load_dataset(root)
+    assert TREE is not None

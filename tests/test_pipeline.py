@@ -1,0 +1,77 @@
+"""End to end through the CLI on a tiny dataset: folds, fastText per fold, resume, scores, submission."""
+import json
+
+import pandas as pd
+from click.testing import CliRunner
+
+from conftest import products, write_dataset
+from prodcat.cli import main
+
+
+def invoke(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def test_fasttext_fold_resume_scores_submit(tiny, tiny_config, tmp_path):
+    common = ["--data", tiny, "--config", tiny_config, "--workdir", tmp_path / "w"]
+    r = invoke("folds", *common)
+    assert r.exit_code == 0 and "120 products in 3 folds" in r.output
+
+    r = invoke("train", "fasttext", "--fold", "1", *common)
+    assert r.exit_code == 0 and "fold 1: trained" in r.output and "not all folds finished" in r.output
+    oof = tmp_path / "w" / "oof" / "tiny" / "fasttext"
+    assert (oof / "fold1.json").exists() and not (oof / "oof.npz").exists()
+
+    r = invoke("train", "fasttext", *common)
+    assert "fold 1: finished earlier, reused" in r.output and "fold 0: trained" in r.output
+    assert "all folds finished" in r.output
+    assert json.loads((oof / "fold0.json").read_text())["data"]
+
+    r = invoke("train", "fasttext", "--fold", "2", "--force", *common)
+    assert "fold 2: trained" in r.output
+
+    r = invoke("scores", *common)
+    assert r.exit_code == 0 and "fasttext" in r.output
+    hf1 = float(r.output.splitlines()[-1].split()[1])
+    assert hf1 > 0.9  # the tiny classes are separable by their words
+
+    r = invoke("submit", *common)
+    assert r.exit_code == 0
+    sub = pd.read_parquet(tmp_path / "w" / "submissions" / "tiny" / "fasttext.parquet")
+    assert list(sub.columns) == ["id", "predicted_category_id"] and len(sub) == 30
+    assert set(sub["predicted_category_id"]) <= {11, 12, 21, 23, 24}
+
+
+def test_changed_settings_retrain_instead_of_reuse(tiny, tiny_config, tmp_path):
+    common = ["--data", tiny, "--workdir", tmp_path / "w"]
+    invoke("train", "fasttext", "--fold", "0", "--config", tiny_config, *common)
+    other = tmp_path / "other.yaml"
+    other.write_text(f"extends: {tiny_config}\nmodels:\n  fasttext:\n    dim: 8\n")
+    r = invoke("train", "fasttext", "--fold", "0", "--config", other, *common)
+    assert "fold 0: trained" in r.output
+
+
+def test_all_runs_pipeline_and_prints_table(tiny, tiny_config, tmp_path):
+    r = invoke("all", "--data", tiny, "--config", tiny_config, "--workdir", tmp_path / "w")
+    assert r.exit_code == 0, r.output
+    assert "OOF scores on tiny" in r.output and "submission" in r.output
+    assert (tmp_path / "w" / "folds" / "tiny" / "folds.parquet").exists()
+
+
+def test_bad_data_is_one_clear_message(tmp_path, tiny_config):
+    train = products(30)
+    train.loc[[4, 9], "category_id"] = 22  # inner node, not a leaf
+    root = write_dataset(tmp_path / "bad", train=train)
+    r = CliRunner().invoke(main, ["folds", "--data", str(root), "--config", str(tiny_config)])
+    assert r.exit_code == 1
+    assert "Error:" in r.output and "train.parquet, column 'category_id'" in r.output and "rows 4, 9" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_unknown_model_and_fold(tiny, tiny_config, tmp_path):
+    r = CliRunner().invoke(main, ["train", "nope", "--data", str(tiny), "--config", str(tiny_config)])
+    assert r.exit_code == 2 and "unknown model 'nope'" in r.output
+    r = CliRunner().invoke(main, ["train", "fasttext", "--fold", "7", "--data", str(tiny), "--config",
+                                  str(tiny_config), "--workdir", str(tmp_path)])
+    assert r.exit_code != 0 and "--fold must be between 0 and 2" in str(r.exception or r.output)

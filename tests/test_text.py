@@ -1,0 +1,39 @@
+from prodcat.text import build_text, lemmatize, normalize, parse_characteristics, product_texts, tokenize
+
+
+def test_parse_characteristics():
+    assert parse_characteristics("Цвет: красный | синий / Объем: 1/2 л") == [
+        ("Цвет", ["красный", "синий"]), ("Объем", ["1/2 л"])]
+    assert parse_characteristics(None) == [] and parse_characteristics("") == []
+    assert parse_characteristics("just a value") == [("", ["just a value"])]
+
+
+def test_normalize_units_case_punctuation():
+    assert normalize("Молоко «Домик» 3,2% 1,5 Л; Ёжик!") == "молоко домик 3.2% 1.5л ежик"
+    assert normalize("<p>Pack of 2, 500 ml</p>") == "pack of 2 500ml"
+    assert normalize(None) == "" and normalize(float("nan")) == ""
+
+
+def test_build_text_handles_missing_fields():
+    text = build_text("Кошачий Корм", None, "Бренд: Whiskas")
+    assert text == "кошачий корм бренд whiskas"
+    assert build_text(None, None, None) == ""
+    assert build_text("A", "B " * 10, None, {"description_chars": 4, "title_repeat": 2}) == "a a b b"
+
+
+def test_lemmatize_russian_keeps_other_tokens():
+    assert lemmatize("кошачьи корма для котят 500мл") == "кошачий корм для котенок 500мл"
+    assert tokenize("кошка-собака, 3.5л") == ["кошка-собака", ",", "3.5", "л"]
+
+
+def test_product_texts_cached(tiny, tmp_path):
+    from prodcat.data import load_dataset
+
+    ds = load_dataset(tiny)
+    texts = product_texts(ds, {"lemmatize": True}, tmp_path)
+    assert len(texts) == 150 and texts.index[0] == 1000
+    files = list(tmp_path.glob("text-*.parquet"))
+    assert len(files) == 1
+    assert product_texts(ds, {"lemmatize": True}, tmp_path).equals(texts)
+    product_texts(ds, {"lemmatize": False}, tmp_path)
+    assert len(list(tmp_path.glob("text-*.parquet"))) == 2
