@@ -60,6 +60,10 @@ class Paths:
     def folds(self) -> Path:
         return self._dir("folds") / "folds.parquet"
 
+    @property
+    def oof_root(self) -> Path:
+        return self._dir("oof")
+
     def oof(self, model: str) -> Path:
         return self._dir("oof", model)
 

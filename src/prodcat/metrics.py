@@ -30,10 +30,7 @@ def hierarchical_f1(y_true, y_pred, tree: CategoryTree) -> float:
     if len(y_true) == 0:
         return float("nan")
     inter, npred, ntrue = hierarchical_counts(y_true, y_pred, tree).sum(axis=0)
-    if inter == 0:
-        return 0.0
-    precision, recall = inter / npred, inter / ntrue
-    return float(2 * precision * recall / (precision + recall))
+    return float(2 * inter / (npred + ntrue))  # = 2PR / (P + R) with P = inter/npred, R = inter/ntrue
 
 
 def score(y_true, y_pred, tree: CategoryTree) -> dict[str, float]:
@@ -58,7 +55,7 @@ def hf1_by_top_level(y_true, y_pred, tree: CategoryTree) -> pd.DataFrame:
     rows = []
     for t in np.unique(top):
         inter, npred, ntrue = counts[top == t].sum(axis=0)
-        f1 = 0.0 if inter == 0 else 2 * inter / (npred + ntrue)
+        f1 = 2 * inter / (npred + ntrue)
         rows.append({"top_level": int(t), "title": tree.titles.get(int(t), ""), "n": int((top == t).sum()),
                      "hF1": float(f1)})
     return pd.DataFrame(rows).sort_values("n", ascending=False, ignore_index=True)
