@@ -1,0 +1,132 @@
+"""CoCa model: natasha/navec tokenizer, text-only predictions for products without a photo, fold resume
+(finished folds and the stage-1 checkpoint), the ViT image encoder and the joint stage 2."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from click.testing import CliRunner
+
+from conftest import REPO, products
+from prodcat.cli import main
+from prodcat.probs import TopK
+from prodcat.tokens import BOS, EOS, PAD, UNK, Vocab, lemmas, navec_matrix
+from test_image import write_photos
+
+SMALL = ("    seq_len: 12\n    dim: 32\n    unimodal_depth: 1\n    multimodal_depth: 1\n    heads: 2\n"
+         "    dim_head: 16\n    ff_mult: 2\n    num_img_queries: 4\n    batch_size: 32\n    stage1_epochs: 1\n"
+         "    stage2_epochs: 10\n    trainer: {progress_bar: false}\n")
+
+
+def config(tmp_path, extra=""):
+    path = tmp_path / "coca.yaml"
+    path.write_text(f"extends: {REPO / 'configs' / 'default.yaml'}\nfolds:\n  k: 3\npipeline: [coca]\n"
+                    "models:\n  coca:\n" + SMALL +
+                    "    image_encoder: {type: timm, backbone: tf_efficientnet_lite0, image_size: 64, token_grid: 2}\n"
+                    + extra)
+    return path
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_lemmas_russian_english_empty():
+    assert lemmas("Кошки бегали по крышам!") == ["кошка", "бегать", "по", "крыша"]
+    assert lemmas("Running Shoes for Men, 2 pcs") == ["running", "shoes", "for", "men", "2pcs"]
+    assert lemmas("Молоко 3,2% 1 л для кошек") == ["молоко", "3.2%", "1л", "для", "кошка"]
+    assert lemmas("") == [] and lemmas(None) == [] and lemmas(" , . ! ") == []
+    assert lemmas("раз два три четыре", limit=2) == ["раз", "два"]
+
+
+def test_vocab_encode_and_navec_hits_and_misses():
+    docs = [lemmas("Кошка ест корм"), lemmas("кошка пьёт молоко"), lemmas("dog food qzxwvplk")]
+    vocab = Vocab.build(docs, max_size=100)
+    assert vocab.words[:4] == [PAD, UNK, BOS, EOS] and vocab.words[4] == "кошка"  # most frequent first
+    ids = vocab.encode(["кошка", "незнакомоеслово"], seq_len=6)
+    assert ids.tolist() == [vocab.index[BOS], vocab.index["кошка"], vocab.index[UNK], vocab.index[EOS], 0, 0]
+    assert vocab.encode(lemmas(""), 4).tolist() == [vocab.index[BOS], vocab.index[EOS], 0, 0]
+    assert len(vocab.encode(["кошка"] * 50, 8)) == 8
+
+    matrix, hits = navec_matrix(vocab)
+    assert matrix.shape == (len(vocab), 300) and not matrix[0].any()  # <pad> is zero
+    hit = dict(zip(vocab.words, hits))
+    assert hit["кошка"] and hit["молоко"] and hit["dog"] and hit["food"]  # Russian and English navec hits
+    assert not hit["qzxwvplk"] and not hit[UNK]  # misses are learned from a random start
+    from prodcat.tokens import default_navec_path, load_navec
+
+    navec = load_navec(str(default_navec_path()))
+    assert np.allclose(matrix[vocab.index["кошка"]], navec["кошка"])
+    assert np.abs(matrix[vocab.index["qzxwvplk"]]).sum() > 0
+    assert Vocab.build(docs, max_size=6).words == [PAD, UNK, BOS, EOS, "кошка", "dog"]
+
+
+def test_coca_text_only_products_and_fold_resume(tiny, tmp_path):
+    train = products(120)
+    ids = train["id"].tolist()
+    no_photo = set(ids[:5])
+    write_photos(tiny, train, "train", skip=no_photo)
+    write_photos(tiny, products(30, seed=1, labels=False, start_id=9000), "test", skip={9000, 9001})
+    common = ["--data", tiny, "--config", config(tmp_path), "--workdir", tmp_path / "w"]
+
+    r = invoke("train", "coca", "--fold", "0", *common)
+    assert r.exit_code == 0, r.output
+    assert "initialised from navec" in r.output and "fold 0: trained" in r.output
+    fold0 = tmp_path / "w" / "models" / "tiny" / "coca" / "fold0"
+    assert (fold0 / "stage1.pt").exists() and list(fold0.rglob("last.ckpt"))
+    stats = json.loads((fold0 / "stats.json").read_text())
+    assert stats["params"] > 0 and stats["stage1"]["steps"] > 0 and stats["stage1"]["cpu_s_per_step"] > 0
+
+    r = invoke("train", "coca", *common)
+    assert "fold 0: finished earlier, reused" in r.output and "all folds finished" in r.output
+
+    out = tmp_path / "w" / "oof" / "tiny" / "coca"
+    oof = TopK.load(out / "oof.npz")
+    flagged = np.isin(oof.ids, list(no_photo))
+    assert np.array_equal(oof.flags["text_only"], flagged)  # a product without a photo: text-only ...
+    assert not oof.missing.any() and (oof.labels[:, 0] > 0).all()  # ... but still predicted
+    y = train.set_index("id").loc[oof.ids, "category_id"].to_numpy()
+    assert (oof.top1() == y).mean() > 0.6
+    test = TopK.load(out / "test.npz")
+    assert test.flags["text_only"].tolist() == [i in (9000, 9001) for i in test.ids]
+
+    # an interrupted fold (stage 1 saved, no fold json) resumes from the stage-1 checkpoint
+    (out / "fold2.json").unlink()
+    r = invoke("train", "coca", "--fold", "2", *common)
+    assert "stage 1 reused" in r.output and "fold 2: trained" in r.output
+    # --force retrains everything, stage 1 included
+    r = invoke("train", "coca", "--fold", "2", "--force", *common)
+    assert "stage 1 reused" not in r.output and "fold 2: trained" in r.output
+
+
+def test_vit_encoder_and_joint_stage2(tiny, tmp_path):
+    train = products(120)
+    write_photos(tiny, train, "train", skip={train["id"].iloc[0]})
+    write_photos(tiny, products(30, seed=1, labels=False, start_id=9000), "test")
+    extra = ("    image_encoder: {type: vit, image_size: 32, patch: 8, dim: 32, depth: 1, heads: 2}\n"
+             "    stage2: joint\n    stage2_epochs: 2\n")
+    path = tmp_path / "vit.yaml"
+    path.write_text(config(tmp_path).read_text() + extra)
+    r = invoke("train", "coca", "--fold", "0", "--data", tiny, "--config", path, "--workdir", tmp_path / "w")
+    assert r.exit_code == 0, r.output
+    valid = TopK.load(tmp_path / "w" / "oof" / "tiny" / "coca" / "fold0.valid.npz")
+    assert not valid.missing.any() and valid.flags["text_only"].sum() <= 1
+    stats = json.loads((tmp_path / "w" / "models" / "tiny" / "coca" / "fold0" / "stats.json").read_text())
+    assert stats["stage2"]["mode"] == "joint"
+
+
+def test_coca_net_shapes_and_tied_output():
+    from prodcat.coca_model import CocaNet, TinyViT
+
+    net = CocaNet(torch.randn(50, 300), 16, TinyViT(16, 8, 16, 1, 2), {"dim": 24, "heads": 2, "dim_head": 8,
+                                                                       "num_img_queries": 3, "unimodal_depth": 1,
+                                                                       "multimodal_depth": 1})
+    text = torch.randint(1, 50, (4, 7))
+    text[:, -2:] = 0
+    image = torch.randn(4, 3, 16, 16)
+    loss = net.loss(text, image)
+    loss.backward()
+    assert torch.isfinite(loss) and net.coca.token_emb.weight.grad is not None
+    feats = net.features(text, image, torch.tensor([True, False, True, True]))
+    assert feats.shape == (4, 49) and not feats[1, 24:].any() and feats[0, -1] == 1

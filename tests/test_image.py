@@ -1,0 +1,190 @@
+"""Image model: torchvision fix, weight loading (and its failures), photo loading, missing/corrupt photos,
+the no-images dataset, and the k-fold run end to end on a tiny dataset with coloured photos."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import REPO, write_dataset
+from prodcat.cli import main
+from prodcat.probs import TopK
+from prodcat.vision import (BackboneSpec, WeightsError, create_backbone, import_timm, load_image, package_weights,
+                            photo_index)
+
+COLOURS = {11: (220, 30, 30), 12: (30, 200, 40), 21: (40, 60, 220), 23: (230, 220, 40), 24: (200, 40, 200)}
+
+
+def write_photos(root, frame, split, skip=(), corrupt=(), png=()):
+    """A coloured photo per product (the colour tells the class), some missing, some corrupt."""
+    folder = root / "images" / split
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(frame))
+    cats = frame["category_id"] if "category_id" in frame else [11] * len(frame)
+    for pid, cat in zip(frame["id"].tolist(), list(cats)):
+        if pid in skip:
+            continue
+        if pid in corrupt:
+            (folder / f"{pid}.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+            continue
+        base = np.array(COLOURS[int(cat)], np.float32)
+        pixels = np.clip(base + rng.normal(0, 20, (40, 48, 3)), 0, 255).astype(np.uint8)
+        im = Image.fromarray(pixels)
+        if pid in png:
+            im.convert("RGBA").save(folder / f"{pid}.png")
+        else:
+            im.save(folder / f"{pid}.jpg", quality=90)
+
+
+def config(tmp_path, extra=""):
+    path = tmp_path / "img.yaml"
+    path.write_text(f"extends: {REPO / 'configs' / 'default.yaml'}\nfolds:\n  k: 3\npipeline: [image]\n"
+                    "models:\n  image:\n    image_size: 64\n    epochs: 25\n    embed_batch_size: 64\n"
+                    "    trainer: {progress_bar: false}\n" + extra)
+    return path
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return create_backbone(BackboneSpec("tf_efficientnet_lite0"))
+
+
+def test_torchvision_and_timm_import():
+    timm = import_timm()
+    import torchvision
+
+    assert hasattr(torchvision, "transforms") and hasattr(timm, "create_model")
+
+
+def test_lite0_package_weights_mapped_by_order(lite0):
+    src = torch.load(package_weights(), map_location="cpu", weights_only=True)
+    state = lite0.state_dict()
+    assert torch.equal(state["conv_stem.weight"], src["_conv_stem.weight"])
+    assert torch.equal(state["blocks.0.0.conv_dw.weight"], src["_blocks.0._depthwise_conv.weight"])
+    assert torch.equal(state["bn2.running_var"], src["_bn1.running_var"])  # the last backbone tensor
+    assert lite0.num_features == 1280
+    # ImageNet-quality features: a red and a green square are far apart, two reds close
+    from prodcat.vision import backbone_norm, eval_transform
+
+    tf = eval_transform(96, *backbone_norm(lite0))
+    ims = [Image.new("RGB", (60, 60), c) for c in [(220, 20, 20), (210, 30, 25), (20, 200, 30)]]
+    with torch.inference_mode():
+        f = torch.nn.functional.normalize(lite0.eval()(torch.stack([tf(i) for i in ims])), dim=1)
+    assert f[0] @ f[1] > f[0] @ f[2]
+
+
+def test_weights_failures_are_clear(tmp_path, monkeypatch):
+    with pytest.raises(WeightsError, match="not found"):
+        BackboneSpec("tf_efficientnet_lite0", weights=str(tmp_path / "nope.pth")).source()
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"fc.weight": torch.zeros(3, 3)}, wrong)
+    with pytest.raises(WeightsError, match="not the same architecture"):
+        create_backbone(BackboneSpec("tf_efficientnet_lite0", weights=str(wrong)))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="cannot read"):
+        create_backbone(BackboneSpec("tf_efficientnet_lite0", weights=str(garbage)))
+
+    timm = import_timm()
+    real = timm.create_model
+
+    def offline(name, pretrained=False, **kw):
+        if pretrained:
+            raise OSError("We couldn't connect to 'https://huggingface.co'")
+        return real(name, pretrained=False, **kw)
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(WeightsError, match="timm could not get them"):
+        create_backbone(BackboneSpec("efficientnet_b3", weights="timm"))
+    # explicitly not pretrained: random weights are allowed, because they were asked for
+    assert BackboneSpec("tf_efficientnet_lite0", pretrained=False).source() is None
+
+
+def test_weights_failure_stops_training_with_a_message(tmp_path):
+    root = write_dataset(tmp_path / "d", n_train=30, n_test=6)
+    from conftest import products
+
+    write_photos(root, products(30), "train")
+    cfg = config(tmp_path, f"    weights: {tmp_path / 'missing.pth'}\n")
+    r = CliRunner().invoke(main, ["train", "image", "--data", str(root), "--config", str(cfg),
+                                  "--workdir", str(tmp_path / "w")])
+    assert r.exit_code != 0 and "missing.pth" in r.output and "not found" in r.output
+    assert not (tmp_path / "w" / "oof").exists() or not list((tmp_path / "w" / "oof").rglob("fold*.json"))
+
+
+def test_load_image_formats_missing_corrupt(tmp_path):
+    assert load_image(None) is None
+    assert load_image(tmp_path / "absent.jpg") is None
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    assert load_image(bad) is None
+    trunc = tmp_path / "trunc.jpg"
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(tmp_path / "full.jpg")
+    trunc.write_bytes((tmp_path / "full.jpg").read_bytes()[:200])
+    assert load_image(trunc) is None
+    Image.new("RGBA", (10, 12), (0, 0, 0, 0)).save(tmp_path / "t.png")
+    im = load_image(tmp_path / "t.png")
+    assert im.mode == "RGB" and im.size == (10, 12) and im.getpixel((0, 0)) == (255, 255, 255)
+    Image.new("L", (8, 8), 100).save(tmp_path / "g.webp")
+    assert load_image(tmp_path / "g.webp").mode == "RGB"
+
+
+def test_no_images_dataset_is_skipped(tiny, tmp_path):
+    r = invoke("train", "image", "--data", tiny, "--config", config(tmp_path), "--workdir", tmp_path / "w")
+    assert r.exit_code == 0 and "[image] skipped" in r.output and "has no images" in r.output
+
+
+def test_image_model_kfold_missing_and_corrupt_photos(tiny, tmp_path):
+    from conftest import products
+
+    train = products(120)
+    ids = train["id"].tolist()
+    missing, corrupt = set(ids[:4]), set(ids[4:6])
+    write_photos(tiny, train, "train", skip=missing, corrupt=corrupt, png=set(ids[6:8]))
+    write_photos(tiny, products(30, seed=1, labels=False, start_id=9000), "test", skip={9000})
+    common = ["--data", tiny, "--config", config(tmp_path), "--workdir", tmp_path / "w"]
+    r = invoke("train", "image", *common)
+    assert r.exit_code == 0, r.output
+    assert "143 of 150 products usable, 5 without a photo, 2 unreadable" in r.output
+    assert "all folds finished" in r.output
+    oof = TopK.load(tmp_path / "w" / "oof" / "tiny" / "image" / "oof.npz")
+    no_photo = np.isin(oof.ids, list(missing | corrupt))
+    assert np.array_equal(oof.missing, no_photo)  # exactly the products without a usable photo
+    assert (oof.labels[no_photo] == -1).all()  # no made-up prediction
+    y = train.set_index("id").loc[oof.ids[~no_photo], "category_id"].to_numpy()
+    assert (oof.top1()[~no_photo] == y).mean() > 0.9  # colours tell the classes apart
+    test = TopK.load(tmp_path / "w" / "oof" / "tiny" / "image" / "test.npz")
+    assert test.missing.tolist() == [i == 9000 for i in test.ids]
+    assert list((tmp_path / "w" / "cache" / "tiny").glob("img-tf_efficientnet_lite0-*.npz"))
+    assert list((tmp_path / "w" / "models" / "tiny" / "image" / "fold0").rglob("last.ckpt"))
+    assert list((tmp_path / "w" / "models" / "tiny" / "image" / "fold0" / "tb").rglob("events.out.tfevents*"))
+
+    r = invoke("scores", *common)
+    row = next(line for line in r.output.splitlines() if line.split()[:1] == ["image"])
+    assert row.split()[-1] == "6"  # the missing count
+
+    r = invoke("train", "image", "--fold", "1", "--force", *common)
+    assert "embeddings reused" in r.output and "fold 1: trained" in r.output
+
+
+def test_finetune_mode_runs_on_cpu(tiny, tmp_path):
+    """The GPU configuration's code path (whole network trained on augmented photos), tiny and on a CPU."""
+    from conftest import products
+
+    train = products(120)
+    write_photos(tiny, train, "train", skip={train["id"].iloc[0]}, corrupt={train["id"].iloc[1]})
+    write_photos(tiny, products(30, seed=1, labels=False, start_id=9000), "test")
+    cfg = config(tmp_path, "    mode: finetune\n    image_size: 32\n    epochs: 1\n    batch_size: 16\n"
+                           "    num_workers: 0\n")
+    r = invoke("train", "image", "--fold", "0", "--data", tiny, "--config", cfg, "--workdir", tmp_path / "w")
+    assert r.exit_code == 0, r.output
+    valid = TopK.load(tmp_path / "w" / "oof" / "tiny" / "image" / "fold0.valid.npz")
+    no_photo = np.isin(valid.ids, train["id"].iloc[:2].tolist())
+    assert np.array_equal(valid.missing, no_photo) and (valid.labels[~no_photo, 0] > 0).all()
+    assert list((tmp_path / "w" / "models" / "tiny" / "image" / "fold0" / "checkpoints" / "finetune").glob("last.ckpt"))
