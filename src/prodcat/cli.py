@@ -1,4 +1,4 @@
-"""Command line: python -m prodcat {folds,train,submit,scores,all} [--data DIR] [--config FILE]."""
+"""Command line: python -m prodcat {folds,train,stack,submit,scores,report,all} [--data DIR] [--config FILE]."""
 from __future__ import annotations
 
 import functools
@@ -10,7 +10,7 @@ import click
 
 from prodcat.errors import DataError
 
-DEFAULT_PIPELINE = ("fasttext",)
+DEFAULT_PIPELINE = ("fasttext", "tfidf")
 
 
 def run_options(fn):
@@ -90,30 +90,70 @@ def submit(run, model, name):
 
 @main.command()
 @run_options
-def scores(run):
-    """Print OOF hF1 / weighted F1 / accuracy of every finished model."""
-    from prodcat.scores import format_table, score_table
+@click.option("--top-levels", default=15, show_default=True, help="Rows of the per-top-level hF1 table (0: none).")
+def scores(run, top_levels):
+    """OOF hF1 / weighted F1 / accuracy of every base model, their plain average and the stacker."""
+    echo_scores(run, top_levels)
 
+
+def echo_scores(run, top_levels: int = 15) -> None:
+    from prodcat.scores import comparison_predictions, comparison_table, format_table, top_level_table
+
+    preds = comparison_predictions(run)
     click.echo(f"OOF scores on {run.ds.name} ({len(run.ds.train)} products, {run.k} folds)")
-    click.echo(format_table(score_table(run)))
+    click.echo(format_table(comparison_table(run, preds)))
+    if preds and top_levels:
+        table = top_level_table(run, preds)
+        more = len(table) - top_levels
+        table["title"] = table["title"].str.slice(0, 28)
+        click.echo(f"\nOOF hF1 per top-level category (largest {min(top_levels, len(table))} of {len(table)})")
+        click.echo(table.head(top_levels).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        if more > 0:
+            click.echo(f"... {more} more (./run.sh report writes them all)")
+
+
+@main.command()
+@run_options
+@click.option("--models", default=None, help="Comma-separated base models to stack (default: every finished one).")
+@click.option("--force", is_flag=True, help="Recompute even if the settings and inputs are unchanged.")
+def stack(run, models, force):
+    """LightGBM ranking stacker over the base models' OOF probabilities -> oof/<dataset>/stack/."""
+    from prodcat.stack import run_stack
+
+    run_stack(run, models.split(",") if models else None, echo=click.echo, force=force)
+
+
+@main.command()
+@run_options
+def report(run):
+    """PNG plots under reports/<dataset>/: scores per model, hF1 per top-level category, calibration."""
+    from prodcat.report import write_report
+
+    for path in write_report(run):
+        click.echo(str(path))
 
 
 @main.command(name="all")
 @run_options
 @click.option("--force", is_flag=True, help="Retrain finished folds.")
 def all_(run, force):
-    """Folds, every base model in the config's pipeline, the submission and the score table."""
+    """Folds, every base model of the pipeline its data supports, the stacker, the stacked submission and
+    the score table."""
     from prodcat.cv import train_model
-    from prodcat.scores import format_table, score_table
+    from prodcat.stack import STACK, base_models, run_stack
     from prodcat.submit import write_submission
 
     start = time.time()
     run.folds  # noqa: B018 - made once, reused by every model
     for model in run.cfg.get("pipeline", DEFAULT_PIPELINE):
         train_model(run, model, force=force, echo=click.echo)
-    path, used = write_submission(run)
-    click.echo(f"\nOOF scores on {run.ds.name} ({len(run.ds.train)} products, {run.k} folds)")
-    click.echo(format_table(score_table(run)))
+    pipeline = [m for m in run.cfg.get("pipeline", DEFAULT_PIPELINE) if m in base_models(run)]
+    if not pipeline:
+        raise click.ClickException("no base model finished: nothing to stack or submit")
+    run_stack(run, pipeline, echo=click.echo, force=force)
+    path, used = write_submission(run, STACK)
+    click.echo("")
+    echo_scores(run)
     click.echo(f"\nsubmission ({used[0]}): {path}  [{time.time() - start:.0f}s]")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from prodcat.storage import write_json
 
 MODELS = {  # name -> "module:Class"; imported only when used (torch is not loaded for fastText)
     "fasttext": "prodcat.fasttext_model:FastTextModel",
+    "tfidf": "prodcat.tfidf_model:TfidfModel",
+    "image": "prodcat.image_model:ImageModel",
+    "coca": "prodcat.coca_model:CocaModel",
 }
 
 
@@ -94,6 +98,8 @@ def train_model(run: Run, name: str, folds: list[int] | None = None, force: bool
         is_valid = train["fold"].to_numpy() == fold
         preds = model.fit_predict(fold, train[~is_valid], {"valid": train[is_valid], "test": run.ds.test},
                                   run.paths.models(name) / f"fold{fold}")
+        if not is_main_process():
+            continue  # under DDP every rank runs this loop; only rank 0 writes
         preds["valid"].save(out / f"fold{fold}.valid.npz")
         preds["test"].save(out / f"fold{fold}.test.npz")
         meta = fold_meta(run, model, fold) | {"seconds": round(time.time() - start, 1),
@@ -101,9 +107,15 @@ def train_model(run: Run, name: str, folds: list[int] | None = None, force: bool
         write_json(meta, out / f"fold{fold}.json")
         echo(f"[{name}] fold {fold}: trained in {meta['seconds']:.0f}s")
     if all(fold_done(run, model, f) for f in range(run.k)):
-        collect(run, name)
+        if is_main_process():
+            collect(run, name)
         return True
     return False
+
+
+def is_main_process() -> bool:
+    """False in the extra processes of a multi-GPU / multi-node (DDP) run: rank 0 alone writes outputs."""
+    return all(int(os.environ.get(var, 0) or 0) == 0 for var in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
 def collect(run: Run, name: str) -> None:
@@ -122,7 +134,7 @@ def collect(run: Run, name: str) -> None:
 def finished_models(run: Run) -> list[str]:
     """Models whose OOF and test probabilities are complete for this dataset, in registry order."""
     names = []
-    root = run.paths.oof("x").parent
+    root = run.paths.oof_root
     if not root.exists():
         return names
     for d in sorted(p for p in root.iterdir() if p.is_dir()):

@@ -36,3 +36,49 @@ def format_table(table: pd.DataFrame) -> str:
     if table.empty:
         return "no finished models yet: run `./run.sh train MODEL` first"
     return table.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+
+
+# -- comparison: base models, their plain average and the stacker ------------------------------
+AVERAGE = "average"
+
+
+def comparison_predictions(run: Run, split: str = "oof") -> dict[str, TopK]:
+    """OOF (or test) TopK of every finished base model, their plain probability average (two or more
+    base models) and the stacker (when finished), in that order."""
+    from prodcat.probs import average
+    from prodcat.stack import STACK, base_models
+
+    load = load_oof if split == "oof" else load_test
+    names = base_models(run)
+    preds = {name: load(run, name) for name in names}
+    if len(names) >= 2:
+        preds[AVERAGE] = average(list(preds.values()), k=run.top_k)
+    if STACK in finished_models(run):
+        preds[STACK] = load(run, STACK)
+    return preds
+
+
+def comparison_table(run: Run, preds: dict[str, TopK] | None = None) -> pd.DataFrame:
+    """OOF hF1, weighted F1, accuracy of every base model, the plain average and the stacker."""
+    preds = comparison_predictions(run) if preds is None else preds
+    rows = [{"model": name} | score_oof(run, oof) for name, oof in preds.items()]
+    return pd.DataFrame(rows, columns=["model", "hF1", "weighted_F1", "accuracy", "n", "missing"])
+
+
+def top_level_table(run: Run, preds: dict[str, TopK] | None = None) -> pd.DataFrame:
+    """OOF hF1 per top-level category (rows, largest first) and model (columns)."""
+    from prodcat.metrics import hf1_by_top_level
+
+    preds = comparison_predictions(run) if preds is None else preds
+    y = run.ds.train["category_id"].to_numpy()
+    table = None
+    for name, oof in preds.items():
+        have = ~oof.missing
+        part = hf1_by_top_level(y[have], oof.top1()[have], run.ds.tree)[["top_level", "title", "hF1"]]
+        part = part.rename(columns={"hF1": name})
+        table = part if table is None else table.merge(part, on=["top_level", "title"], how="outer")
+    if table is None:
+        return pd.DataFrame(columns=["top_level", "title", "n"])
+    top = pd.Series([run.ds.tree.top_level(c) for c in y.tolist()]).value_counts()
+    table.insert(2, "n", table["top_level"].map(top).fillna(0).astype(int))
+    return table.sort_values("n", ascending=False, ignore_index=True)

@@ -1,0 +1,446 @@
+"""LightGBM candidate-ranking stacker over the base models' stored probabilities, and hF1 decoding.
+
+For every product the candidates are the union of each base model's `candidates` best classes. Each
+(product, candidate) pair gets features that mean the same for every class - per model: probability and
+rank of the candidate, probability mass on the candidate's parent and grandparent subtrees, ratio to the
+model's top probability, the model's top probability and entropy, whether it ranks the candidate first,
+whether the model is missing for the product (no photo) and its flags; shared: how many models rank the
+candidate first, the mean and max probability, the candidate's training frequency and depth, the number of
+candidates. A LightGBM ranker (lambdarank by default, one query per product, the true leaf relevant) scores
+the pairs; a softmax per product with a temperature fitted on the OOF rows turns scores into probabilities.
+
+Honest OOF: the stacker is cross-validated over the OOF rows with the run's product folds (the rows of
+fold f are scored by a ranker trained on the other folds). Test rows: the ranker of fold f scores the base
+models' fold-f test predictions (single-model probabilities, like its training rows) and the stacked
+probabilities are averaged over the folds.
+
+Decoding: `argmax` submits the most probable leaf; `expected_hf1` submits the candidate leaf that maximises
+the expected (micro) hierarchical F1: by the Dinkelbach argument, maximising 2*I/(P+T) over all products
+is maximising sum_i E[|A(l_i) & A(t_i)|] - F/2 * |A(l_i)|, i.e. per product the leaf whose path
+maximises sum over its nodes a of (P(subtree a) - F/2), with F the hF1 reached (iterated twice).
+Output: oof/<dataset>/stack/{oof,test}.npz in the base models' format (column 0 = the decided leaf).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+
+from prodcat.probs import NO_LABEL, TopK
+from prodcat.run import Run
+from prodcat.storage import write_json
+
+STACK = "stack"
+DEFAULTS = {
+    "models": None,            # base models to stack (default: every finished base model)
+    "candidates": 10,          # each model's best classes that become candidates
+    "objective": "lambdarank",  # or rank_xendcg, binary
+    "num_boost_round": 100,
+    "learning_rate": 0.1,
+    "num_leaves": 7,
+    "min_data_in_leaf": 20,
+    "feature_fraction": 0.9,
+    "bagging_fraction": 0.8,
+    "lambda_l2": 1.0,
+    "max_train_products": 60_000,  # products (queries) per fold ranker, sampled (speed)
+    "num_threads": 1,          # 0: LightGBM's default (all cores)
+    "decoding": "expected_hf1",  # or argmax
+    "folds": None,             # the ranker's cross-validation folds (default: the run's k)
+    "product_features": True,  # the product's text length, has description/characteristics
+    "monotone": True,          # monotone constraints on the candidate's probability/rank features
+    "exclude_features": [],    # feature names or suffixes left out (e.g. entropy, freq)
+}
+
+
+# -- candidates and features ---------------------------------------------------------------------
+class NodeIndex:
+    """Tree nodes as dense indices, with each node's parent/grandparent and depth per index."""
+
+    def __init__(self, tree):
+        self.tree = tree
+        self.ids = np.array(sorted(tree.parent), dtype=np.int64)
+        self.depth = np.array([tree.depth(n) for n in self.ids], np.int32)
+        self.anc1 = self.index(np.array([tree.ancestor_at(n, 1) if self.depth[i] > 1 else -1
+                                         for i, n in enumerate(self.ids)]))
+        self.anc2 = self.index(np.array([tree.ancestor_at(n, 2) if self.depth[i] > 2 else -1
+                                         for i, n in enumerate(self.ids)]))
+        self.max_depth = int(self.depth.max())
+        # path[i, d] = index of the node's ancestor at depth d+1 (-1 past its depth)
+        self.path = np.full((len(self.ids), self.max_depth), -1, np.int32)
+        for i, n in enumerate(self.ids):
+            p = self.index(np.array(tree.path(n)))
+            self.path[i, :len(p)] = p
+
+    def index(self, node_ids: np.ndarray) -> np.ndarray:
+        """Category ids -> node indices (-1 for NO_LABEL and ids not in the tree)."""
+        node_ids = np.asarray(node_ids, dtype=np.int64)
+        pos = np.clip(np.searchsorted(self.ids, node_ids), 0, len(self.ids) - 1)
+        return np.where(self.ids[pos] == node_ids, pos, -1).astype(np.int32)
+
+
+def candidate_pairs(parts: list[TopK], nodes: NodeIndex, per_model: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, node index) of every candidate, sorted by row then node: the union of the models' tops."""
+    n = len(parts[0])
+    labs = np.concatenate([nodes.index(p.labels[:, :per_model]) for p in parts], axis=1)
+    rows = np.repeat(np.arange(n, dtype=np.int64), labs.shape[1])
+    labs = labs.ravel().astype(np.int64)
+    ok = labs >= 0
+    keys = np.unique(rows[ok] * len(nodes.ids) + labs[ok])
+    return (keys // len(nodes.ids)).astype(np.int64), (keys % len(nodes.ids)).astype(np.int32)
+
+
+def pair_features(parts: dict[str, TopK], nodes: NodeIndex, rows: np.ndarray, cls: np.ndarray,
+                  freq: np.ndarray, freq_index: np.ndarray, product: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Feature frame of the (row, class) pairs. `freq` (m, n_nodes): training counts per class as the base
+    models saw them, `freq_index` (n_rows,): each product's row of it; `product`: per-product features."""
+    feats = {}
+    firsts = []
+    probs = []
+    for name, p in parts.items():
+        lab = nodes.index(p.labels)
+        sc = p.scores.astype(np.float32)
+        f = _model_pair_features(lab, sc, rows, cls, nodes.anc1, nodes.anc2)
+        miss = p.missing[rows]
+        top = sc[:, 0].astype(np.float32)
+        ent = _entropy(sc)
+        nan = np.float32(np.nan)
+        feats[f"{name}_prob"] = np.where(miss, nan, f[:, 0])
+        feats[f"{name}_rank"] = np.where(miss, nan, f[:, 1])
+        feats[f"{name}_mass_parent"] = np.where(miss, nan, f[:, 2])
+        feats[f"{name}_mass_grand"] = np.where(miss, nan, f[:, 3])
+        feats[f"{name}_ratio"] = np.where(miss, nan, f[:, 0] / np.maximum(top[rows], 1e-6))
+        feats[f"{name}_top"] = np.where(miss, nan, top[rows])
+        feats[f"{name}_entropy"] = np.where(miss, nan, ent[rows])
+        first = (f[:, 1] == 1) & ~miss
+        feats[f"{name}_first"] = first.astype(np.float32)
+        if p.missing.any():
+            feats[f"{name}_missing"] = miss.astype(np.float32)
+        for flag, values in p.flags.items():
+            feats[f"{name}_{flag}"] = np.asarray(values, np.float32)[rows]
+        firsts.append(first)
+        probs.append(np.where(miss, np.nan, f[:, 0]))
+    probs = np.vstack(probs)
+    feats["n_first"] = np.sum(firsts, axis=0).astype(np.float32)
+    with np.errstate(all="ignore"):
+        feats["mean_prob"] = np.nan_to_num(np.nanmean(probs, axis=0)).astype(np.float32)
+        feats["max_prob"] = np.nan_to_num(np.nanmax(probs, axis=0)).astype(np.float32)
+    feats["freq"] = freq[freq_index[rows], cls].astype(np.float32)
+    feats["depth"] = nodes.depth[cls].astype(np.float32)
+    feats["n_candidates"] = np.bincount(rows, minlength=int(rows.max()) + 1 if len(rows) else 0)[rows].astype(
+        np.float32)
+    for col in (product.columns if product is not None else []):
+        feats[col] = product[col].to_numpy(np.float32)[rows]
+    return pd.DataFrame(feats)
+
+
+def product_features(run: Run, frame: pd.DataFrame) -> pd.DataFrame:
+    """Per product, the same for every candidate: how much text it has (models differ in how they cope)."""
+    texts = run.texts().loc[frame["id"].to_numpy()]
+    return pd.DataFrame({
+        "text_words": texts.str.count(" ").to_numpy() + 1,
+        "title_chars": frame["title"].fillna("").str.len().to_numpy(),
+        "has_description": frame["short_description"].notna().to_numpy(),
+        "has_characteristics": frame["name_value_characteristics"].notna().to_numpy(),
+    }).astype(np.float32)
+
+
+def monotone_constraints(columns: list[str]) -> list[int]:
+    """+1 for the candidate's probability-like features, -1 for its ranks, 0 otherwise."""
+    up = ("_prob", "_mass_parent", "_mass_grand", "_ratio", "_first", "n_first")
+    return [1 if c.endswith(up) else -1 if c.endswith("_rank") else 0 for c in columns]
+
+
+def _entropy(scores: np.ndarray) -> np.ndarray:
+    s = np.clip(scores.astype(np.float32), 1e-9, None)
+    s = s / s.sum(axis=1, keepdims=True)
+    return -(s * np.log(s)).sum(axis=1).astype(np.float32)
+
+
+try:
+    from numba import njit
+except ImportError:  # pragma: no cover
+    def njit(*args, **kwargs):
+        return (lambda f: f) if not args or not callable(args[0]) else args[0]
+
+
+@njit(cache=True)
+def _model_pair_features(lab, sc, rows, cls, anc1, anc2):  # pragma: no cover - numba
+    """Per pair: probability, rank (K+1 when absent), mass on the parent and the grandparent subtree."""
+    n_pairs = len(rows)
+    k = lab.shape[1]
+    out = np.zeros((n_pairs, 4), np.float32)
+    for i in range(n_pairs):
+        r = rows[i]
+        c = cls[i]
+        a1 = anc1[c]
+        a2 = anc2[c]
+        out[i, 1] = k + 1
+        for j in range(k):
+            lj = lab[r, j]
+            if lj < 0:
+                continue
+            s = sc[r, j]
+            if lj == c:
+                out[i, 0] = s
+                out[i, 1] = j + 1
+            if a1 >= 0 and anc1[lj] == a1:
+                out[i, 2] += s
+            if a2 >= 0 and anc2[lj] == a2:
+                out[i, 3] += s
+    return out
+
+
+# -- probabilities and decoding ------------------------------------------------------------------
+def group_softmax(rows: np.ndarray, scores: np.ndarray, temperature: float) -> np.ndarray:
+    """Softmax of the pair scores within each product (rows sorted)."""
+    z = scores / temperature
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    mx = np.maximum.reduceat(z, starts) if len(z) else z
+    e = np.exp(z - np.repeat(mx, np.diff(np.r_[starts, len(z)])))
+    tot = np.add.reduceat(e, starts) if len(z) else e
+    return e / np.repeat(tot, np.diff(np.r_[starts, len(z)]))
+
+
+def fit_temperature(rows, scores, is_true) -> float:
+    """Temperature minimising the NLL of the true candidate (products whose truth is a candidate)."""
+    has = np.zeros(int(rows.max()) + 1, bool)
+    has[rows[is_true]] = True
+    keep = has[rows]
+    r, s, t = rows[keep], scores[keep], is_true[keep]
+    best, best_nll = 1.0, np.inf
+    for temp in np.exp(np.linspace(np.log(0.05), np.log(20), 41)):
+        p = group_softmax(r, s, temp)[t]
+        nll = -np.log(np.clip(p, 1e-12, None)).mean()
+        if nll < best_nll:
+            best, best_nll = float(temp), nll
+    return best
+
+
+def decode(rows, cls, proba, nodes: NodeIndex, n_rows: int, method: str, f_level: float = 0.9) -> np.ndarray:
+    """Chosen node index per product (-1 for products without candidates)."""
+    out = np.full(n_rows, -1, np.int64)
+    if len(rows) == 0:
+        return out
+    if method == "argmax":
+        order = np.lexsort((-proba, rows))
+        first = np.r_[True, rows[order][1:] != rows[order][:-1]]
+        out[rows[order][first]] = cls[order][first]
+        return out
+    if method != "expected_hf1":
+        raise ValueError(f"unknown decoding '{method}' (argmax, expected_hf1)")
+    # node mass per product: P(subtree a) = sum of candidate probabilities below a
+    path = nodes.path[cls]  # (pairs, D)
+    n_nodes = len(nodes.ids)
+    masses = []
+    for d in range(path.shape[1]):
+        a = path[:, d].astype(np.int64)
+        ok = a >= 0
+        key = rows * n_nodes + np.where(ok, a, 0)
+        uniq, inv = np.unique(key, return_inverse=True)
+        mass = np.bincount(inv, weights=proba * ok, minlength=len(uniq))[inv]
+        masses.append((mass, ok))
+    gain = np.zeros(len(rows))
+    for mass, ok in masses:
+        gain += np.where(ok, mass - f_level / 2, 0.0)
+    return decode(rows, cls, gain, nodes, n_rows, "argmax")
+
+
+def _hf1_idx(truth_idx, pred_idx, nodes: NodeIndex) -> float:
+    """Micro hF1 with node indices (pred -1: empty set)."""
+    tp = nodes.path[truth_idx]
+    pp = np.where(pred_idx[:, None] >= 0, nodes.path[np.maximum(pred_idx, 0)], -1)
+    inter = ((tp == pp) & (tp >= 0)).sum()
+    n_true, n_pred = (tp >= 0).sum(), (pp >= 0).sum()
+    return float(2 * inter / (n_true + n_pred)) if inter else 0.0
+
+
+# -- the stacker -----------------------------------------------------------------------------------
+def base_models(run: Run) -> list[str]:
+    """Finished base models (the stacker's own output is not a base model)."""
+    from prodcat.cv import finished_models
+
+    return [m for m in finished_models(run) if m != STACK]
+
+
+def stack_params(run: Run) -> dict:
+    return DEFAULTS | dict(run.cfg.get("stack", {}) or {})
+
+
+def inputs_key(run: Run, names: list[str], p: dict) -> str:
+    """Hash of the stacker's settings and of its inputs' files: an unchanged stack is reused."""
+    from prodcat.config import config_hash
+
+    files = []
+    for m in names:
+        for f in ("oof.npz", "test.npz"):
+            st = (run.paths.oof(m) / f).stat()
+            files.append([m, f, st.st_size, st.st_mtime_ns])
+    return config_hash({"params": p, "models": names, "files": files, "data": run.ds.fingerprint,
+                        "folds": run.k, "seed": run.seed, "top_k": run.top_k})
+
+
+def run_stack(run: Run, models: list[str] | None = None, echo=print, force: bool = False) -> dict:
+    """Cross-validate the ranker over the OOF rows, predict the test rows, write oof/<dataset>/stack/.
+
+    Reused (not recomputed) when the settings and the base models' files are unchanged, unless `force`."""
+    import json
+
+    import lightgbm as lgb
+
+    from prodcat.scores import load_oof, load_test
+
+    p = stack_params(run)
+    names = list(models or p["models"] or base_models(run))
+    missing = [m for m in names if m not in base_models(run)]
+    if missing or not names:
+        from prodcat.errors import DataError
+
+        raise DataError(f"stack: no finished OOF/test probabilities for {', '.join(missing) or 'any model'} "
+                        f"(train them first: ./run.sh train MODEL)")
+    key = inputs_key(run, names, p)
+    out = run.paths.oof(STACK)
+    if not force and (out / "complete.json").exists() and (out / "stack.json").exists():
+        meta = json.loads((out / "complete.json").read_text())
+        if meta.get("key") == key:
+            info = json.loads((out / "stack.json").read_text())
+            echo(f"[stack] {', '.join(names)}: unchanged inputs, reused (OOF hF1 "
+                 f"{info['oof_hF1'][info['decoding']]:.4f}; --force to recompute)")
+            return info
+    start = time.time()
+    tree = run.ds.tree
+    nodes = NodeIndex(tree)
+    oof = {m: load_oof(run, m) for m in names}
+    test = {m: load_test(run, m) for m in names}
+    y = nodes.index(run.ds.train["category_id"].to_numpy())
+    folds = run.folds["fold"].to_numpy()
+    n_train, n_test = len(y), len(run.ds.test)
+    n_folds = int(p["folds"] or run.k)
+    # the ranker's folds: the run's product folds, or (another count) a seeded split of the products;
+    # either is honest, as every product's features are out-of-fold predictions of the base models
+    stack_folds = folds if n_folds == run.k else np.random.default_rng(run.seed).permutation(n_train) % n_folds
+
+    # training counts of each class as the base models saw them (fold f's rows excluded)
+    counts = np.bincount(y, minlength=len(nodes.ids)).astype(np.float32)
+    per_fold = np.stack([np.bincount(y[folds == f], minlength=len(nodes.ids)) for f in range(run.k)])
+    freq_oof = (counts[None, :] - per_fold).astype(np.float32)  # (k, nodes)
+
+    rows, cls = candidate_pairs(list(oof.values()), nodes, int(p["candidates"]))
+    prod_train = product_features(run, run.ds.train) if p["product_features"] else None
+    prod_test = product_features(run, run.ds.test) if p["product_features"] else None
+    x = pair_features(oof, nodes, rows, cls, freq_oof, folds, prod_train)
+    is_true = cls == y[rows]
+    drop = [c for c in x.columns if any(c == e or c.endswith("_" + e) for e in p["exclude_features"] or [])]
+    x = x.drop(columns=drop)
+
+    def test_features(parts: dict[str, TopK], fold_counts: np.ndarray):
+        r, c = candidate_pairs(list(parts.values()), nodes, int(p["candidates"]))
+        xt = pair_features(parts, nodes, r, c, fold_counts[None, :], np.zeros(n_test, np.int64), prod_test)
+        return r, c, xt.reindex(columns=x.columns, fill_value=0.0)  # e.g. a missing flag only OOF rows need
+
+    # test rows: the ranker of fold f scores the base models' fold-f test predictions (the same kind of
+    # single-model probabilities it was trained on), and the stacked probabilities are averaged over folds;
+    # without per-fold files (or with other ranker folds) it scores the fold-averaged test probabilities
+    per_fold_test = n_folds == run.k and all((run.paths.oof(m) / f"fold{f}.test.npz").exists()
+                                             for m in names for f in range(run.k))
+    if not per_fold_test:
+        shared_test = test_features(test, counts * (run.k - 1) / run.k)
+    has_truth = np.zeros(n_train, bool)
+    has_truth[rows[is_true]] = True
+    recall = float(has_truth.mean())
+    echo(f"[stack] {', '.join(names)}: {len(rows) / n_train:.1f} candidates per product, truth among them "
+         f"for {recall:.2%}, {x.shape[1]} features ({time.time() - start:.0f}s)")
+
+    params = {"objective": p["objective"], "learning_rate": p["learning_rate"], "num_leaves": p["num_leaves"],
+              "min_data_in_leaf": p["min_data_in_leaf"], "feature_fraction": p["feature_fraction"],
+              "bagging_fraction": p["bagging_fraction"], "bagging_freq": 1, "lambda_l2": p["lambda_l2"],
+              "num_threads": p["num_threads"], "seed": run.seed, "verbose": -1,
+              "deterministic": True, "force_row_wise": True}
+    if p["monotone"]:  # more probability for the candidate never lowers its score: a strong regulariser
+        params |= {"monotone_constraints": monotone_constraints(list(x.columns)),
+                   "monotone_constraints_method": "advanced"}
+    if p["objective"] == "lambdarank":
+        params |= {"lambdarank_truncation_level": 10, "eval_at": [1]}
+    rng = np.random.default_rng(run.seed)
+    pair_fold = stack_folds[rows]
+    score_oof = np.zeros(len(rows))
+    test_parts = []  # (rows, classes, scores) per ranker
+    importance = np.zeros(x.shape[1])
+    for f in range(n_folds):
+        train_prod = np.flatnonzero((stack_folds != f) & has_truth)
+        if len(train_prod) > p["max_train_products"]:
+            train_prod = np.sort(rng.choice(train_prod, int(p["max_train_products"]), replace=False))
+        sel = np.isin(rows, train_prod)
+        groups = np.bincount(rows[sel], minlength=n_train)
+        groups = groups[groups > 0]
+        ds = lgb.Dataset(x[sel], label=is_true[sel].astype(int), group=groups, free_raw_data=True)
+        booster = lgb.train(params, ds, num_boost_round=int(p["num_boost_round"]))
+        held = pair_fold == f
+        score_oof[held] = booster.predict(x[held])
+        if per_fold_test:
+            parts = {m: TopK.load(run.paths.oof(m) / f"fold{f}.test.npz").align(run.ds.test["id"].to_numpy())
+                     for m in names}
+            t_r, t_c, x_t = test_features(parts, freq_oof[f])
+        else:
+            t_r, t_c, x_t = shared_test
+        test_parts.append((t_r, t_c, booster.predict(x_t)))
+        importance += booster.feature_importance("gain")
+        echo(f"[stack] fold {f}: ranker on {len(train_prod)} products ({time.time() - start:.0f}s)")
+
+    temp = fit_temperature(rows, score_oof, is_true)
+    proba_oof = group_softmax(rows, score_oof, temp)
+    t_rows, t_cls, proba_test = _average_test(test_parts, temp, len(nodes.ids))
+
+    # decoding: measure both on the OOF rows, keep the configured one. Expected-hF1 decoding needs the
+    # hF1 level F reached; the argmax decoding's OOF hF1 is used (one scalar, for the OOF and test rows)
+    f_level = _hf1_idx(y, decode(rows, cls, proba_oof, nodes, n_train, "argmax"), nodes)
+    results, decided = {}, {}
+    for method in ("argmax", "expected_hf1"):
+        decided[method] = decode(rows, cls, proba_oof, nodes, n_train, method, f_level)
+        results[method] = _hf1_idx(y, decided[method], nodes)
+    method = p["decoding"]
+    oof_top = _to_topk(run.ds.train["id"].to_numpy(), rows, cls, proba_oof, decided[method], nodes, run.top_k)
+    test_pred = decode(t_rows, t_cls, proba_test, nodes, n_test, method, f_level)
+    test_top = _to_topk(run.ds.test["id"].to_numpy(), t_rows, t_cls, proba_test, test_pred, nodes, run.top_k)
+
+    (out / "complete.json").unlink(missing_ok=True)  # half-written outputs are never complete
+    oof_top.save(out / "oof.npz")
+    test_top.save(out / "test.npz")
+    info = {"data": run.ds.fingerprint, "k": run.k, "models": names, "params": p, "temperature": temp,
+            "candidates_per_product": round(len(rows) / n_train, 2), "candidate_recall": recall,
+            "oof_hF1": results, "decoding": method, "seconds": round(time.time() - start, 1),
+            "feature_importance": dict(sorted(zip(x.columns, importance.round(1).tolist()),
+                                              key=lambda kv: -kv[1]))}
+    write_json(info, out / "stack.json")
+    write_json({"data": run.ds.fingerprint, "k": run.k, "models": STACK, "inputs": names, "key": key},
+               out / "complete.json")
+    echo(f"[stack] OOF hF1 argmax {results['argmax']:.4f}, expected-hF1 decoding {results['expected_hf1']:.4f} "
+         f"-> {method}; temperature {temp:.2f} ({time.time() - start:.0f}s) -> {out}")
+    return info
+
+
+def _average_test(parts, temperature: float, n_nodes: int):
+    """Mean over rankers of the per-product softmax of their pair scores, on the union of candidates."""
+    keys = np.concatenate([r * n_nodes + c for r, c, _ in parts])
+    proba = np.concatenate([group_softmax(r, s, temperature) for r, _, s in parts]) / len(parts)
+    uniq, inv = np.unique(keys, return_inverse=True)
+    total = np.bincount(inv, weights=proba, minlength=len(uniq))
+    return (uniq // n_nodes).astype(np.int64), (uniq % n_nodes).astype(np.int32), total
+
+
+def _to_topk(ids, rows, cls, proba, decided, nodes: NodeIndex, k: int) -> TopK:
+    """Stacked probabilities as TopK: the decided leaf first, then the others by probability."""
+    n = len(ids)
+    labels = np.full((n, k), NO_LABEL, np.int64)
+    scores = np.zeros((n, k), np.float32)
+    # rank key: decided leaf first, then probability
+    first = cls == decided[rows]
+    order = np.lexsort((-proba, ~first, rows))
+    r, c, pr = rows[order], cls[order], proba[order]
+    starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]]) if len(r) else np.array([], int)
+    pos = np.arange(len(r)) - np.repeat(starts, np.diff(np.r_[starts, len(r)]))
+    keep = pos < k
+    labels[r[keep], pos[keep]] = nodes.ids[c[keep]]
+    scores[r[keep], pos[keep]] = pr[keep]
+    missing = labels[:, 0] == NO_LABEL
+    return TopK(ids, labels, scores, missing)

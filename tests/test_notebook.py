@@ -1,0 +1,37 @@
+"""notebooks/compare_oof.ipynb runs top to bottom on a tiny finished run (so it can never rot)."""
+import nbformat
+import numpy as np
+from nbclient import NotebookClient
+
+from conftest import REPO
+from prodcat.cv import train_model
+from prodcat.probs import TopK
+from prodcat.run import Run
+from prodcat.stack import run_stack
+from prodcat.storage import write_json
+
+
+def test_compare_notebook_executes(tiny, tiny_config, tmp_path, monkeypatch):
+    w = tmp_path / "w"
+    run = Run.open(tiny, tiny_config, w)
+    assert train_model(run, "tfidf", echo=lambda *a: None)
+    # a second (fake, noisy) base model so the average and the stacker have something to combine
+    rng = np.random.default_rng(0)
+    leaves = np.array(sorted(run.ds.tree.leaves))
+    for split, frame in (("oof", run.ds.train), ("test", run.ds.test)):
+        proba = rng.dirichlet(np.ones(len(leaves)), size=len(frame))
+        out = run.paths.oof("fasttext")
+        TopK.from_dense(frame["id"].to_numpy(), proba, leaves, run.top_k).save(out / f"{split}.npz")
+    write_json({"data": run.ds.fingerprint, "k": run.k, "models": "fasttext"}, out / "complete.json")
+    run_stack(run, echo=lambda *a: None)
+
+    monkeypatch.setenv("PRODCAT_DATA", str(tiny))
+    monkeypatch.setenv("PRODCAT_CONFIG", str(tiny_config))
+    monkeypatch.setenv("PRODCAT_WORKDIR", str(w))
+    nb = nbformat.read(REPO / "notebooks" / "compare_oof.ipynb", as_version=4)
+    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    text = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    assert "tfidf" in text and "stack" in text and "average" in text
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # the three figures

@@ -1,0 +1,152 @@
+"""The LightGBM ranking stacker and expected-hF1 decoding, on synthetic base-model outputs."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import REPO, TREE, products, write_dataset
+from prodcat.probs import TopK
+from prodcat.run import Run
+from prodcat.scores import comparison_table, load_oof
+from prodcat.stack import NodeIndex, candidate_pairs, decode, group_softmax, run_stack
+from prodcat.storage import write_json
+from prodcat.tree import CategoryTree
+
+LEAVES = np.array([11, 12, 21, 23, 24])
+
+
+def fake_model(run, name, y, confident, rng, p_conf=0.85, p_wrong=0.45, missing=None):
+    """Store OOF/test TopK of a simulated model: on `confident` products the truth gets p_conf, otherwise
+    a random wrong leaf gets p_wrong and the truth comes second; the rest is spread evenly."""
+    def probs(truth, conf):
+        n = len(truth)
+        p = np.zeros((n, len(LEAVES)))
+        t = np.searchsorted(LEAVES, truth)
+        wrong = (t + rng.integers(1, len(LEAVES), size=n)) % len(LEAVES)
+        p[np.arange(n), t] = np.where(conf, p_conf, 0.3)
+        p[np.arange(n), wrong] = np.where(conf, 0.0, p_wrong)
+        rest = 1 - p.sum(axis=1, keepdims=True)
+        p += (p == 0) * rest / (p == 0).sum(axis=1, keepdims=True)
+        return p + rng.uniform(0, 0.01, size=p.shape)
+
+    out = run.paths.oof(name)
+    ids = run.ds.train["id"].to_numpy()
+    TopK.from_dense(ids, probs(y, confident), LEAVES, run.top_k, missing=missing).save(out / "oof.npz")
+    tids = run.ds.test["id"].to_numpy()
+    tt = rng.choice(LEAVES, size=len(tids))
+    TopK.from_dense(tids, probs(tt, rng.random(len(tids)) < 0.6), LEAVES, run.top_k).save(out / "test.npz")
+    write_json({"data": run.ds.fingerprint, "k": run.k, "models": name}, out / "complete.json")
+
+
+@pytest.fixture
+def big_run(tmp_path):
+    root = write_dataset(tmp_path / "syn", train=products(1500, seed=3), test=products(200, seed=4, labels=False,
+                                                                                       start_id=90000))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"extends: {REPO / 'configs' / 'default.yaml'}\nfolds:\n  k: 4\n")
+    return Run.open(root, cfg, tmp_path / "w")
+
+
+def hf1(run, name):
+    table = comparison_table(run).set_index("model")
+    return table.loc[name, "hF1"]
+
+
+def test_stacker_trusts_the_confident_model_and_beats_each(big_run):
+    run = big_run
+    y = run.ds.train["category_id"].to_numpy()
+    rng = np.random.default_rng(0)
+    fake_model(run, "fasttext", y, rng.random(len(y)) < 0.6, rng)
+    fake_model(run, "tfidf", y, rng.random(len(y)) < 0.6, rng)
+    info = run_stack(run, echo=lambda *a: None)
+    assert info["models"] == ["fasttext", "tfidf"]
+    stack, best = hf1(run, "stack"), max(hf1(run, "fasttext"), hf1(run, "tfidf"))
+    assert stack > best + 0.1, (stack, best)
+    assert stack >= hf1(run, "average") - 0.01
+    test = TopK.load(run.paths.oof("stack") / "test.npz")
+    assert len(test) == 200 and not test.missing.any() and np.isin(test.top1(), LEAVES).all()
+
+
+def test_stacker_ignores_a_confident_weak_model(big_run):
+    run = big_run
+    y = run.ds.train["category_id"].to_numpy()
+    rng = np.random.default_rng(1)
+    fake_model(run, "fasttext", y, rng.random(len(y)) < 0.9, rng)  # strong
+    fake_model(run, "tfidf", y, rng.random(len(y)) < 0.2, rng, p_conf=0.5, p_wrong=0.9)  # confidently wrong
+    run_stack(run, echo=lambda *a: None)
+    assert hf1(run, "stack") >= hf1(run, "fasttext") - 0.01
+    assert hf1(run, "stack") > hf1(run, "average") + 0.03
+    assert hf1(run, "stack") > hf1(run, "tfidf") + 0.2
+
+
+def test_stacker_handles_missing_image_rows(big_run):
+    run = big_run
+    y = run.ds.train["category_id"].to_numpy()
+    rng = np.random.default_rng(2)
+    no_photo = rng.random(len(y)) < 0.3
+    fake_model(run, "fasttext", y, rng.random(len(y)) < 0.6, rng)
+    fake_model(run, "image", y, rng.random(len(y)) < 0.8, rng, missing=no_photo)
+    info = run_stack(run, echo=lambda *a: None)
+    assert "image_missing" in info["feature_importance"]
+    oof = load_oof(run, "stack")
+    assert not oof.missing.any()  # products without a photo still get a stacked prediction
+    pred = oof.top1()
+    assert np.mean(pred[no_photo] == y[no_photo]) > 0.5
+    assert np.mean(pred[~no_photo] == y[~no_photo]) > np.mean(pred[no_photo] == y[no_photo])
+
+
+def test_expected_hf1_decoding_picks_the_heavier_subtree():
+    # root 1 > A 2 > {a1 21, a2 22}, B 3 > {b1 31}: b1 is the single most probable leaf (0.4), but the
+    # A subtree holds 0.6, so a1 shares more expected ancestors with the truth
+    tree = CategoryTree.from_frame(pd.DataFrame({"id": [1, 2, 21, 22, 3, 31], "title": list("rAxyBz"),
+                                                 "parent_id": [0, 1, 2, 2, 1, 3]}))
+    nodes = NodeIndex(tree)
+    rows = np.array([0, 0, 0])
+    cls = nodes.index(np.array([21, 22, 31]))
+    proba = np.array([0.35, 0.25, 0.4])
+    assert nodes.ids[decode(rows, cls, proba, nodes, 1, "argmax")[0]] == 31
+    assert nodes.ids[decode(rows, cls, proba, nodes, 1, "expected_hf1", 0.9)[0]] == 21
+    # a confident leaf is kept
+    assert nodes.ids[decode(rows, cls, np.array([0.1, 0.1, 0.8]), nodes, 1, "expected_hf1", 0.9)[0]] == 31
+
+
+def test_candidates_are_the_union_and_softmax_sums_to_one():
+    tree = CategoryTree.from_frame(TREE)
+    nodes = NodeIndex(tree)
+    a = TopK.from_ranked([5, 6], [[11, 12], [21, 23]], [[0.6, 0.4], [0.7, 0.3]], 2)
+    b = TopK.from_ranked([5, 6], [[12, 24], [21, 11]], [[0.9, 0.1], [0.5, 0.5]], 2)
+    rows, cls = candidate_pairs([a, b], nodes, per_model=2)
+    got = {(int(r), int(nodes.ids[c])) for r, c in zip(rows, cls)}
+    assert got == {(0, 11), (0, 12), (0, 24), (1, 21), (1, 23), (1, 11)}
+    p = group_softmax(rows, np.arange(len(rows), dtype=float), 1.0)
+    assert np.allclose(np.bincount(rows, weights=p), 1.0)
+
+
+def test_all_stacks_and_submits(tiny, tiny_config, tmp_path):
+    from click.testing import CliRunner
+
+    from prodcat.cli import main
+
+    cfg = tmp_path / "both.yaml"
+    cfg.write_text(tiny_config.read_text().replace("pipeline: [fasttext]", "pipeline: [fasttext, tfidf]"))
+    w = tmp_path / "w"
+    r = CliRunner().invoke(main, ["all", "--data", str(tiny), "--config", str(cfg), "--workdir", str(w)],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "[stack] fasttext, tfidf" in r.output and "submission (stack)" in r.output
+    for name in ("fasttext", "tfidf", "average", "stack"):
+        assert f"\n{name:>8} " in r.output or f"\n{name} " in r.output, name
+    assert (w / "submissions" / "tiny" / "stack.parquet").exists()
+    meta = json.loads((w / "oof" / "tiny" / "stack" / "complete.json").read_text())
+    assert meta["inputs"] == ["fasttext", "tfidf"]
+    common = ["--data", str(tiny), "--config", str(cfg), "--workdir", str(w)]
+    r = CliRunner().invoke(main, ["stack", *common], catch_exceptions=False)
+    assert "unchanged inputs, reused" in r.output
+    r = CliRunner().invoke(main, ["stack", "--models", "tfidf", *common], catch_exceptions=False)
+    assert "[stack] tfidf:" in r.output and "reused" not in r.output  # another subset: recomputed
+    r = CliRunner().invoke(main, ["report", *common])
+    assert r.exit_code == 0, r.output
+    for name in ("scores", "top_level", "calibration"):
+        png = w / "reports" / "tiny" / f"{name}.png"
+        assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,60 @@
+"""TF-IDF base model: the shortlist softmax learns many classes, and the model's fold outputs are sound."""
+import numpy as np
+import scipy.sparse as sp
+from click.testing import CliRunner
+
+from prodcat.cli import main
+from prodcat.probs import TopK
+from prodcat.tfidf_model import DEFAULTS, ShortlistSoftmax
+
+
+def synthetic_sparse(n, n_classes=120, n_features=3000, seed=0):
+    """Each class owns 4 features; a row holds 2 of its class's features and 3 random noise features."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(n_classes, size=n)
+    own = rng.permutation(n_features)[: n_classes * 4].reshape(n_classes, 4)
+    cols = np.hstack([own[y][np.arange(n)[:, None], rng.integers(4, size=(n, 2))],
+                      rng.integers(n_features, size=(n, 3))])
+    x = sp.csr_matrix((np.ones(cols.size, np.float32), (np.repeat(np.arange(n), cols.shape[1]), cols.ravel())),
+                      shape=(n, n_features))
+    x.sum_duplicates()
+    x = sp.diags(1 / np.sqrt(x.multiply(x).sum(axis=1)).A1) @ x
+    return x.tocsr().astype(np.float32), y
+
+
+def test_shortlist_softmax_learns_many_classes():
+    x, y = synthetic_sparse(6000)
+    p = DEFAULTS | {"shortlist": 15, "epochs": 5, "lr": 2.0}
+    clf = ShortlistSoftmax(p, seed=0).fit(x[:5000], y[:5000], 120)
+    labels, scores = clf.predict_top(x[5000:], 5)
+    assert labels.shape == (1000, 5) and np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
+    assert np.all(scores.sum(axis=1) <= 1 + 1e-4)  # a distribution over the shortlist
+    assert np.mean(labels[:, 0] == y[5000:]) > 0.9
+    # the softmax beats the centroid shortlist it re-ranks
+    centroid_top1 = clf.shortlist(x[5000:])[:, 0]
+    assert np.mean(labels[:, 0] == y[5000:]) >= np.mean(centroid_top1 == y[5000:])
+
+
+def test_few_classes_use_every_class():
+    x, y = synthetic_sparse(600, n_classes=5, n_features=200)
+    clf = ShortlistSoftmax(DEFAULTS | {"shortlist": 50}, seed=0).fit(x, y, 5)
+    assert clf.shortlist(x).shape == (600, 5)
+    assert clf.train_recall == 1.0
+
+
+def test_tfidf_trains_folds_and_writes_oof(tiny, tiny_config, tmp_path):
+    w = tmp_path / "w"
+    r = CliRunner().invoke(main, ["train", "tfidf", "--data", str(tiny), "--config", str(tiny_config),
+                                  "--workdir", str(w)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    oof = TopK.load(w / "oof" / "tiny" / "tfidf" / "oof.npz")
+    test = TopK.load(w / "oof" / "tiny" / "tfidf" / "test.npz")
+    assert len(oof) == 120 and len(test) == 30 and not oof.missing.any()
+    from prodcat.run import Run
+    from prodcat.scores import load_oof, score_oof
+
+    run = Run.open(tiny, tiny_config, w)
+    assert score_oof(run, load_oof(run, "tfidf"))["hF1"] > 0.95  # the titles name their category
+    r = CliRunner().invoke(main, ["train", "tfidf", "--data", str(tiny), "--config", str(tiny_config),
+                                  "--workdir", str(w)], catch_exceptions=False)
+    assert "finished earlier, reused" in r.output
