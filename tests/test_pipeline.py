@@ -76,3 +76,9 @@ def test_unknown_model_and_fold(tiny, tiny_config, tmp_path):
     r = CliRunner().invoke(main, ["train", "fasttext", "--fold", "7", "--data", str(tiny), "--config",
                                   str(tiny_config), "--workdir", str(tmp_path)])
     assert r.exit_code != 0 and "--fold must be between 0 and 2" in str(r.exception or r.output)
+
+
+def test_only_rank_zero_writes_under_ddp(tiny, tiny_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "1")  # what Lightning sets in the extra processes of a DDP run
+    invoke("train", "fasttext", "--fold", "0", "--data", tiny, "--config", tiny_config, "--workdir", tmp_path)
+    assert not (tmp_path / "oof" / "tiny" / "fasttext" / "fold0.json").exists()
