@@ -82,3 +82,15 @@ def test_only_rank_zero_writes_under_ddp(tiny, tiny_config, tmp_path, monkeypatc
     monkeypatch.setenv("LOCAL_RANK", "1")  # what Lightning sets in the extra processes of a DDP run
     invoke("train", "fasttext", "--fold", "0", "--data", tiny, "--config", tiny_config, "--workdir", tmp_path)
     assert not (tmp_path / "oof" / "tiny" / "fasttext" / "fold0.json").exists()
+
+
+def test_config_variant_of_a_model_has_its_own_outputs(tiny, tiny_config, tmp_path):
+    variant = tmp_path / "variant.yaml"
+    variant.write_text(f"extends: {tiny_config}\nmodels:\n  ft_small:\n    model: fasttext\n    dim: 8\n"
+                       "    epoch: 5\n")
+    common = ["--data", tiny, "--config", variant, "--workdir", tmp_path / "w"]
+    r = invoke("train", "ft_small", *common)
+    assert "[ft_small] all folds finished" in r.output
+    assert (tmp_path / "w" / "oof" / "tiny" / "ft_small" / "oof.npz").exists()
+    assert not (tmp_path / "w" / "oof" / "tiny" / "fasttext").exists()
+    assert "ft_small" in invoke("scores", *common).output

@@ -65,10 +65,11 @@ def folds(run, force):
 @click.option("--force", is_flag=True, help="Retrain folds that are already finished.")
 def train(run, model, fold, force):
     """Train MODEL on one fold or all folds; writes OOF and test probabilities."""
-    from prodcat.cv import MODELS, train_model
+    from prodcat.cv import known_models, train_model
 
-    if model not in MODELS:
-        raise click.BadParameter(f"unknown model '{model}' (known: {', '.join(MODELS)})", param_hint="MODEL")
+    if model not in known_models(run):
+        raise click.BadParameter(f"unknown model '{model}' (known: {', '.join(known_models(run))})",
+                                 param_hint="MODEL")
     start = time.time()
     done = train_model(run, model, None if fold is None else [fold], force=force, echo=click.echo)
     state = "all folds finished" if done else "not all folds finished yet"

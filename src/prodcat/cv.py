@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from prodcat.config import config_hash
+from prodcat.config import config_hash, deep_merge
 from prodcat.probs import TopK, average
 from prodcat.run import Run
 from prodcat.storage import write_json
@@ -56,10 +56,21 @@ class BaseModel:
         raise NotImplementedError
 
 
-def model_class(name: str) -> type[BaseModel]:
-    if name not in MODELS:
-        raise KeyError(f"unknown model '{name}' (known: {', '.join(MODELS)})")
-    module, cls = MODELS[name].split(":")
+def known_models(run: Run) -> list[str]:
+    """The registry's models plus the config's variants (a `models:` section with `model: <registered>`)."""
+    variants = [n for n, p in run.cfg.get("models", {}).items() if isinstance(p, dict) and p.get("model") in MODELS]
+    return list(MODELS) + [n for n in variants if n not in MODELS]
+
+
+def model_class(name: str, run: Run | None = None) -> type[BaseModel]:
+    """The class of a registered model, or of a config variant (e.g. `fasttext_hs: {model: fasttext, ...}`)."""
+    base = name
+    if name not in MODELS and run is not None:
+        base = run.model_params(name).get("model", name)
+    if base not in MODELS:
+        known = known_models(run) if run is not None else list(MODELS)
+        raise KeyError(f"unknown model '{name}' (known: {', '.join(known)})")
+    module, cls = MODELS[base].split(":")
     return getattr(importlib.import_module(module), cls)
 
 
@@ -80,7 +91,12 @@ def fold_done(run: Run, model: BaseModel, fold: int) -> bool:
 def train_model(run: Run, name: str, folds: list[int] | None = None, force: bool = False,
                 echo=print) -> bool:
     """Train `name` on the requested folds (all by default); True when all folds are finished."""
-    model = model_class(name)(run, run.model_params(name))
+    params = run.model_params(name)
+    base = params.pop("model", name)
+    if base != name:  # a variant: the base model's settings, overridden by the variant's
+        params = deep_merge(run.model_params(base), params)
+    model = model_class(name, run)(run, params)
+    model.name = name  # a config variant writes under its own name
     reason = model.skip_reason()
     if reason:
         echo(f"[{name}] skipped: {reason}")
