@@ -34,7 +34,7 @@ from prodcat.cv import BaseModel, fold_done
 from prodcat.probs import TopK
 from prodcat.storage import write_json
 from prodcat.tokens import Vocab, lemmas, navec_matrix
-from prodcat.vision import BackboneSpec, cached_embeddings, photo_index
+from prodcat.vision import BackboneSpec, cached_embeddings, no_images_reason, photo_index
 from prodcat.image_model import robust_std
 
 pl = lightning()
@@ -50,10 +50,7 @@ class CocaModel(BaseModel):
         self._docs = None
 
     def skip_reason(self) -> str | None:
-        if not self.run.ds.has_images:
-            return (f"dataset {self.run.ds.name} has no images (CoCa trains on photo-text pairs; expected "
-                    f"{self.run.ds.root}/images/{{train,test}}/<id>.jpg)")
-        return None
+        return no_images_reason(self.run.ds, "CoCa, trained on photo-text pairs,")
 
     def settings(self) -> dict:
         text = self.run.cfg.get("text", {}) | self.params.get("text", {})

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from prodcat.trainer import adamw_cosine, lightning  # noqa: I001 - first: sets OMP_WAIT_POLICY before torch
+from prodcat.trainer import adamw_cosine, lightning
 from prodcat.cv import BaseModel
 from prodcat.probs import TopK
-from prodcat.vision import BackboneSpec, cached_embeddings, photo_index
+from prodcat.vision import BackboneSpec, cached_embeddings, no_images_reason, photo_index
 
 
 class ImageModel(BaseModel):
@@ -30,10 +30,7 @@ class ImageModel(BaseModel):
         self._photos = None
 
     def skip_reason(self) -> str | None:
-        if not self.run.ds.has_images:
-            return (f"dataset {self.run.ds.name} has no images (expected {self.run.ds.root}/images/"
-                    f"{{train,test}}/<id>.jpg)")
-        return None
+        return no_images_reason(self.run.ds, "the image model")
 
     def settings(self) -> dict:
         return {"params": self.params, "mode": self.mode, "top_k": self.run.top_k, "seed": self.run.seed}

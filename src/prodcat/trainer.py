@@ -15,16 +15,10 @@ workdir is models/<dataset>/<model>/fold<K>. Seeds are set with `seed_everything
 """
 from __future__ import annotations
 
-import os
 import logging
 import sys
 import warnings
 from pathlib import Path
-
-# OpenMP threads that spin while waiting burn the cores other processes need; on a shared CPU that makes
-# torch 5-10x slower (measured: 2.5 s vs 0.2 s per CoCa step). Only effective before torch is imported;
-# an explicit setting in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 DEFAULTS = {"accelerator": "auto", "devices": "auto", "num_nodes": 1, "strategy": "auto", "precision": "auto",
             "progress_bar": "auto", "log_every_n_steps": 10, "cpu_threads": 0}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from prodcat.errors import DataError
-
-# OpenMP threads that spin while waiting burn the cores other processes need; on a shared CPU that makes
-# torch 5-10x slower (measured: 2.5 s vs 0.2 s per CoCa step). Only effective before torch is imported;
-# an explicit setting in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _TORCHVISION_SHIM = None  # the torch.library.Library that defines the missing ops; must stay alive
 
@@ -60,6 +54,13 @@ def ensure_torchvision():
 def import_timm():
     ensure_torchvision()
     return importlib.import_module("timm")
+
+
+def no_images_reason(ds, model: str) -> str | None:
+    """Why `model` cannot run on a dataset without photos (None when it has some)."""
+    if ds.has_images:
+        return None
+    return f"dataset {ds.name} has no images ({model} needs photos: {ds.root}/images/{{train,test}}/<id>.jpg)"
 
 
 # -- backbones -------------------------------------------------------------------------------------------
