@@ -146,6 +146,7 @@ class CocaModel(BaseModel):
 
         forced = fold_done(self.run, self, fold)  # the runner calls a finished fold only with --force
         set_cpu_threads(self.params.get("trainer"))
+        self.image_inputs()  # before seeding: embedding photos (first run) must not shift the fold's random state
         seed(self.run.seed + fold)
         workdir.mkdir(parents=True, exist_ok=True)
         cfg = self.params

@@ -54,6 +54,8 @@ class ImageModel(BaseModel):
         from prodcat.trainer import seed, set_cpu_threads
 
         set_cpu_threads(self.params.get("trainer"))
+        if self.mode == "frozen":
+            self.embeddings()  # before seeding: computing them (first run) must not shift the fold's random state
         seed(self.run.seed + fold)
         if self.mode == "frozen":
             return self._fit_frozen(fold, train, predict, workdir)
