@@ -62,15 +62,11 @@ def known_models(run: Run) -> list[str]:
     return list(MODELS) + [n for n in variants if n not in MODELS]
 
 
-def model_class(name: str, run: Run | None = None) -> type[BaseModel]:
-    """The class of a registered model, or of a config variant (e.g. `fasttext_hs: {model: fasttext, ...}`)."""
-    base = name
-    if name not in MODELS and run is not None:
-        base = run.model_params(name).get("model", name)
-    if base not in MODELS:
-        known = known_models(run) if run is not None else list(MODELS)
-        raise KeyError(f"unknown model '{name}' (known: {', '.join(known)})")
-    module, cls = MODELS[base].split(":")
+def model_class(name: str) -> type[BaseModel]:
+    """The class of a registered model."""
+    if name not in MODELS:
+        raise KeyError(f"unknown model '{name}' (known: {', '.join(MODELS)})")
+    module, cls = MODELS[name].split(":")
     return getattr(importlib.import_module(module), cls)
 
 
@@ -95,7 +91,7 @@ def train_model(run: Run, name: str, folds: list[int] | None = None, force: bool
     base = params.pop("model", name)
     if base != name:  # a variant: the base model's settings, overridden by the variant's
         params = deep_merge(run.model_params(base), params)
-    model = model_class(name, run)(run, params)
+    model = model_class(base)(run, params)
     model.name = name  # a config variant writes under its own name
     reason = model.skip_reason()
     if reason:

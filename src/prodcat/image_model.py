@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from prodcat.trainer import adamw_cosine, lightning
 from prodcat.cv import BaseModel
@@ -67,7 +66,7 @@ class ImageModel(BaseModel):
             emb = cached_embeddings(self.run, self.spec, int(self.params.get("image_size", 224)),
                                     grid=int(self.params.get("token_grid", 3)),
                                     batch_size=int(self.params.get("embed_batch_size", 32)))
-            self._emb = (pd.Series(np.arange(len(emb.ids)), index=emb.ids), emb.pooled, emb.usable)
+            self._emb = emb
         return self._emb
 
     def _fit_frozen(self, fold, train, predict, workdir):
@@ -75,8 +74,9 @@ class ImageModel(BaseModel):
 
         from prodcat.trainer import make_trainer
 
-        pos, feats, usable = self.embeddings()
-        rows = pos.loc[train["id"]].to_numpy()
+        emb = self.embeddings()
+        feats, usable = emb.pooled, emb.usable
+        rows = emb.rows(train["id"])
         keep = usable[rows]
         rows, y = rows[keep], train["category_id"].to_numpy()[keep]
         classes = np.unique(y)
@@ -92,7 +92,7 @@ class ImageModel(BaseModel):
         module.eval()
         out = {}
         for split, frame in predict.items():
-            r = pos.loc[frame["id"]].to_numpy()
+            r = emb.rows(frame["id"])
             have = usable[r]
             proba = np.zeros((len(frame), len(classes)), np.float32)
             if have.any():

@@ -27,6 +27,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from prodcat.metrics import hierarchical_f1
 from prodcat.probs import NO_LABEL, TopK
 from prodcat.run import Run
 from prodcat.storage import write_json
@@ -71,6 +72,11 @@ class NodeIndex:
         for i, n in enumerate(self.ids):
             p = self.index(np.array(tree.path(n)))
             self.path[i, :len(p)] = p
+
+    def category(self, idx: np.ndarray) -> np.ndarray:
+        """Node indices -> category ids (NO_LABEL for -1)."""
+        idx = np.asarray(idx)
+        return np.where(idx >= 0, self.ids[np.maximum(idx, 0)], NO_LABEL)
 
     def index(self, node_ids: np.ndarray) -> np.ndarray:
         """Category ids -> node indices (-1 for NO_LABEL and ids not in the tree)."""
@@ -246,15 +252,6 @@ def decode(rows, cls, proba, nodes: NodeIndex, n_rows: int, method: str, f_level
     return decode(rows, cls, gain, nodes, n_rows, "argmax")
 
 
-def _hf1_idx(truth_idx, pred_idx, nodes: NodeIndex) -> float:
-    """Micro hF1 with node indices (pred -1: empty set)."""
-    tp = nodes.path[truth_idx]
-    pp = np.where(pred_idx[:, None] >= 0, nodes.path[np.maximum(pred_idx, 0)], -1)
-    inter = ((tp == pp) & (tp >= 0)).sum()
-    n_true, n_pred = (tp >= 0).sum(), (pp >= 0).sum()
-    return float(2 * inter / (n_true + n_pred)) if inter else 0.0
-
-
 # -- the stacker -----------------------------------------------------------------------------------
 def base_models(run: Run) -> list[str]:
     """Finished base models (the stacker's own output is not a base model)."""
@@ -393,11 +390,13 @@ def run_stack(run: Run, models: list[str] | None = None, echo=print, force: bool
 
     # decoding: measure both on the OOF rows, keep the configured one. Expected-hF1 decoding needs the
     # hF1 level F reached; the argmax decoding's OOF hF1 is used (one scalar, for the OOF and test rows)
-    f_level = _hf1_idx(y, decode(rows, cls, proba_oof, nodes, n_train, "argmax"), nodes)
+    y_ids = run.ds.train["category_id"].to_numpy()
+    argmax = decode(rows, cls, proba_oof, nodes, n_train, "argmax")
+    f_level = hierarchical_f1(y_ids, nodes.category(argmax), run.ds.tree)
     results, decided = {}, {}
     for method in ("argmax", "expected_hf1"):
         decided[method] = decode(rows, cls, proba_oof, nodes, n_train, method, f_level)
-        results[method] = _hf1_idx(y, decided[method], nodes)
+        results[method] = hierarchical_f1(y_ids, nodes.category(decided[method]), run.ds.tree)
     method = p["decoding"]
     oof_top = _to_topk(run.ds.train["id"].to_numpy(), rows, cls, proba_oof, decided[method], nodes, run.top_k)
     test_pred = decode(t_rows, t_cls, proba_test, nodes, n_test, method, f_level)

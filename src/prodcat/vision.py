@@ -272,10 +272,6 @@ class PhotoIndex:
                 f"{int((~has).sum())} without a photo, {int((has & ~self.usable).sum())} unreadable")
 
 
-def pd_index(ids) -> dict:
-    return {int(i): n for n, i in enumerate(np.asarray(ids).tolist())}
-
-
 def photo_index(ds) -> PhotoIndex:
     ids = np.concatenate([ds.train["id"].to_numpy(), ds.test["id"].to_numpy()])
     splits = np.array(["train"] * len(ds.train) + ["test"] * len(ds.test))
@@ -313,7 +309,8 @@ class Embeddings:
     usable: np.ndarray
 
     def rows(self, ids) -> np.ndarray:
-        pos = pd_index(self.ids)
+        """Row of each product id (KeyError for an id without a row)."""
+        pos = {int(i): n for n, i in enumerate(np.asarray(self.ids).tolist())}
         return np.array([pos[int(i)] for i in ids], dtype=np.int64)
 
 
