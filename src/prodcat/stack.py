@@ -6,7 +6,8 @@ rank of the candidate, probability mass on the candidate's parent and grandparen
 model's top probability, the model's top probability and entropy, whether it ranks the candidate first,
 whether the model is missing for the product (no photo) and its flags; shared: how many models rank the
 candidate first, the mean and max probability, the candidate's training frequency and depth, the number of
-candidates. A LightGBM ranker (lambdarank by default, one query per product, the true leaf relevant) scores
+candidates; optionally lookup priors (prodcat.priors: how often the candidate goes with the product's first
+title words or brand in the other folds' labels). A LightGBM ranker (lambdarank by default, one query per product, the true leaf relevant) scores
 the pairs; a softmax per product with a temperature fitted on the OOF rows turns scores into probabilities.
 
 Honest OOF: the stacker is cross-validated over the OOF rows with the run's product folds (the rows of
@@ -51,6 +52,7 @@ DEFAULTS = {
     "product_features": True,  # the product's text length, has description/characteristics
     "monotone": True,          # monotone constraints on the candidate's probability/rank features
     "exclude_features": [],    # feature names or suffixes left out (e.g. entropy, freq)
+    "priors": [],              # lookup-prior keys (prodcat.priors), e.g. [word1, word1+word2, char:Brand]
 }
 
 
@@ -326,13 +328,21 @@ def run_stack(run: Run, models: list[str] | None = None, echo=print, force: bool
     prod_train = product_features(run, run.ds.train) if p["product_features"] else None
     prod_test = product_features(run, run.ds.test) if p["product_features"] else None
     x = pair_features(oof, nodes, rows, cls, freq_oof, folds, prod_train)
+    priors = None
+    if p["priors"]:
+        from prodcat.priors import LookupPriors
+
+        priors = LookupPriors(p["priors"], run.ds.train, run.ds.test, y, folds, run.k, len(nodes.ids))
+        x = pd.concat([x, priors.features(rows, cls, folds[rows])], axis=1)
     is_true = cls == y[rows]
     drop = [c for c in x.columns if any(c == e or c.endswith("_" + e) for e in p["exclude_features"] or [])]
     x = x.drop(columns=drop)
 
-    def test_features(parts: dict[str, TopK], fold_counts: np.ndarray):
+    def test_features(parts: dict[str, TopK], fold_counts: np.ndarray, fold: int):
         r, c = candidate_pairs(list(parts.values()), nodes, int(p["candidates"]))
         xt = pair_features(parts, nodes, r, c, fold_counts[None, :], np.zeros(n_test, np.int64), prod_test)
+        if priors is not None:  # test rows follow the training rows in the priors' product index
+            xt = pd.concat([xt, priors.features(n_train + r, c, np.int64(fold))], axis=1)
         return r, c, xt.reindex(columns=x.columns, fill_value=0.0)  # e.g. a missing flag only OOF rows need
 
     # test rows: the ranker of fold f scores the base models' fold-f test predictions (the same kind of
@@ -341,7 +351,7 @@ def run_stack(run: Run, models: list[str] | None = None, echo=print, force: bool
     per_fold_test = n_folds == run.k and all((run.paths.oof(m) / f"fold{f}.test.npz").exists()
                                              for m in names for f in range(run.k))
     if not per_fold_test:
-        shared_test = test_features(test, counts * (run.k - 1) / run.k)
+        shared_test = test_features(test, counts * (run.k - 1) / run.k, -1)
     has_truth = np.zeros(n_train, bool)
     has_truth[rows[is_true]] = True
     recall = float(has_truth.mean())
@@ -377,7 +387,7 @@ def run_stack(run: Run, models: list[str] | None = None, echo=print, force: bool
         if per_fold_test:
             parts = {m: TopK.load(run.paths.oof(m) / f"fold{f}.test.npz").align(run.ds.test["id"].to_numpy())
                      for m in names}
-            t_r, t_c, x_t = test_features(parts, freq_oof[f])
+            t_r, t_c, x_t = test_features(parts, freq_oof[f], f)
         else:
             t_r, t_c, x_t = shared_test
         test_parts.append((t_r, t_c, booster.predict(x_t)))

@@ -1,0 +1,131 @@
+"""Lookup priors: how often each class goes with a product key (the first title word, the brand, ...),
+counted on the other folds' labels. The stacker uses them as candidate features.
+
+A product key is built from a spec, parts joined by `+`:
+- `word1`, `word2`, `word3`, ...: that word of the normalised title; `last_word`: its last word;
+- `char:NAME`: the values of the characteristic NAME (case-insensitive; `char:Бренд|Brand` takes the first
+  name present).
+A product lacking a part has no key for that spec (its features are NaN). E.g. `word1+word2` is the first two
+title words - in retail titles usually the product type ("конфеты шоколадные") - and `char:Бренд+word1` is
+the brand's products of that type.
+
+For a (product, candidate class) pair and a spec the features are `n` (training products with the product's
+key), `cnt` (those of them in the candidate class) and `p = cnt / (n + 1)`. Counts exclude one fold: an OOF
+product's own fold, or for test products the fold whose base models made the test prediction, so every
+product is described by labels its base models also trained on, never by its own label.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+
+from prodcat.errors import DataError
+from prodcat.text import normalize, parse_characteristics
+
+_WORD = re.compile(r"^word([1-9]\d*)$")
+
+
+def _part(spec: str, part: str, titles: pd.Series, chars: pd.Series) -> pd.Series:
+    """Values of one key part for every product (None where it has none)."""
+    m = _WORD.match(part)
+    if m:
+        return titles.str[int(m.group(1)) - 1]
+    if part == "last_word":
+        return titles.str[-1]
+    if part.startswith("char:"):
+        names = [n.strip().lower() for n in part[5:].split("|") if n.strip()]
+
+        def value(pairs):
+            found = {name.lower(): vals for name, vals in pairs}
+            for n in names:
+                if found.get(n):
+                    return normalize(" | ".join(found[n])) or None
+            return None
+
+        return chars.map(value)
+    raise DataError(f"stack.priors: unknown key part {part!r} in {spec!r} "
+                      "(use word1, word2, ..., last_word or char:NAME, joined by '+')")
+
+
+def feature_name(i: int, spec: str) -> str:
+    """LightGBM-safe feature prefix of the i-th spec, e.g. prior1_word1_word2."""
+    ascii_spec = re.sub(r"[^a-z0-9]+", "_", spec.lower()).strip("_")
+    return f"prior{i}_{ascii_spec}" if ascii_spec else f"prior{i}"
+
+
+def product_keys(frame: pd.DataFrame, specs: list[str]) -> list[pd.Series]:
+    """One key per spec for every product of `frame` (None where a part is missing)."""
+    titles = frame["title"].map(normalize).str.split(" ").map(lambda w: [t for t in w if t])
+    chars = frame["name_value_characteristics"].map(parse_characteristics)
+    cache: dict[str, pd.Series] = {}
+    keys = []
+    for spec in specs:
+        parts = [p.strip() for p in str(spec).split("+") if p.strip()]
+        if not parts:
+            raise DataError(f"stack.priors: empty key spec {spec!r}")
+        key = None
+        for part in parts:
+            if part not in cache:
+                cache[part] = _part(spec, part, titles, chars).where(lambda s: s.str.len() > 0)
+            key = cache[part] if key is None else key + "\x1f" + cache[part]
+        keys.append(key.reset_index(drop=True))
+    return keys
+
+
+class LookupPriors:
+    """Out-of-fold (key, class) counts for every spec, over the training products and their folds."""
+
+    def __init__(self, specs: list[str], train: pd.DataFrame, test: pd.DataFrame, y: np.ndarray,
+                 folds: np.ndarray, k: int, n_classes: int):
+        self.specs = list(specs)
+        self.names = [feature_name(i, s) for i, s in enumerate(self.specs)]
+        self.k, self.n_classes, self.n_train = k, n_classes, len(train)
+        frame = pd.concat([train, test], ignore_index=True)
+        self.codes, self.pair_keys, self.pair_counts, self.key_counts = [], [], [], []
+        for key in product_keys(frame, self.specs):
+            code = pd.factorize(key)[0].astype(np.int64)  # -1: no key
+            self.codes.append(code)
+            tr = code[: len(train)]
+            ok = (tr >= 0) & (y >= 0)
+            pk = tr[ok] * n_classes + y[ok]
+            uniq, inv = np.unique(pk, return_inverse=True)
+            per_fold = np.zeros((len(uniq), k + 1), np.float32)  # columns: folds 0..k-1, then the total
+            np.add.at(per_fold, (inv, folds[ok]), 1)
+            per_fold[:, k] = per_fold[:, :k].sum(axis=1)
+            n_codes = int(code.max()) + 1
+            kc = np.zeros((n_codes, k + 1), np.float32)
+            np.add.at(kc, (tr[ok], folds[ok]), 1)
+            kc[:, k] = kc[:, :k].sum(axis=1)
+            self.pair_keys.append(uniq)
+            self.pair_counts.append(per_fold)
+            self.key_counts.append(kc)
+
+    def features(self, products: np.ndarray, cls: np.ndarray, excluded: np.ndarray) -> pd.DataFrame:
+        """Features of the pairs (products[i], cls[i]): product indices into train+test (test rows follow
+        the training rows), class indices, and per pair the fold whose labels are left out (-1: none; the
+        counts are then scaled by (k-1)/k to match fold-excluded ones)."""
+        excluded = np.broadcast_to(np.asarray(excluded, np.int64), products.shape)
+        none = excluded < 0
+        col = np.where(none, self.k, excluded)
+        scale = np.where(none, (self.k - 1) / self.k, 1.0).astype(np.float32)
+        out = {}
+        for name, code, uniq, per_fold, kc in zip(self.names, self.codes, self.pair_keys, self.pair_counts,
+                                                 self.key_counts):
+            c = code[products]
+            has = c >= 0
+            cs = np.maximum(c, 0)
+            n = (kc[cs, self.k] - np.where(none, 0, kc[cs, col])) * scale
+            pk = cs * self.n_classes + cls
+            cnt = np.zeros(len(pk), np.float32)
+            if len(uniq):
+                pos = np.clip(np.searchsorted(uniq, pk), 0, len(uniq) - 1)
+                hit = has & (uniq[pos] == pk)
+                left_out = np.where(none, 0, per_fold[pos, col])
+                cnt = np.where(hit, (per_fold[pos, self.k] - left_out) * scale, 0)
+            nan = np.float32(np.nan)
+            out[f"{name}_n"] = np.where(has, n, nan).astype(np.float32)
+            out[f"{name}_cnt"] = np.where(has, cnt, nan).astype(np.float32)
+            out[f"{name}_p"] = np.where(has, cnt / (n + 1), nan).astype(np.float32)
+        return pd.DataFrame(out)

@@ -1,0 +1,62 @@
+"""Lookup priors: key specs, fold-excluded counts, and their use by the stacker."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from prodcat.errors import DataError
+from prodcat.priors import LookupPriors, feature_name, product_keys
+
+
+def frame(titles, chars=None):
+    return pd.DataFrame({"title": titles, "name_value_characteristics": chars or [None] * len(titles)})
+
+
+def test_key_parts():
+    f = frame(["Конфеты шоколадные, 200 г", "Milk", None],
+              ["Бренд: Рот Фронт / Вес: 200 г", "brand: Valio", None])
+    w1, w12, last, brand, combo = product_keys(f, ["word1", "word1+word2", "last_word", "char:Бренд|Brand",
+                                                   "char:Brand+word1"])
+    assert w1.tolist()[:2] == ["конфеты", "milk"] and pd.isna(w1[2])
+    assert w12[0] == "конфеты\x1fшоколадные" and pd.isna(w12[1])  # a one-word title has no word2
+    assert last[0] == "200г"
+    assert brand.tolist()[:2] == ["рот фронт", "valio"] and pd.isna(brand[2])
+    assert pd.isna(combo[0]) and combo[1] == "valio\x1fmilk"  # char names are case-insensitive
+
+
+def test_unknown_part_is_a_clear_error():
+    with pytest.raises(DataError, match="unknown key part 'colour'"):
+        product_keys(frame(["a b"]), ["word1+colour"])
+
+
+def test_feature_names_are_ascii():
+    assert feature_name(0, "word1+word2") == "prior0_word1_word2"
+    assert feature_name(3, "char:Бренд") == "prior3_char"
+    assert feature_name(4, "Бренд") == "prior4"
+
+
+def test_counts_leave_out_the_excluded_fold():
+    rng = np.random.default_rng(0)
+    n, k, n_classes = 300, 3, 4
+    words = rng.choice(["a", "b", "c", "d", "e"], n)
+    train = frame([f"{w} x" for w in words])
+    test = frame(["a y", "zzz y", None])
+    y = rng.integers(0, n_classes, n)
+    folds = rng.integers(0, k, n)
+    lp = LookupPriors(["word1"], train, test, y, folds, k, n_classes)
+    prods = np.repeat(np.arange(n), n_classes)
+    cls = np.tile(np.arange(n_classes), n)
+    x = lp.features(prods, cls, folds[prods])
+    same = (words[prods][:, None] == words[None, :]) & (folds[None, :] != folds[prods][:, None])
+    n_ref = same.sum(axis=1)
+    cnt_ref = (same & (y[None, :] == cls[:, None])).sum(axis=1)
+    assert np.array_equal(x["prior0_word1_n"], n_ref)
+    assert np.array_equal(x["prior0_word1_cnt"], cnt_ref)
+    assert np.allclose(x["prior0_word1_p"], cnt_ref / (n_ref + 1))
+    # test products: fold 1 left out, or no fold (all counts, scaled by (k-1)/k); an unseen key counts 0;
+    # a product without the key part (no title) has NaN features
+    xt = lp.features(np.array([n, n, n + 1, n + 2]), np.array([2, 2, 2, 2]), np.array([1, -1, 1, 1]))
+    a = words == "a"
+    assert xt["prior0_word1_n"][0] == (a & (folds != 1)).sum()
+    assert xt["prior0_word1_cnt"][1] == pytest.approx((a & (y == 2)).sum() * (k - 1) / k)
+    assert xt["prior0_word1_n"][2] == 0 and xt["prior0_word1_p"][2] == 0
+    assert np.isnan(xt["prior0_word1_p"][3])
