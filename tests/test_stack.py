@@ -167,3 +167,28 @@ def test_lookup_priors_lift_the_stack(big_run):
     assert hf1(run, "stack") > without and hf1(run, "stack") > 0.995, (hf1(run, "stack"), without)
     test = TopK.load(run.paths.oof("stack") / "test.npz")
     assert not test.missing.any() and np.isin(test.top1(), LEAVES).all()
+
+
+def test_submission_falls_back_for_products_a_model_missed(big_run):
+    from prodcat.submit import build_submission
+
+    run = big_run
+    y = run.ds.train["category_id"].to_numpy()
+    rng = np.random.default_rng(5)
+    fake_model(run, "fasttext", y, rng.random(len(y)) < 0.6, rng)
+    fake_model(run, "image", y, rng.random(len(y)) < 0.6, rng)
+    path = run.paths.oof("image") / "test.npz"
+    test = TopK.load(path)
+    no_photo = np.arange(len(test)) < 10
+    TopK.from_ranked(test.ids, test.labels, test.scores, test.k, missing=no_photo).save(path)
+    sub, used = build_submission(run, "image")
+    assert used == ["image", "fasttext"]
+    pred = sub["predicted_category_id"].to_numpy()
+    assert np.array_equal(pred[no_photo], load_test_top1(run, "fasttext")[no_photo])
+    assert np.array_equal(pred[~no_photo], test.top1()[~no_photo])
+    sub, used = build_submission(run, "fasttext")
+    assert used == ["fasttext"]
+
+
+def load_test_top1(run, name):
+    return TopK.load(run.paths.oof(name) / "test.npz").align(run.ds.test["id"].to_numpy()).top1()

@@ -7,8 +7,9 @@ model's top probability, the model's top probability and entropy, whether it ran
 whether the model is missing for the product (no photo) and its flags; shared: how many models rank the
 candidate first, the mean and max probability, the candidate's training frequency and depth, the number of
 candidates; optionally lookup priors (prodcat.priors: how often the candidate goes with the product's first
-title words or brand in the other folds' labels). A LightGBM ranker (lambdarank by default, one query per product, the true leaf relevant) scores
-the pairs; a softmax per product with a temperature fitted on the OOF rows turns scores into probabilities.
+title words or brand in the other folds' labels). A LightGBM ranker (lambdarank by default, one query per
+product, the true leaf relevant) scores the pairs; a softmax per product with a temperature fitted on the OOF
+rows turns scores into probabilities.
 
 Honest OOF: the stacker is cross-validated over the OOF rows with the run's product folds (the rows of
 fold f are scored by a ranker trained on the other folds). Test rows: the ranker of fold f scores the base

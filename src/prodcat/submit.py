@@ -13,33 +13,34 @@ from prodcat.scores import load_test, score_table
 from prodcat.storage import write_parquet
 
 
-def choose_sources(run: Run, model: str | None) -> list[str]:
-    """The model to submit (given, or the best OOF hF1), then the others as fallbacks for products it
-    could not predict (e.g. the image model on a product without a photo), best first."""
-    table = score_table(run).sort_values("hF1", ascending=False)
-    names = table["model"].tolist()
-    if not names:
-        raise DataError(f"no finished model for dataset '{run.ds.name}': train one first")
-    if model is not None:
-        if model not in names:
-            raise DataError(f"model '{model}' has no finished test probabilities (finished: {', '.join(names)})")
-        names.remove(model)
-        names.insert(0, model)
-    return names
+def ranked_models(run: Run) -> list[str]:
+    """Finished models, best OOF hF1 first."""
+    return score_table(run).sort_values("hF1", ascending=False)["model"].tolist()
 
 
 def build_submission(run: Run, model: str | None = None) -> tuple[pd.DataFrame, list[str]]:
-    sources = choose_sources(run, model)
+    """Top-1 of `model` (default: the best OOF hF1); products it could not predict (e.g. the image model on
+    a product without a photo) take the next best model's prediction. Returns the frame and the models used.
+    Models are only scored (ranked) when they are needed."""
+    from prodcat.cv import finished_models
+
+    finished = finished_models(run)
+    if not finished:
+        raise DataError(f"no finished model for dataset '{run.ds.name}': train one first")
+    if model is not None and model not in finished:
+        raise DataError(f"model '{model}' has no finished test probabilities (finished: {', '.join(finished)})")
+    ranked = None if model is not None else ranked_models(run)
+    first = model or ranked[0]
     ids = run.ds.test["id"].to_numpy()
-    pred = np.full(len(ids), NO_LABEL, np.int64)
-    used = []
-    for name in sources:
-        todo = pred == NO_LABEL
-        if not todo.any():
-            break
-        test = load_test(run, name)
-        pred[todo] = test.top1()[todo]
-        used.append(name)
+    pred = load_test(run, first).top1()
+    used = [first]
+    if (pred == NO_LABEL).any():
+        for name in (ranked or ranked_models(run)):
+            todo = pred == NO_LABEL
+            if name == first or not todo.any():
+                continue
+            pred[todo] = load_test(run, name).top1()[todo]
+            used.append(name)
     return pd.DataFrame({"id": ids, "predicted_category_id": pred}), used
 
 
