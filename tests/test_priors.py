@@ -60,3 +60,10 @@ def test_counts_leave_out_the_excluded_fold():
     assert xt["prior0_word1_cnt"][1] == pytest.approx((a & (y == 2)).sum() * (k - 1) / k)
     assert xt["prior0_word1_n"][2] == 0 and xt["prior0_word1_p"][2] == 0
     assert np.isnan(xt["prior0_word1_p"][3])
+
+
+def test_a_key_no_product_has_gives_nan_features():
+    train = frame(["a x", "b x"])
+    lp = LookupPriors(["char:Colour"], train, frame(["a y"]), np.array([0, 1]), np.array([0, 1]), 2, 2)
+    x = lp.features(np.array([0, 2]), np.array([0, 1]), np.array([0, -1]))
+    assert x.isna().all().all()

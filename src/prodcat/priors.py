@@ -46,7 +46,7 @@ def _part(spec: str, part: str, titles: pd.Series, chars: pd.Series) -> pd.Serie
 
         return chars.map(value)
     raise DataError(f"stack.priors: unknown key part {part!r} in {spec!r} "
-                      "(use word1, word2, ..., last_word or char:NAME, joined by '+')")
+                    "(use word1, word2, ..., last_word or char:NAME, joined by '+')")
 
 
 def feature_name(i: int, spec: str) -> str:
@@ -94,7 +94,7 @@ class LookupPriors:
             per_fold = np.zeros((len(uniq), k + 1), np.float32)  # columns: folds 0..k-1, then the total
             np.add.at(per_fold, (inv, folds[ok]), 1)
             per_fold[:, k] = per_fold[:, :k].sum(axis=1)
-            n_codes = int(code.max()) + 1
+            n_codes = max(int(code.max()) + 1, 1)  # (a key no product has: all codes -1)
             kc = np.zeros((n_codes, k + 1), np.float32)
             np.add.at(kc, (tr[ok], folds[ok]), 1)
             kc[:, k] = kc[:, :k].sum(axis=1)
