@@ -8,7 +8,7 @@ import pytest
 from conftest import REPO, TREE, products, write_dataset
 from prodcat.probs import TopK
 from prodcat.run import Run
-from prodcat.scores import comparison_table, load_oof
+from prodcat.scores import comparison_table, load_oof, load_test
 from prodcat.stack import NodeIndex, candidate_pairs, decode, group_softmax, run_stack
 from prodcat.storage import write_json
 from prodcat.tree import CategoryTree
@@ -184,11 +184,7 @@ def test_submission_falls_back_for_products_a_model_missed(big_run):
     sub, used = build_submission(run, "image")
     assert used == ["image", "fasttext"]
     pred = sub["predicted_category_id"].to_numpy()
-    assert np.array_equal(pred[no_photo], load_test_top1(run, "fasttext")[no_photo])
+    assert np.array_equal(pred[no_photo], load_test(run, "fasttext").top1()[no_photo])
     assert np.array_equal(pred[~no_photo], test.top1()[~no_photo])
     sub, used = build_submission(run, "fasttext")
     assert used == ["fasttext"]
-
-
-def load_test_top1(run, name):
-    return TopK.load(run.paths.oof(name) / "test.npz").align(run.ds.test["id"].to_numpy()).top1()

@@ -91,13 +91,9 @@ class LookupPriors:
             ok = (tr >= 0) & (y >= 0)
             pk = tr[ok] * n_classes + y[ok]
             uniq, inv = np.unique(pk, return_inverse=True)
-            per_fold = np.zeros((len(uniq), k + 1), np.float32)  # columns: folds 0..k-1, then the total
-            np.add.at(per_fold, (inv, folds[ok]), 1)
-            per_fold[:, k] = per_fold[:, :k].sum(axis=1)
+            per_fold = _fold_counts(inv, folds[ok], len(uniq), k)
             n_codes = max(int(code.max()) + 1, 1)  # (a key no product has: all codes -1)
-            kc = np.zeros((n_codes, k + 1), np.float32)
-            np.add.at(kc, (tr[ok], folds[ok]), 1)
-            kc[:, k] = kc[:, :k].sum(axis=1)
+            kc = _fold_counts(tr[ok], folds[ok], n_codes, k)
             self.pair_keys.append(uniq)
             self.pair_counts.append(per_fold)
             self.key_counts.append(kc)
@@ -116,16 +112,28 @@ class LookupPriors:
             c = code[products]
             has = c >= 0
             cs = np.maximum(c, 0)
-            n = (kc[cs, self.k] - np.where(none, 0, kc[cs, col])) * scale
+            n = _left_out(kc, cs, col, none, scale)
             pk = cs * self.n_classes + cls
             cnt = np.zeros(len(pk), np.float32)
             if len(uniq):
                 pos = np.clip(np.searchsorted(uniq, pk), 0, len(uniq) - 1)
-                hit = has & (uniq[pos] == pk)
-                left_out = np.where(none, 0, per_fold[pos, col])
-                cnt = np.where(hit, (per_fold[pos, self.k] - left_out) * scale, 0)
+                cnt = np.where(has & (uniq[pos] == pk), _left_out(per_fold, pos, col, none, scale), 0)
             nan = np.float32(np.nan)
             out[f"{name}_n"] = np.where(has, n, nan).astype(np.float32)
             out[f"{name}_cnt"] = np.where(has, cnt, nan).astype(np.float32)
             out[f"{name}_p"] = np.where(has, cnt / (n + 1), nan).astype(np.float32)
         return pd.DataFrame(out)
+
+
+def _fold_counts(index: np.ndarray, folds: np.ndarray, size: int, k: int) -> np.ndarray:
+    """(size, k+1) counts of each index value per fold; the last column is the total."""
+    table = np.zeros((size, k + 1), np.float32)
+    np.add.at(table, (index, folds), 1)
+    table[:, k] = table[:, :k].sum(axis=1)
+    return table
+
+
+def _left_out(table: np.ndarray, rows: np.ndarray, col: np.ndarray, none: np.ndarray, scale) -> np.ndarray:
+    """Total of each row of a `_fold_counts` table minus the left-out fold `col` (none: nothing left out),
+    times `scale`."""
+    return (table[rows, -1] - np.where(none, 0, table[rows, col])) * scale
