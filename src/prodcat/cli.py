@@ -1,10 +1,11 @@
-"""Command line: python -m prodcat {folds,train,stack,submit,scores,report,all} [--data DIR] [--config FILE]."""
+"""Command line: python -m prodcat {folds,train,stack,predict,submit,scores,report,all} [--data DIR] [--config FILE]."""
 from __future__ import annotations
 
 import functools
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import click
 
@@ -64,12 +65,14 @@ def folds(run, force):
 @click.option("--fold", "fold", type=int, default=None, help="Train only this fold (0-based).")
 @click.option("--force", is_flag=True, help="Retrain folds that are already finished.")
 def train(run, model, fold, force):
-    """Train MODEL on one fold or all folds; writes OOF and test probabilities."""
+    """Train MODEL on one fold or all folds: saves each fold model and its held-out (OOF) probabilities."""
     from prodcat.cv import known_models, train_model
 
     if model not in known_models(run):
         raise click.BadParameter(f"unknown model '{model}' (known: {', '.join(known_models(run))})",
                                  param_hint="MODEL")
+    if fold is not None and not 0 <= fold < run.k:
+        raise click.BadParameter(f"--fold must be between 0 and {run.k - 1} (got {fold})", param_hint="--fold")
     start = time.time()
     done = train_model(run, model, None if fold is None else [fold], force=force, echo=click.echo)
     state = "all folds finished" if done else "not all folds finished yet"
@@ -78,15 +81,47 @@ def train(run, model, fold, force):
 
 @main.command()
 @run_options
-@click.option("--model", default=None, help="Model whose test probabilities to submit (default: best OOF hF1).")
-@click.option("--name", default=None, help="File name under submissions/<dataset>/ (default: the model's).")
+@click.option("--model", default=None,
+              help="stack, average or a base model (default: the stacker when saved, else the best base model).")
+@click.option("--name", default=None, help="Bare file name under submissions/<dataset>/ (default: the model's).")
 def submit(run, model, name):
-    """Write and validate submissions/<dataset>/<name>.parquet."""
+    """Predict test.parquet with the saved models; write and validate submissions/<dataset>/<name>.parquet."""
     from prodcat.submit import write_submission
 
     path, used = write_submission(run, model, name)
-    fallback = f" (products it could not predict: from {', '.join(used[1:])})" if len(used) > 1 else ""
-    click.echo(f"submission from {used[0]}{fallback}: {path}")
+    click.echo(f"submission from {used}: {path}")
+
+
+@main.command()
+@click.option("--input", "input_path", type=click.Path(path_type=Path), required=True,
+              help="Products to categorise: a parquet in the training layout without category_id.")
+@click.option("--out", "out_path", type=click.Path(path_type=Path), required=True, help="Output parquet.")
+@click.option("--images", type=click.Path(path_type=Path), default=None,
+              help="Photo folder (<id>.jpg, or split subfolders; default: images/ beside the input).")
+@click.option("--models", "models_dir", type=click.Path(path_type=Path), default=None,
+              help="Saved models (default: <workdir>/models/<dataset>/ of --data / the config).")
+@click.option("--model", default=None, help="stack, average or a base model (default: stack when saved).")
+@click.option("--top", default=3, show_default=True, help="Alternatives per product in the output.")
+@click.option("--threshold", type=float, default=None, help="Flag needs_review below this confidence.")
+@click.option("--min-precision", type=float, default=None,
+              help="Pick the threshold whose auto-accepted products reach this precision (from OOF).")
+@click.option("--data", "data", type=click.Path(), default=None, help="Training dataset folder (for its name).")
+@click.option("--config", "config", type=click.Path(), default=None, help="YAML config.")
+@click.option("--workdir", type=click.Path(), default=None, help="Where models/ is (default: the config's).")
+def predict(input_path, out_path, images, models_dir, model, top, threshold, min_precision, data, config,
+            workdir):
+    """Categorise any file of products with the saved models (no training data needed)."""
+    from prodcat.predict import predict_file
+
+    try:
+        if models_dir is None:
+            from prodcat.run import models_root
+
+            models_dir = models_root(data, config, workdir)
+        predict_file(models_dir, input_path, out_path, images, model, top, threshold, min_precision,
+                     echo=click.echo)
+    except DataError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()
@@ -103,6 +138,11 @@ def echo_scores(run, top_levels: int = 15) -> None:
     preds = comparison_predictions(run)
     click.echo(f"OOF scores on {run.ds.name} ({len(run.ds.train)} products, {run.k} folds)")
     click.echo(format_table(comparison_table(run, preds)))
+    if preds:
+        from prodcat.scores import review_table
+
+        click.echo("\nReview: top-k accuracy, calibration (ECE) and the share auto-accepted at a target precision")
+        click.echo(review_table(run, preds).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if preds and top_levels:
         table = top_level_table(run, preds)
         more = len(table) - top_levels
@@ -138,8 +178,8 @@ def report(run):
 @run_options
 @click.option("--force", is_flag=True, help="Retrain finished folds.")
 def all_(run, force):
-    """Folds, every base model of the pipeline its data supports, the stacker, the stacked submission and
-    the score table."""
+    """Folds, every base model of the pipeline its data supports (fold models saved), the stacker, then
+    the saved models predict test.parquet into the validated submission; the score table."""
     from prodcat.cv import train_model
     from prodcat.stack import STACK, base_models, run_stack
     from prodcat.submit import write_submission
@@ -155,7 +195,7 @@ def all_(run, force):
     path, used = write_submission(run, STACK)
     click.echo("")
     echo_scores(run)
-    click.echo(f"\nsubmission ({used[0]}): {path}  [{time.time() - start:.0f}s]")
+    click.echo(f"\nsubmission ({used}, predicted by the saved models): {path}  [{time.time() - start:.0f}s]")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,11 @@ class Paths:
         return self._dir("models", model)
 
     @property
+    def models_root(self) -> Path:
+        """Every saved model of the dataset (and its category tree): what `predict` loads."""
+        return self._dir("models")
+
+    @property
     def cache(self) -> Path:
         return self._dir("cache")
 

@@ -1,23 +1,32 @@
-"""Train a base model fold by fold and store its out-of-fold and fold-averaged test probabilities.
+"""The base-model contract (fit / predict / save / load) and the k-fold runner every base model plugs into.
 
-Layout under oof/<dataset>/<model>/: fold<K>.valid.npz, fold<K>.test.npz and fold<K>.json (written
-last: a fold is finished only when its json exists and matches the data and settings), then oof.npz
-(all folds' held-out rows, in train order) and test.npz (test probabilities averaged over folds).
+A base model fits on training rows, predicts any frame of products into the TopK format, saves itself to a
+folder in formats that execute nothing on load (npz, json, parquet, LightGBM/fastText files, torch state
+dicts read with weights_only=True) and loads back in a fresh process.
+
+The runner, per fold: fits on the other folds, saves the fold model to models/<dataset>/<model>/fold<K>/,
+predicts the held-out fold into oof/<dataset>/<model>/fold<K>.valid.npz and writes fold<K>.json last (a fold
+is finished only when its json matches the training rows' content and the settings). When all folds are
+finished: oof.npz (every held-out row, in train order). Test products are never seen while training:
+`prodcat.predict` runs the saved fold models on any file.
 """
 from __future__ import annotations
 
 import importlib
 import json
 import os
+import shutil
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+import prodcat
 from prodcat.config import config_hash, deep_merge
-from prodcat.probs import TopK, average
-from prodcat.run import Run
+from prodcat.errors import DataError
+from prodcat.probs import TopK
 from prodcat.storage import write_json
 
 MODELS = {  # name -> "module:Class"; imported only when used (torch is not loaded for fastText)
@@ -26,96 +35,170 @@ MODELS = {  # name -> "module:Class"; imported only when used (torch is not load
     "image": "prodcat.image_model:ImageModel",
     "coca": "prodcat.coca_model:CocaModel",
 }
+MODEL_FILE = "model.json"  # written last by save_model: a folder without it holds no finished model
+
+
+@dataclass(frozen=True)
+class ModelEnv:
+    """What every model needs besides its own settings: the shared text settings, how many classes to keep
+    per product, the seed and (optional) a cache folder for content-keyed caches."""
+
+    text: dict
+    top_k: int = 20
+    seed: int = 42
+    cache: Path | None = None
+
+    def texts(self, frame: pd.DataFrame, overrides: dict | None = None) -> pd.Series:
+        """Product texts of `frame` (index: ids) for the shared text settings plus a model's overrides."""
+        from prodcat.text import product_texts
+
+        return product_texts(frame, deep_merge(self.text, overrides or {}), self.cache)
+
+    def to_json(self) -> dict:
+        return {"text": self.text, "top_k": self.top_k, "seed": self.seed}
 
 
 class BaseModel:
-    """What a base model implements: train on some rows, return TopK for other rows.
+    """What a base model implements (scikit-learn / AutoGluon style).
 
-    `fit_predict(fold, train, predict, workdir)` gets the training rows (with category_id and a
-    `text` column), a dict of frames to predict ('valid', 'test') and a folder for its checkpoints;
-    it returns a TopK per frame, in the frame's row order.
+    - `fit(train, workdir, fold)`: train on these rows (with category_id, the text columns and
+      `image_path`); `workdir` is the fold's model folder (checkpoints, logs).
+    - `predict(frame)`: TopK for every row of `frame`, in its row order.
+    - `save(folder)` / `load(folder, params, env)`: everything `predict` needs, as plain data files.
+    - `prepare(train)`: optional, once per k-fold run before the folds (work shared by the folds that
+      involves no labels, e.g. a vocabulary or photo embeddings).
     """
 
     name = "base"
 
-    def __init__(self, run: Run, params: dict):
-        self.run = run
+    def __init__(self, params: dict, env: ModelEnv):
         self.params = params
+        self.env = env
 
-    def skip_reason(self) -> str | None:
-        """Why this model cannot run on this dataset (e.g. no images), or None."""
+    def skip_reason(self, train: pd.DataFrame) -> str | None:
+        """Why this model cannot run on these training rows (e.g. no photos), or None."""
         return None
 
     def settings(self) -> dict:
         """Everything that changes this model's output: finished folds with other settings are redone."""
-        return {"params": self.params, "text": self.run.cfg.get("text", {}), "top_k": self.run.top_k,
-                "seed": self.run.seed}
+        return {"params": self.params, "text": deep_merge(self.env.text, self.params.get("text", {})),
+                "top_k": self.env.top_k, "seed": self.env.seed}
 
-    def fit_predict(self, fold: int, train: pd.DataFrame, predict: dict[str, pd.DataFrame],
-                    workdir: Path) -> dict[str, TopK]:
+    def prepare(self, train: pd.DataFrame) -> None:
+        return None
+
+    def fit(self, train: pd.DataFrame, workdir: Path, fold: int = 0) -> "BaseModel":
         raise NotImplementedError
 
+    def predict(self, frame: pd.DataFrame) -> TopK:
+        raise NotImplementedError
 
-def known_models(run: Run) -> list[str]:
-    """The registry's models plus the config's variants (a `models:` section with `model: <registered>`)."""
-    variants = [n for n, p in run.cfg.get("models", {}).items() if isinstance(p, dict) and p.get("model") in MODELS]
-    return list(MODELS) + [n for n in variants if n not in MODELS]
+    def save(self, folder: Path) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, folder: Path, params: dict, env: ModelEnv) -> "BaseModel":
+        raise NotImplementedError
 
 
 def model_class(name: str) -> type[BaseModel]:
     """The class of a registered model."""
     if name not in MODELS:
-        raise KeyError(f"unknown model '{name}' (known: {', '.join(MODELS)})")
+        raise DataError(f"unknown model '{name}' (known: {', '.join(MODELS)})")
     module, cls = MODELS[name].split(":")
     return getattr(importlib.import_module(module), cls)
 
 
-def fold_meta(run: Run, model: BaseModel, fold: int) -> dict:
-    return {"model": model.name, "fold": fold, "k": run.k, "data": run.ds.fingerprint,
-            "settings": config_hash(model.settings())}
+def save_model(model: BaseModel, folder: Path, base: str, meta: dict) -> None:
+    """`model.save(folder)`, then model.json (written last): which class, settings and provenance."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MODEL_FILE).unlink(missing_ok=True)
+    model.save(folder)
+    write_json({"model": base, "name": model.name, "params": model.params, "env": model.env.to_json(),
+                "prodcat_version": prodcat.__version__, "settings": config_hash(model.settings())} | meta,
+               folder / MODEL_FILE)
 
 
-def fold_done(run: Run, model: BaseModel, fold: int) -> bool:
-    meta_path = run.paths.oof(model.name) / f"fold{fold}.json"
+def load_model(folder: Path) -> BaseModel:
+    """A saved model, ready to predict (in any process)."""
+    meta_path = folder / MODEL_FILE
     if not meta_path.exists():
-        return False
+        raise DataError(f"{folder}: no saved model here ({MODEL_FILE} missing; train it first)")
     meta = json.loads(meta_path.read_text())
-    expected = fold_meta(run, model, fold)
-    return all(meta.get(key) == value for key, value in expected.items())
+    env = ModelEnv(**meta["env"])
+    model = model_class(meta["model"]).load(folder, meta["params"], env)
+    model.name = meta["name"]
+    return model
 
 
-def train_model(run: Run, name: str, folds: list[int] | None = None, force: bool = False,
-                echo=print) -> bool:
-    """Train `name` on the requested folds (all by default); True when all folds are finished."""
+# -- the k-fold runner ------------------------------------------------------------------------------------
+def known_models(run) -> list[str]:
+    """The registry's models plus the config's variants (a `models:` section with `model: <registered>`)."""
+    variants = [n for n, p in run.cfg.get("models", {}).items() if isinstance(p, dict) and p.get("model") in MODELS]
+    return list(MODELS) + [n for n in variants if n not in MODELS]
+
+
+def make_model(run, name: str) -> tuple[BaseModel, str]:
+    """The configured (unfitted) model `name` and its registered base name (a variant: the base model's
+    settings, overridden by the variant's)."""
     params = run.model_params(name)
     base = params.pop("model", name)
-    if base != name:  # a variant: the base model's settings, overridden by the variant's
+    if base != name:
         params = deep_merge(run.model_params(base), params)
-    model = model_class(base)(run, params)
-    model.name = name  # a config variant writes under its own name
-    reason = model.skip_reason()
+    model = model_class(base)(params, run.env)
+    model.name = name
+    return model, base
+
+
+def fold_meta(run, model: BaseModel, fold: int) -> dict:
+    return {"model": model.name, "fold": fold, "k": run.k, "data": run.ds.fingerprint,
+            "folds": run.ds.labels_fingerprint, "settings": config_hash(model.settings())}
+
+
+def fold_done(run, model: BaseModel, fold: int) -> bool:
+    meta_path = run.paths.oof(model.name) / f"fold{fold}.json"
+    if not meta_path.exists() or not (run.paths.models(model.name) / f"fold{fold}" / MODEL_FILE).exists():
+        return False
+    meta = json.loads(meta_path.read_text())
+    return all(meta.get(key) == value for key, value in fold_meta(run, model, fold).items())
+
+
+def train_model(run, name: str, folds: list[int] | None = None, force: bool = False, echo=print) -> bool:
+    """Fit, save and predict the held-out rows of `name` on the requested folds (all by default); True when
+    all folds are finished."""
+    model, base = make_model(run, name)
+    train = run.ds.train_frame()
+    reason = model.skip_reason(train)
     if reason:
         echo(f"[{name}] skipped: {reason}")
         return False
-    out = run.paths.oof(name)
-    table = run.folds
-    train = run.ds.train.assign(fold=table["fold"].to_numpy())
-    for fold in folds if folds is not None else range(run.k):
-        if not 0 <= fold < run.k:
-            raise ValueError(f"--fold must be between 0 and {run.k - 1} (got {fold})")
-        if not force and fold_done(run, model, fold):
-            echo(f"[{name}] fold {fold}: finished earlier, reused (--force to retrain)")
-            continue
+    todo = list(folds if folds is not None else range(run.k))
+    bad = [f for f in todo if not 0 <= f < run.k]
+    if bad:
+        raise DataError(f"--fold must be between 0 and {run.k - 1} (got {bad[0]})")
+    todo = [f for f in todo if force or not fold_done(run, model, f)]
+    for f in sorted(set(range(run.k)) & set(folds if folds is not None else range(run.k)) - set(todo)):
+        echo(f"[{name}] fold {f}: finished earlier, reused (--force to retrain)")
+    if todo:
+        model.prepare(train)
+        _save_tree(run)
+    fold_of = run.folds["fold"].to_numpy()
+    for fold in todo:
         start = time.time()
-        is_valid = train["fold"].to_numpy() == fold
-        preds = model.fit_predict(fold, train[~is_valid], {"valid": train[is_valid], "test": run.ds.test},
-                                  run.paths.models(name) / f"fold{fold}")
+        is_valid = fold_of == fold
+        folder = run.paths.models(name) / f"fold{fold}"
+        if folder.exists() and is_main_process():
+            shutil.rmtree(folder)  # a stale or half-written fold model is never mixed with a new one
+        fitted = model.fit(train[~is_valid], folder, fold)
+        valid = fitted.predict(train[is_valid])
         if not is_main_process():
             continue  # under DDP every rank runs this loop; only rank 0 writes
-        preds["valid"].save(out / f"fold{fold}.valid.npz")
-        preds["test"].save(out / f"fold{fold}.test.npz")
-        meta = fold_meta(run, model, fold) | {"seconds": round(time.time() - start, 1),
-                                              "missing_valid": int(preds["valid"].missing.sum())}
+        meta = fold_meta(run, model, fold)
+        save_model(fitted, folder, base, {"data": meta["data"], "fold": fold, "k": run.k,
+                                          "classes": int(train.loc[~is_valid, "category_id"].nunique())})
+        out = run.paths.oof(name)
+        valid.save(out / f"fold{fold}.valid.npz")
+        meta |= {"seconds": round(time.time() - start, 1), "missing_valid": int(valid.missing.sum())}
         write_json(meta, out / f"fold{fold}.json")
         echo(f"[{name}] fold {fold}: trained in {meta['seconds']:.0f}s")
     if all(fold_done(run, model, f) for f in range(run.k)):
@@ -125,26 +208,53 @@ def train_model(run: Run, name: str, folds: list[int] | None = None, force: bool
     return False
 
 
+def _save_tree(run) -> None:
+    """The category tree beside the saved models, so that they predict without the training data."""
+    from prodcat.storage import atomic_path
+
+    target = run.paths.models_root / "categories_tree.csv"
+    source = run.ds.root / "categories_tree.csv"
+    if not target.exists() or target.read_bytes() != source.read_bytes():
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
+
+
 def is_main_process() -> bool:
     """False in the extra processes of a multi-GPU / multi-node (DDP) run: rank 0 alone writes outputs."""
     return all(int(os.environ.get(var, 0) or 0) == 0 for var in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
-def collect(run: Run, name: str) -> None:
-    """Join the folds' held-out predictions (train order) and average their test predictions."""
+def collect(run, name: str) -> None:
+    """Join the folds' held-out predictions in train order; keep their confidences for review thresholds."""
     out = run.paths.oof(name)
     valid = [TopK.load(out / f"fold{f}.valid.npz") for f in range(run.k)]
     joined = TopK(np.concatenate([v.ids for v in valid]), np.concatenate([v.labels for v in valid]),
                   np.concatenate([v.scores for v in valid]), np.concatenate([v.missing for v in valid]),
                   {k: np.concatenate([v.flags[k] for v in valid]) for k in valid[0].flags})
-    joined.align(run.ds.train["id"].to_numpy()).save(out / "oof.npz")
-    tests = [TopK.load(out / f"fold{f}.test.npz") for f in range(run.k)]
-    average(tests, k=run.top_k).save(out / "test.npz")
+    joined = joined.align(run.ds.train["id"].to_numpy())
+    joined.save(out / "oof.npz")
+    save_confidence(run, joined, run.paths.models(name))
     write_json({"data": run.ds.fingerprint, "k": run.k, "models": name}, out / "complete.json")
 
 
-def finished_models(run: Run) -> list[str]:
-    """Models whose OOF and test probabilities are complete for this dataset, in registry order."""
+def save_confidence(run, oof: TopK, folder: Path) -> None:
+    """OOF confidence and correctness beside the saved model: `predict --min-precision` picks its threshold
+    from them without the training data."""
+    from prodcat.metrics import hierarchical_counts
+    from prodcat.storage import write_npz
+
+    y = run.ds.train["category_id"].to_numpy()
+    pred = oof.top1()
+    have = ~oof.missing
+    counts = np.zeros((len(y), 3), np.int32)
+    if have.any():
+        counts[have] = hierarchical_counts(y[have], pred[have], run.ds.tree)
+    write_npz({"confidence": oof.scores[:, 0].astype(np.float32), "correct": (pred == y) & have,
+               "missing": ~have, "hcounts": counts}, folder / "oof_confidence.npz")
+
+
+def finished_models(run) -> list[str]:
+    """Models whose OOF probabilities are complete for this dataset's training rows, in registry order."""
     names = []
     root = run.paths.oof_root
     if not root.exists():

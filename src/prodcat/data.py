@@ -3,7 +3,9 @@ optional images/{train,test}/<id>.jpg)."""
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -19,45 +21,118 @@ TRAIN_COLUMNS = TEST_COLUMNS + ("category_id",)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 
 
+class ImageFolder:
+    """Photos of products in `images/{train,test}/<id>.*` or `images/<id>.*` (any split folder name)."""
+
+    def __init__(self, base: str | Path | None):
+        self.base = Path(base) if base else None
+        self._index: dict | None = None
+
+    def _images(self) -> dict:
+        """{(split, id): path} for every image file found (split None for a flat images/ folder)."""
+        if self._index is None:
+            index: dict = {}
+            if self.base is not None and self.base.is_dir():
+                for path in sorted(self.base.rglob("*")):
+                    if path.suffix.lower() in IMAGE_SUFFIXES and path.stem.lstrip("-").isdigit():
+                        split = path.parent.name if path.parent != self.base else None
+                        index.setdefault((split, int(path.stem)), path)
+            self._index = index
+        return self._index
+
+    def __bool__(self) -> bool:
+        return bool(self._images())
+
+    def path(self, split: str | None, product_id: int) -> Path | None:
+        """The product's photo: images/<split>/<id>.*, else images/<id>.*; with split None, a photo in any
+        folder (the flat one first)."""
+        index = self._images()
+        found = index.get((split, int(product_id))) or index.get((None, int(product_id)))
+        if found is None and split is None:
+            found = self._any().get(int(product_id))
+        return found
+
+    def _any(self) -> dict:
+        if not hasattr(self, "_by_id"):
+            self._by_id = {}
+            for (_, i), p in self._images().items():
+                self._by_id.setdefault(i, p)
+        return self._by_id
+
+    def paths(self, ids, split: str | None) -> list[str | None]:
+        return [None if (p := self.path(split, i)) is None else str(p) for i in ids]
+
+
+def with_photos(frame: pd.DataFrame, images: ImageFolder, split: str | None) -> pd.DataFrame:
+    """The frame with an `image_path` column (str, or None where the product has no photo)."""
+    return frame.assign(image_path=images.paths(frame["id"].tolist(), split))
+
+
+def content_hash(frame: pd.DataFrame, photos: bool = True) -> str:
+    """Short hash of every value of the frame (ids, texts, numbers, labels) and, for `image_path`, of each
+    photo's size and modification time: outputs made from other content are never reused."""
+    cols = [c for c in frame.columns if c != "image_path"]
+    h = hashlib.sha1(pd.util.hash_pandas_object(frame[cols], index=False).to_numpy().tobytes())
+    h.update(",".join(cols).encode())
+    if photos and "image_path" in frame.columns:
+        for p in frame["image_path"].tolist():
+            st = os.stat(p) if p else None
+            h.update(f"{p}:{st.st_size}:{st.st_mtime_ns};".encode() if st else b"-;")
+    return h.hexdigest()[:12]
+
+
 @dataclass
 class Dataset:
-    """A validated dataset: the tree, train (with category_id) and test frames, and its image folder."""
+    """A validated dataset: the tree, the train frame (with category_id), the test frame (read when first
+    used: training never reads it) and its image folder."""
 
     name: str
     root: Path
     tree: CategoryTree
     train: pd.DataFrame
-    test: pd.DataFrame
-    _image_index: dict | None = field(default=None, repr=False)
+    test_frame: pd.DataFrame | None = field(default=None, repr=False)
+    _images: ImageFolder | None = field(default=None, repr=False)
 
     @property
+    def test(self) -> pd.DataFrame:
+        if self.test_frame is None:
+            self.test_frame = read_test(self.root / "test.parquet", self.train)
+        return self.test_frame
+
+    @property
+    def images(self) -> ImageFolder:
+        if self._images is None:
+            self._images = ImageFolder(self.root / "images")
+        return self._images
+
+    @cached_property
     def fingerprint(self) -> str:
-        """Short hash of train ids and labels: outputs computed on other data are never reused."""
+        """Hash of the training rows' content (every column, photos by size and mtime)."""
+        return content_hash(self.train_frame())
+
+    @cached_property
+    def labels_fingerprint(self) -> str:
+        """Hash of train ids and labels only (what the folds are made from)."""
         h = hashlib.sha1(self.train["id"].to_numpy().tobytes())
         h.update(self.train["category_id"].to_numpy().tobytes())
         return h.hexdigest()[:12]
 
     @property
     def has_images(self) -> bool:
-        return bool(self._images())
+        return bool(self.images)
 
-    def _images(self) -> dict:
-        """{(split, id): path} for every image file found (split None for a flat images/ folder)."""
-        if self._image_index is None:
-            index: dict = {}
-            base = self.root / "images"
-            if base.is_dir():
-                for path in base.rglob("*"):
-                    if path.suffix.lower() in IMAGE_SUFFIXES and path.stem.lstrip("-").isdigit():
-                        split = path.parent.name if path.parent != base else None
-                        index.setdefault((split, int(path.stem)), path)
-            self._image_index = index
-        return self._image_index
+    def train_frame(self) -> pd.DataFrame:
+        """The training rows with their `image_path` column."""
+        if "image_path" not in self.train.columns:
+            self.train = with_photos(self.train, self.images, "train")
+        return self.train
+
+    def test_with_photos(self) -> pd.DataFrame:
+        return with_photos(self.test, self.images, "test")
 
     def image_path(self, split: str, product_id: int) -> Path | None:
         """The product's photo (images/<split>/<id>.* or images/<id>.*), or None when it has none."""
-        index = self._images()
-        return index.get((split, int(product_id))) or index.get((None, int(product_id)))
+        return self.images.path(split, product_id)
 
 
 def load_dataset(root: str | Path, name: str | None = None) -> Dataset:
@@ -67,16 +142,27 @@ def load_dataset(root: str | Path, name: str | None = None) -> Dataset:
         fail(root, None, "dataset folder not found")
     tree = CategoryTree.from_csv(root / "categories_tree.csv")
     train = read_products(root / "train.parquet", TRAIN_COLUMNS)
-    test = read_products(root / "test.parquet", TEST_COLUMNS)
     check_labels(train, tree, root / "train.parquet")
-    overlap = np.intersect1d(train["id"].to_numpy(), test["id"].to_numpy())
-    if len(overlap):
-        rows = np.flatnonzero(test["id"].isin(overlap).to_numpy())
-        fail(root / "test.parquet", "id", f"ids also present in train.parquet: {overlap[:5].tolist()}", rows)
-    return Dataset(name=name or root.resolve().name, root=root, tree=tree, train=train, test=test)
+    return Dataset(name=name or root.resolve().name, root=root, tree=tree, train=train)
 
 
-def read_products(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+def read_test(path: Path, train: pd.DataFrame | None = None) -> pd.DataFrame:
+    """A test file (the training layout without category_id); ids must not be training ids."""
+    test = read_products(path, TEST_COLUMNS)
+    if train is not None:
+        overlap = np.intersect1d(train["id"].to_numpy(), test["id"].to_numpy())
+        if len(overlap):
+            rows = np.flatnonzero(test["id"].isin(overlap).to_numpy())
+            fail(path, "id", f"ids also present in train.parquet: {overlap[:5].tolist()}", rows)
+    return test
+
+
+def read_input(path: Path) -> pd.DataFrame:
+    """Products to predict: `id` is required, the text and number columns are optional (empty if absent)."""
+    return read_products(path, TEST_COLUMNS, optional=TEXT_COLUMNS + NUMERIC_COLUMNS)
+
+
+def read_products(path: Path, columns: tuple[str, ...], optional: tuple[str, ...] = ()) -> pd.DataFrame:
     """Read a products parquet, check columns and dtypes, return a clean frame (text as str or None)."""
     if not path.exists():
         fail(path, None, "file not found")
@@ -84,6 +170,9 @@ def read_products(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
         df = pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file's name
         fail(path, None, f"cannot be read as parquet: {exc}")
+    for col in optional:
+        if col not in df.columns:
+            df[col] = None if col in TEXT_COLUMNS else np.nan
     missing = [c for c in columns if c not in df.columns]
     if missing:
         fail(path, missing[0], f"missing column(s) {missing} (found: {list(df.columns)})")

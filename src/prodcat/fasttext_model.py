@@ -1,20 +1,21 @@
 """fastText text model (fasttext-numpy2): supervised training on product texts per fold.
 
-Each fold is trained and predicted in a fresh worker process: fastText's training was seen to diverge
-(NaN or a far worse model) in a long-lived process that had done other work, while the same input and
-seed in a clean process always gave the same, good model.
+Each fold is trained in a fresh worker process, which saves fastText's binary model (model.bin):
+fastText's training was seen to diverge (NaN or a far worse model) in a long-lived process that had done
+other work, while the same input and seed in a clean process always gave the same, good model.
+Predicting loads model.bin in the calling process.
 """
 from __future__ import annotations
 
 import os
-import pickle
+import json
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from prodcat.cv import BaseModel
 from prodcat.probs import TopK
@@ -28,74 +29,79 @@ LABEL = "__label__"
 class FastTextModel(BaseModel):
     name = "fasttext"
 
-    def settings(self) -> dict:
-        return super().settings() | {"text": self.run.cfg.get("text", {}) | self.params.get("text", {})}
+    def __init__(self, params, env):
+        super().__init__(params, env)
+        self.model_file: Path | None = None
+        self._ft = None
 
     def _train_args(self) -> dict:
         args = {k: v for k, v in self.params.items() if k in TRAIN_KEYS}
         if args.get("thread", "auto") == "auto":
             args["thread"] = os.cpu_count() or 1
-        args.setdefault("seed", self.run.seed)
+        args.setdefault("seed", self.env.seed)
         args.setdefault("verbose", 2 if sys.stderr.isatty() else 0)
         return args
 
-    def fit_predict(self, fold, train, predict, workdir: Path):
-        texts = self.run.texts(self.params.get("text"))
+    def fit(self, train, workdir: Path, fold: int = 0):
+        texts = self.env.texts(train, self.params.get("text"))
         workdir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", suffix=".txt", dir=workdir, delete=False, encoding="utf-8") as fh:
-            for cat, text in zip(train["category_id"].tolist(), texts.loc[train["id"]].tolist()):
+            for cat, text in zip(train["category_id"].tolist(), texts.tolist()):
                 fh.write(f"{LABEL}{cat} {text}\n")
             train_file = fh.name
-        lines = {split: texts.loc[frame["id"]].tolist() for split, frame in predict.items()}
-        save_to = str(workdir / "model.bin") if self.params.get("save_model") else None
+        self.model_file = workdir / "model.bin"
         try:
-            ranked = run_in_fresh_process(train_file, self._train_args(), lines, self.run.top_k, save_to)
+            train_in_fresh_process(train_file, self._train_args(), str(self.model_file))
         finally:
             os.unlink(train_file)
-        out = {}
-        for split, frame in predict.items():
-            cats, scores = ranked[split]
-            if self.params.get("loss") in ("ns", "ova"):  # independent sigmoids: make the top-K sum to one
-                scores = scores / np.maximum(scores.sum(axis=1, keepdims=True), 1e-12)
-            out[split] = TopK.from_ranked(frame["id"].to_numpy(), cats, scores, self.run.top_k)
-        return out
+        self._ft = None
+        return self
 
+    def _fasttext(self):
+        if self._ft is None:
+            import fasttext
 
-def run_in_fresh_process(train_file: str, args: dict, lines: dict[str, list[str]], k: int,
-                         save_to: str | None):
-    """`train_and_predict` in a new Python process (`python -m prodcat.fasttext_model JOB`)."""
-    job = Path(train_file).with_suffix(".job.pkl")
-    result = Path(train_file).with_suffix(".result.pkl")
-    try:
-        job.write_bytes(pickle.dumps((train_file, args, lines, k, save_to, str(result))))
-        package_root = str(Path(__file__).resolve().parents[1])
-        env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-        done = subprocess.run([sys.executable, "-m", "prodcat.fasttext_model", str(job)], env=env)
-        if done.returncode != 0 or not result.exists():
-            raise RuntimeError(f"fastText worker failed (exit code {done.returncode}); see its output above")
-        return pickle.loads(result.read_bytes())
-    finally:
-        job.unlink(missing_ok=True)
-        result.unlink(missing_ok=True)
+            self._ft = fasttext.load_model(str(self.model_file))
+        return self._ft
 
-
-def train_and_predict(train_file: str, args: dict, lines: dict[str, list[str]], k: int,
-                      save_to: str | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Worker: train on `train_file`, return {split: (category ids, scores)} of the top-k per line."""
-    model = train_with_retries(train_file, args)
-    if save_to:
-        model.save_model(save_to)
-    out = {}
-    for split, texts in lines.items():
+    def predict(self, frame) -> TopK:
+        k = self.env.top_k
+        texts = self.env.texts(frame, self.params.get("text")).tolist()
         cats = np.full((len(texts), k), -1, np.int64)
         scores = np.zeros((len(texts), k), np.float32)
         if texts:
-            labels, probs = model.predict(texts, k=k)
+            labels, probs = self._fasttext().predict(texts, k=k)
             for i, (lab, pr) in enumerate(zip(labels, probs)):
                 cats[i, :len(lab)] = [int(x[len(LABEL):]) for x in lab]
                 scores[i, :len(lab)] = pr
-        out[split] = (cats, scores)
-    return out
+        if self.params.get("loss") in ("ns", "ova"):  # independent sigmoids: make the top-K sum to one
+            scores = scores / np.maximum(scores.sum(axis=1, keepdims=True), 1e-12)
+        return TopK.from_ranked(frame["id"].to_numpy(), cats, scores, k)
+
+    def save(self, folder: Path) -> None:
+        target = folder / "model.bin"
+        if self.model_file.resolve() != target.resolve():
+            shutil.copyfile(self.model_file, target)
+
+    @classmethod
+    def load(cls, folder: Path, params: dict, env) -> "FastTextModel":
+        model = cls(params, env)
+        model.model_file = folder / "model.bin"
+        return model
+
+
+def train_in_fresh_process(train_file: str, args: dict, save_to: str) -> None:
+    """`train_with_retries` + save_model in a new Python process (`python -m prodcat.fasttext_model JOB`)."""
+    job = Path(train_file).with_suffix(".job.json")
+    try:
+        job.write_text(json.dumps({"train_file": train_file, "args": args, "save_to": save_to}))
+        package_root = str(Path(__file__).resolve().parents[1])
+        env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        done = subprocess.run([sys.executable, "-m", "prodcat.fasttext_model", str(job)], env=env)
+        if done.returncode != 0 or not Path(save_to).exists():
+            raise RuntimeError(f"fastText worker failed (exit code {done.returncode}); see its output above")
+    finally:
+        job.unlink(missing_ok=True)
 
 
 def train_with_retries(train_file: str, args: dict, tries: int = 3):
@@ -113,7 +119,6 @@ def train_with_retries(train_file: str, args: dict, tries: int = 3):
             print(f"[fasttext] training diverged (NaN); retrying with lr={lr:g}", file=sys.stderr)
 
 
-if __name__ == "__main__":  # the worker of run_in_fresh_process
-    job_file = Path(sys.argv[1])
-    *job, result_file = pickle.loads(job_file.read_bytes())
-    Path(result_file).write_bytes(pickle.dumps(train_and_predict(*job)))
+if __name__ == "__main__":  # the worker of train_in_fresh_process
+    job = json.loads(Path(sys.argv[1]).read_text())
+    train_with_retries(job["train_file"], job["args"]).save_model(job["save_to"])

@@ -45,7 +45,7 @@ def make_folds(ds: Dataset, k: int, seed: int) -> pd.DataFrame:
 def load_or_make_folds(ds: Dataset, path, k: int, seed: int, force: bool = False) -> pd.DataFrame:
     """Folds from `path` when they were made for this data with this k and seed; else made and saved."""
     meta_path = path.with_suffix(".json")
-    meta = {"fingerprint": ds.fingerprint, "k": int(k), "seed": int(seed)}
+    meta = {"fingerprint": ds.labels_fingerprint, "k": int(k), "seed": int(seed)}
     if path.exists() and meta_path.exists() and not force:
         if json.loads(meta_path.read_text()) == meta:
             return pd.read_parquet(path)

@@ -75,39 +75,54 @@ def product_keys(frame: pd.DataFrame, specs: list[str]) -> list[pd.Series]:
 
 
 class LookupPriors:
-    """Out-of-fold (key, class) counts for every spec, over the training products and their folds."""
+    """Out-of-fold (key, class) counts for every spec, over the training products and their folds.
 
-    def __init__(self, specs: list[str], train: pd.DataFrame, test: pd.DataFrame, y: np.ndarray,
-                 folds: np.ndarray, k: int, n_classes: int):
+    Fitted on the training rows only; `codes(frame)` maps any frame's keys onto the fitted ones (a key no
+    training product has gets zero counts, a product without the key NaN features). Saved as plain data:
+    the key strings (parquet) and the count tables (npz)."""
+
+    def __init__(self, specs: list[str], k: int, n_classes: int):
         self.specs = list(specs)
         self.names = [feature_name(i, s) for i, s in enumerate(self.specs)]
-        self.k, self.n_classes, self.n_train = k, n_classes, len(train)
-        frame = pd.concat([train, test], ignore_index=True)
-        self.codes, self.pair_keys, self.pair_counts, self.key_counts = [], [], [], []
-        for key in product_keys(frame, self.specs):
-            code = pd.factorize(key)[0].astype(np.int64)  # -1: no key
-            self.codes.append(code)
-            tr = code[: len(train)]
-            ok = (tr >= 0) & (y >= 0)
-            pk = tr[ok] * n_classes + y[ok]
-            uniq, inv = np.unique(pk, return_inverse=True)
-            per_fold = _fold_counts(inv, folds[ok], len(uniq), k)
-            n_codes = max(int(code.max()) + 1, 1)  # (a key no product has: all codes -1)
-            kc = _fold_counts(tr[ok], folds[ok], n_codes, k)
-            self.pair_keys.append(uniq)
-            self.pair_counts.append(per_fold)
-            self.key_counts.append(kc)
+        self.k, self.n_classes = k, n_classes
+        self.vocab: list[pd.Index] = []
+        self.pair_keys, self.pair_counts, self.key_counts = [], [], []
 
-    def features(self, products: np.ndarray, cls: np.ndarray, excluded: np.ndarray) -> pd.DataFrame:
-        """Features of the pairs (products[i], cls[i]): product indices into train+test (test rows follow
-        the training rows), class indices, and per pair the fold whose labels are left out (-1: none; the
-        counts are then scaled by (k-1)/k to match fold-excluded ones)."""
+    @classmethod
+    def fit(cls, specs: list[str], train: pd.DataFrame, y: np.ndarray, folds: np.ndarray, k: int,
+            n_classes: int) -> "LookupPriors":
+        self = cls(specs, k, n_classes)
+        for key in product_keys(train, self.specs):
+            code, uniques = pd.factorize(key)  # -1: no key
+            code = code.astype(np.int64)
+            self.vocab.append(pd.Index(uniques.astype(str)))
+            ok = (code >= 0) & (y >= 0)
+            pk = code[ok] * n_classes + y[ok]
+            uniq, inv = np.unique(pk, return_inverse=True)
+            self.pair_keys.append(uniq)
+            self.pair_counts.append(_fold_counts(inv, folds[ok], len(uniq), k))
+            self.key_counts.append(_fold_counts(code[ok], folds[ok], len(uniques) + 1, k))  # +1: unseen keys
+        return self
+
+    def codes(self, frame: pd.DataFrame) -> list[np.ndarray]:
+        """Per spec, each product's key code (-1: no key; len(vocab): a key no training product has)."""
+        out = []
+        for vocab, key in zip(self.vocab, product_keys(frame, self.specs)):
+            code = vocab.get_indexer(key.fillna("").astype(str)).astype(np.int64)
+            out.append(np.where(key.isna().to_numpy(), -1, np.where(code < 0, len(vocab), code)))
+        return out
+
+    def features(self, codes: list[np.ndarray], products: np.ndarray, cls: np.ndarray,
+                 excluded: np.ndarray) -> pd.DataFrame:
+        """Features of the pairs (products[i], cls[i]): product rows into `codes`, class indices, and per
+        pair the fold whose labels are left out (-1: none; the counts are then scaled by (k-1)/k to match
+        fold-excluded ones)."""
         excluded = np.broadcast_to(np.asarray(excluded, np.int64), products.shape)
         none = excluded < 0
         col = np.where(none, self.k, excluded)
         scale = np.where(none, (self.k - 1) / self.k, 1.0).astype(np.float32)
         out = {}
-        for name, code, uniq, per_fold, kc in zip(self.names, self.codes, self.pair_keys, self.pair_counts,
+        for name, code, uniq, per_fold, kc in zip(self.names, codes, self.pair_keys, self.pair_counts,
                                                  self.key_counts):
             c = code[products]
             has = c >= 0
@@ -123,6 +138,27 @@ class LookupPriors:
             out[f"{name}_cnt"] = np.where(has, cnt, nan).astype(np.float32)
             out[f"{name}_p"] = np.where(has, cnt / (n + 1), nan).astype(np.float32)
         return pd.DataFrame(out)
+
+    def save(self, folder) -> None:
+        from prodcat.storage import write_npz, write_parquet
+
+        arrays = {}
+        for i, vocab in enumerate(self.vocab):
+            write_parquet(pd.DataFrame({"key": vocab.to_numpy()}), folder / f"prior{i}_keys.parquet")
+            arrays |= {f"pair_keys{i}": self.pair_keys[i], f"pair_counts{i}": self.pair_counts[i],
+                       f"key_counts{i}": self.key_counts[i]}
+        write_npz(arrays, folder / "priors.npz")
+
+    @classmethod
+    def load(cls, folder, specs: list[str], k: int, n_classes: int) -> "LookupPriors":
+        self = cls(specs, k, n_classes)
+        with np.load(folder / "priors.npz") as z:
+            for i in range(len(self.specs)):
+                self.vocab.append(pd.Index(pd.read_parquet(folder / f"prior{i}_keys.parquet")["key"].astype(str)))
+                self.pair_keys.append(z[f"pair_keys{i}"])
+                self.pair_counts.append(z[f"pair_counts{i}"])
+                self.key_counts.append(z[f"key_counts{i}"])
+        return self
 
 
 def _fold_counts(index: np.ndarray, folds: np.ndarray, size: int, k: int) -> np.ndarray:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -11,7 +11,6 @@ import pandas as pd
 from prodcat.config import Paths, deep_merge, load_config
 from prodcat.data import Dataset, load_dataset
 from prodcat.folds import load_or_make_folds
-from prodcat.text import product_texts
 
 
 @dataclass
@@ -19,7 +18,6 @@ class Run:
     cfg: dict
     ds: Dataset
     paths: Paths
-    _texts: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, data: str | Path | None = None, config: str | Path | None = None,
@@ -48,13 +46,26 @@ class Run:
     def folds(self) -> pd.DataFrame:
         return load_or_make_folds(self.ds, self.paths.folds, self.k, self.seed)
 
-    def texts(self, overrides: dict | None = None) -> pd.Series:
-        """Product texts (train and test) indexed by id, for the global text settings plus overrides."""
-        text_cfg = deep_merge(self.cfg.get("text", {}), overrides or {})
-        key = repr(sorted(text_cfg.items()))
-        if key not in self._texts:
-            self._texts[key] = product_texts(self.ds, text_cfg, self.paths.cache)
-        return self._texts[key]
+    @cached_property
+    def env(self):
+        """What every model shares: text settings, top_k, seed and the content-keyed cache folder."""
+        from prodcat.cv import ModelEnv
+
+        return ModelEnv(text=dict(self.cfg.get("text", {})), top_k=self.top_k, seed=self.seed,
+                        cache=self.paths.cache)
+
+    def texts(self, frame: pd.DataFrame) -> pd.Series:
+        """Product texts of `frame` (index: ids) with the shared text settings."""
+        return self.env.texts(frame)
 
     def model_params(self, name: str) -> dict:
         return dict(self.cfg.get("models", {}).get(name, {}))
+
+
+def models_root(data=None, config=None, workdir=None) -> Path:
+    """models/<dataset>/ of a config and data folder, without reading the training data."""
+    cfg = load_config(config)
+    data = Path(data or cfg.get("data", "data/flipkart"))
+    name = cfg.get("dataset_name") or data.resolve().name
+    workdir = Path(workdir or os.environ.get("PRODCAT_WORKDIR") or cfg.get("workdir", "."))
+    return Paths(workdir, name).models_root

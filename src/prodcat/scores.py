@@ -1,6 +1,7 @@
 """OOF scores of every finished model of a dataset: hF1, weighted F1, accuracy."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from prodcat.cv import finished_models
@@ -11,10 +12,6 @@ from prodcat.run import Run
 
 def load_oof(run: Run, name: str) -> TopK:
     return TopK.load(run.paths.oof(name) / "oof.npz").align(run.ds.train["id"].to_numpy())
-
-
-def load_test(run: Run, name: str) -> TopK:
-    return TopK.load(run.paths.oof(name) / "test.npz").align(run.ds.test["id"].to_numpy())
 
 
 def score_oof(run: Run, oof: TopK) -> dict:
@@ -42,19 +39,18 @@ def format_table(table: pd.DataFrame) -> str:
 AVERAGE = "average"
 
 
-def comparison_predictions(run: Run, split: str = "oof") -> dict[str, TopK]:
-    """OOF (or test) TopK of every finished base model, their plain probability average (two or more
-    base models) and the stacker (when finished), in that order."""
+def comparison_predictions(run: Run) -> dict[str, TopK]:
+    """OOF TopK of every finished base model, their plain probability average (two or more base models)
+    and the stacker (when finished), in that order."""
     from prodcat.probs import average
     from prodcat.stack import STACK, base_models
 
-    load = load_oof if split == "oof" else load_test
     names = base_models(run)
-    preds = {name: load(run, name) for name in names}
+    preds = {name: load_oof(run, name) for name in names}
     if len(names) >= 2:
         preds[AVERAGE] = average(list(preds.values()), k=run.top_k)
     if STACK in finished_models(run):
-        preds[STACK] = load(run, STACK)
+        preds[STACK] = load_oof(run, STACK)
     return preds
 
 
@@ -82,3 +78,39 @@ def top_level_table(run: Run, preds: dict[str, TopK] | None = None) -> pd.DataFr
     top = pd.Series([run.ds.tree.top_level(c) for c in y.tolist()]).value_counts()
     table.insert(2, "n", table["top_level"].map(top).fillna(0).astype(int))
     return table.sort_values("n", ascending=False, ignore_index=True)
+
+
+# -- review: how far the confidences can be trusted ------------------------------------------------------
+REVIEW_PRECISIONS = (0.95, 0.98, 0.99)
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by the bins' sizes."""
+    if not len(confidence):
+        return float("nan")
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    total = np.bincount(which, minlength=bins)
+    gap = np.abs(np.bincount(which, weights=correct, minlength=bins) - np.bincount(which, weights=confidence,
+                                                                                  minlength=bins))
+    return float(gap.sum() / total.sum())
+
+
+def review_table(run: Run, preds: dict[str, TopK] | None = None) -> pd.DataFrame:
+    """Per model: top-1/3/5 accuracy, expected calibration error of the top probability and the share of
+    products auto-accepted at the threshold `predict --min-precision P` would pick (OOF rows)."""
+    from prodcat.predict import pick_threshold
+
+    preds = comparison_predictions(run) if preds is None else preds
+    y = run.ds.train["category_id"].to_numpy()
+    rows = []
+    for name, oof in preds.items():
+        have = ~oof.missing
+        hit = oof.labels == y[:, None]
+        conf = oof.scores[:, 0].astype(np.float64)
+        correct = hit[:, 0] & have
+        row = {"model": name} | {f"top{k}": float(hit[have, :k].any(axis=1).mean()) for k in (1, 3, 5)}
+        row["ECE"] = expected_calibration_error(conf[have], correct[have])
+        for p in REVIEW_PRECISIONS:
+            row[f"cover@{p:g}"] = pick_threshold(conf, correct, p)[1]
+        rows.append(row)
+    return pd.DataFrame(rows)

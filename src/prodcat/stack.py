@@ -12,15 +12,16 @@ product, the true leaf relevant) scores the pairs; a softmax per product with a 
 rows turns scores into probabilities.
 
 Honest OOF: the stacker is cross-validated over the OOF rows with the run's product folds (the rows of
-fold f are scored by a ranker trained on the other folds). Test rows: the ranker of fold f scores the base
-models' fold-f test predictions (single-model probabilities, like its training rows) and the stacked
-probabilities are averaged over the folds.
+fold f are scored by a ranker trained on the other folds). New products (a test file, tomorrow's
+products): the ranker of fold f scores the predictions of the base models' fold-f models (single-model
+probabilities, like its training rows) and the stacked probabilities are averaged over the folds.
 
 Decoding: `argmax` submits the most probable leaf; `expected_hf1` submits the candidate leaf that maximises
 the expected (micro) hierarchical F1: by the Dinkelbach argument, maximising 2*I/(P+T) over all products
 is maximising sum_i E[|A(l_i) & A(t_i)|] - F/2 * |A(l_i)|, i.e. per product the leaf whose path
 maximises sum over its nodes a of (P(subtree a) - F/2), with F the hF1 reached (iterated twice).
-Output: oof/<dataset>/stack/{oof,test}.npz in the base models' format (column 0 = the decided leaf).
+Output: models/<dataset>/stack/ (rankers, temperature, counts, priors: `Stacker.load`) and
+oof/<dataset>/stack/oof.npz in the base models' format (column 0 = the decided leaf).
 """
 from __future__ import annotations
 
@@ -143,9 +144,11 @@ def pair_features(parts: dict[str, TopK], nodes: NodeIndex, rows: np.ndarray, cl
     return pd.DataFrame(feats)
 
 
-def product_features(run: Run, frame: pd.DataFrame) -> pd.DataFrame:
+def product_features(frame: pd.DataFrame, text_cfg: dict) -> pd.DataFrame:
     """Per product, the same for every candidate: how much text it has (models differ in how they cope)."""
-    texts = run.texts().loc[frame["id"].to_numpy()]
+    from prodcat.text import product_texts
+
+    texts = product_texts(frame, text_cfg)
     return pd.DataFrame({
         "text_words": texts.str.count(" ").to_numpy() + 1,
         "title_chars": frame["title"].fillna("").str.len().to_numpy(),
@@ -255,7 +258,7 @@ def decode(rows, cls, proba, nodes: NodeIndex, n_rows: int, method: str, f_level
     return decode(rows, cls, gain, nodes, n_rows, "argmax")
 
 
-# -- the stacker -----------------------------------------------------------------------------------
+# -- the stacker -----------------------------------------------------------------------------------------
 def base_models(run: Run) -> list[str]:
     """Finished base models (the stacker's own output is not a base model)."""
     from prodcat.cv import finished_models
@@ -273,22 +276,105 @@ def inputs_key(run: Run, names: list[str], p: dict) -> str:
 
     files = []
     for m in names:
-        for f in ("oof.npz", "test.npz"):
-            st = (run.paths.oof(m) / f).stat()
-            files.append([m, f, st.st_size, st.st_mtime_ns])
+        st = (run.paths.oof(m) / "oof.npz").stat()
+        files.append([m, st.st_size, st.st_mtime_ns])
     return config_hash({"params": p, "models": names, "files": files, "data": run.ds.fingerprint,
-                        "folds": run.k, "seed": run.seed, "top_k": run.top_k})
+                        "folds": run.k, "seed": run.seed, "top_k": run.top_k, "text": run.cfg.get("text", {})})
+
+
+class Stacker:
+    """The fitted stacker: one LightGBM ranker per fold, the softmax temperature, the hF1 level of the
+    decoding, the training class counts per fold and the lookup priors. Saved as LightGBM model text files,
+    json, npz and parquet; `predict` stacks the fold models' predictions of any frame."""
+
+    def __init__(self, tree, meta: dict, boosters: list, freq: np.ndarray, counts: np.ndarray,
+                 priors=None):
+        self.tree, self.meta, self.boosters = tree, meta, boosters
+        self.nodes = NodeIndex(tree)
+        self.freq, self.counts, self.priors = freq, counts, priors
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.meta["models"])
+
+    def product_inputs(self, frame: pd.DataFrame) -> tuple:
+        """What the features need of the products themselves: text sizes and prior key codes."""
+        prod = product_features(frame, self.meta["text"]) if self.meta["params"]["product_features"] else None
+        return prod, (self.priors.codes(frame) if self.priors is not None else None)
+
+    def features(self, parts: dict[str, TopK], inputs: tuple, fold: int):
+        """(rows, classes, features) of a frame's candidates, from base predictions made by fold models
+        `fold` (-1: fold-averaged predictions; counts then scaled to a fold's share)."""
+        k = self.meta["k"]
+        prod, codes = inputs
+        r, c = candidate_pairs(list(parts.values()), self.nodes, int(self.meta["params"]["candidates"]))
+        counts = self.freq[fold] if fold >= 0 else self.counts * (k - 1) / k
+        n = len(next(iter(parts.values())))
+        x = pair_features(parts, self.nodes, r, c, counts[None, :], np.zeros(n, np.int64), prod)
+        if self.priors is not None:
+            x = pd.concat([x, self.priors.features(codes, r, c, np.int64(fold))], axis=1)
+        return r, c, x.reindex(columns=self.meta["columns"], fill_value=0.0)  # e.g. a missing flag
+
+    def predict(self, parts: dict[str, list[TopK]], frame: pd.DataFrame) -> TopK:
+        """Stacked TopK of the frame (column 0: the decided leaf). `parts[model][f]`: fold model f's
+        predictions; ranker f scores fold f's, the stacked probabilities are averaged over the rankers."""
+        from prodcat.probs import average
+
+        n_folds = len(self.boosters)
+        per_fold = all(len(v) == n_folds for v in parts.values()) and n_folds == self.meta["k"]
+        scored = []
+        inputs = self.product_inputs(frame)
+        for f, booster in enumerate(self.boosters):
+            if per_fold:
+                r, c, x = self.features({m: parts[m][f] for m in self.names}, inputs, f)
+            else:
+                r, c, x = self.features({m: average(parts[m]) for m in self.names}, inputs, -1)
+            scored.append((r, c, booster.predict(x) if len(x) else np.zeros(0)))
+        rows, cls, proba = _average_test(scored, self.meta["temperature"], len(self.nodes.ids))
+        decided = decode(rows, cls, proba, self.nodes, len(frame), self.meta["decoding"], self.meta["f_level"])
+        return _to_topk(frame["id"].to_numpy(), rows, cls, proba, decided, self.nodes,
+                        int(self.meta["top_k"]))
+
+    def save(self, folder) -> None:
+        from prodcat.storage import atomic_path, write_npz
+
+        (folder / "stacker.json").unlink(missing_ok=True)
+        for f, booster in enumerate(self.boosters):
+            with atomic_path(folder / f"ranker{f}.txt") as tmp:
+                booster.save_model(str(tmp))
+        write_npz({"freq": self.freq, "counts": self.counts}, folder / "counts.npz")
+        if self.priors is not None:
+            self.priors.save(folder)
+        write_json(self.meta, folder / "stacker.json")  # last: the folder holds a stacker only with it
+
+    @classmethod
+    def load(cls, folder, tree) -> "Stacker":
+        import json
+
+        import lightgbm as lgb
+
+        from prodcat.errors import DataError
+
+        if not (folder / "stacker.json").exists():
+            raise DataError(f"{folder}: no saved stacker here (run ./run.sh stack first)")
+        meta = json.loads((folder / "stacker.json").read_text())
+        boosters = [lgb.Booster(model_file=str(folder / f"ranker{f}.txt")) for f in range(meta["n_rankers"])]
+        with np.load(folder / "counts.npz") as z:
+            freq, counts = z["freq"], z["counts"]
+        priors = None
+        if meta["params"]["priors"]:
+            from prodcat.priors import LookupPriors
+
+            priors = LookupPriors.load(folder, meta["params"]["priors"], meta["k"], len(NodeIndex(tree).ids))
+        return cls(tree, meta, boosters, freq, counts, priors)
 
 
 def run_stack(run: Run, models: list[str] | None = None, echo=print, force: bool = False) -> dict:
-    """Cross-validate the ranker over the OOF rows, predict the test rows, write oof/<dataset>/stack/.
+    """Fit the stacker on the base models' OOF rows (cross-validated: honest OOF), save it under
+    models/<dataset>/stack/ and its OOF predictions under oof/<dataset>/stack/.
 
-    Reused (not recomputed) when the settings and the base models' files are unchanged, unless `force`."""
+    Reused (not refitted) when the settings and the base models' OOF files are unchanged, unless `force`."""
     import json
-
-    import lightgbm as lgb
-
-    from prodcat.scores import load_oof, load_test
 
     p = stack_params(run)
     names = list(models or p["models"] or base_models(run))
@@ -296,68 +382,99 @@ def run_stack(run: Run, models: list[str] | None = None, echo=print, force: bool
     if missing or not names:
         from prodcat.errors import DataError
 
-        raise DataError(f"stack: no finished OOF/test probabilities for {', '.join(missing) or 'any model'} "
+        raise DataError(f"stack: no finished OOF probabilities for {', '.join(missing) or 'any model'} "
                         f"(train them first: ./run.sh train MODEL)")
     key = inputs_key(run, names, p)
-    out = run.paths.oof(STACK)
-    if not force and (out / "complete.json").exists() and (out / "stack.json").exists():
-        meta = json.loads((out / "complete.json").read_text())
-        if meta.get("key") == key:
+    out, folder = run.paths.oof(STACK), run.paths.models(STACK)
+    if not force and (out / "complete.json").exists() and (folder / "stacker.json").exists():
+        if json.loads((out / "complete.json").read_text()).get("key") == key:
             info = json.loads((out / "stack.json").read_text())
             echo(f"[stack] {', '.join(names)}: unchanged inputs, reused (OOF hF1 "
                  f"{info['oof_hF1'][info['decoding']]:.4f}; --force to recompute)")
             return info
+    (out / "complete.json").unlink(missing_ok=True)  # half-written outputs are never complete
+    stacker, oof_top, info = fit_stacker(run, names, p, echo)
+    folder.mkdir(parents=True, exist_ok=True)
+    stacker.save(folder)
+    oof_top.save(out / "oof.npz")
+    from prodcat.cv import save_confidence
+
+    save_confidence(run, oof_top, folder)
+    write_json(info, out / "stack.json")
+    write_json({"data": run.ds.fingerprint, "k": run.k, "models": STACK, "inputs": names, "key": key},
+               out / "complete.json")
+    return info
+
+
+def fit_stacker(run: Run, names: list[str], p: dict, echo=print):
+    """Cross-validate the ranker over the OOF rows; returns the Stacker, its OOF TopK and a summary."""
+    from prodcat.scores import load_oof
+
     start = time.time()
-    tree = run.ds.tree
-    nodes = NodeIndex(tree)
+    nodes = NodeIndex(run.ds.tree)
     oof = {m: load_oof(run, m) for m in names}
-    test = {m: load_test(run, m) for m in names}
     y = nodes.index(run.ds.train["category_id"].to_numpy())
     folds = run.folds["fold"].to_numpy()
-    n_train, n_test = len(y), len(run.ds.test)
+    n_train = len(y)
     n_folds = int(p["folds"] or run.k)
     # the ranker's folds: the run's product folds, or (another count) a seeded split of the products;
     # either is honest, as every product's features are out-of-fold predictions of the base models
     stack_folds = folds if n_folds == run.k else np.random.default_rng(run.seed).permutation(n_train) % n_folds
-
     # training counts of each class as the base models saw them (fold f's rows excluded)
     counts = np.bincount(y, minlength=len(nodes.ids)).astype(np.float32)
     per_fold = np.stack([np.bincount(y[folds == f], minlength=len(nodes.ids)) for f in range(run.k)])
     freq_oof = (counts[None, :] - per_fold).astype(np.float32)  # (k, nodes)
 
     rows, cls = candidate_pairs(list(oof.values()), nodes, int(p["candidates"]))
-    prod_train = product_features(run, run.ds.train) if p["product_features"] else None
-    prod_test = product_features(run, run.ds.test) if p["product_features"] else None
-    x = pair_features(oof, nodes, rows, cls, freq_oof, folds, prod_train)
+    prod = product_features(run.ds.train, run.env.text) if p["product_features"] else None
+    x = pair_features(oof, nodes, rows, cls, freq_oof, folds, prod)
     priors = None
     if p["priors"]:
         from prodcat.priors import LookupPriors
 
-        priors = LookupPriors(p["priors"], run.ds.train, run.ds.test, y, folds, run.k, len(nodes.ids))
-        x = pd.concat([x, priors.features(rows, cls, folds[rows])], axis=1)
+        priors = LookupPriors.fit(p["priors"], run.ds.train, y, folds, run.k, len(nodes.ids))
+        x = pd.concat([x, priors.features(priors.codes(run.ds.train), rows, cls, folds[rows])], axis=1)
     is_true = cls == y[rows]
     drop = [c for c in x.columns if any(c == e or c.endswith("_" + e) for e in p["exclude_features"] or [])]
     x = x.drop(columns=drop)
-
-    def test_features(parts: dict[str, TopK], fold_counts: np.ndarray, fold: int):
-        r, c = candidate_pairs(list(parts.values()), nodes, int(p["candidates"]))
-        xt = pair_features(parts, nodes, r, c, fold_counts[None, :], np.zeros(n_test, np.int64), prod_test)
-        if priors is not None:  # test rows follow the training rows in the priors' product index
-            xt = pd.concat([xt, priors.features(n_train + r, c, np.int64(fold))], axis=1)
-        return r, c, xt.reindex(columns=x.columns, fill_value=0.0)  # e.g. a missing flag only OOF rows need
-
-    # test rows: the ranker of fold f scores the base models' fold-f test predictions (the same kind of
-    # single-model probabilities it was trained on), and the stacked probabilities are averaged over folds;
-    # without per-fold files (or with other ranker folds) it scores the fold-averaged test probabilities
-    per_fold_test = n_folds == run.k and all((run.paths.oof(m) / f"fold{f}.test.npz").exists()
-                                             for m in names for f in range(run.k))
-    if not per_fold_test:
-        shared_test = test_features(test, counts * (run.k - 1) / run.k, -1)
     has_truth = np.zeros(n_train, bool)
     has_truth[rows[is_true]] = True
     recall = float(has_truth.mean())
     echo(f"[stack] {', '.join(names)}: {len(rows) / n_train:.1f} candidates per product, truth among them "
          f"for {recall:.2%}, {x.shape[1]} features ({time.time() - start:.0f}s)")
+
+    boosters, score_oof, importance = _fit_rankers(run, p, x, rows, is_true, has_truth, stack_folds, n_folds,
+                                                   echo, start)
+    temp = fit_temperature(rows, score_oof, is_true)
+    proba_oof = group_softmax(rows, score_oof, temp)
+    # decoding: measure both on the OOF rows, keep the configured one. Expected-hF1 decoding needs the
+    # hF1 level F reached; the argmax decoding's OOF hF1 is used (one scalar, for the OOF and new rows)
+    y_ids = run.ds.train["category_id"].to_numpy()
+    argmax = decode(rows, cls, proba_oof, nodes, n_train, "argmax")
+    f_level = hierarchical_f1(y_ids, nodes.category(argmax), run.ds.tree)
+    results, decided = {}, {}
+    for method in ("argmax", "expected_hf1"):
+        decided[method] = decode(rows, cls, proba_oof, nodes, n_train, method, f_level)
+        results[method] = hierarchical_f1(y_ids, nodes.category(decided[method]), run.ds.tree)
+    method = p["decoding"]
+    oof_top = _to_topk(run.ds.train["id"].to_numpy(), rows, cls, proba_oof, decided[method], nodes, run.top_k)
+    meta = {"models": names, "params": p, "k": run.k, "n_rankers": n_folds, "temperature": temp,
+            "f_level": f_level, "decoding": method, "columns": list(x.columns), "top_k": run.top_k,
+            "text": run.env.text, "data": run.ds.fingerprint}
+    stacker = Stacker(run.ds.tree, meta, boosters, freq_oof, counts, priors)
+    info = {"data": run.ds.fingerprint, "k": run.k, "models": names, "params": p, "temperature": temp,
+            "candidates_per_product": round(len(rows) / n_train, 2), "candidate_recall": recall,
+            "oof_hF1": results, "decoding": method, "seconds": round(time.time() - start, 1),
+            "feature_importance": dict(sorted(zip(x.columns, importance.round(1).tolist()),
+                                              key=lambda kv: -kv[1]))}
+    echo(f"[stack] OOF hF1 argmax {results['argmax']:.4f}, expected-hF1 decoding {results['expected_hf1']:.4f} "
+         f"-> {method}; temperature {temp:.2f} ({time.time() - start:.0f}s)")
+    return stacker, oof_top, info
+
+
+def _fit_rankers(run, p, x, rows, is_true, has_truth, stack_folds, n_folds, echo, start):
+    """One LightGBM ranker per fold on the other folds' products; their scores of the held-out pairs."""
+    import lightgbm as lgb
 
     params = {"objective": p["objective"], "learning_rate": p["learning_rate"], "num_leaves": p["num_leaves"],
               "min_data_in_leaf": p["min_data_in_leaf"], "feature_fraction": p["feature_fraction"],
@@ -370,10 +487,11 @@ def run_stack(run: Run, models: list[str] | None = None, echo=print, force: bool
     if p["objective"] == "lambdarank":
         params |= {"lambdarank_truncation_level": 10, "eval_at": [1]}
     rng = np.random.default_rng(run.seed)
+    n_train = len(has_truth)
     pair_fold = stack_folds[rows]
     score_oof = np.zeros(len(rows))
-    test_parts = []  # (rows, classes, scores) per ranker
     importance = np.zeros(x.shape[1])
+    boosters = []
     for f in range(n_folds):
         train_prod = np.flatnonzero((stack_folds != f) & has_truth)
         if len(train_prod) > p["max_train_products"]:
@@ -385,48 +503,10 @@ def run_stack(run: Run, models: list[str] | None = None, echo=print, force: bool
         booster = lgb.train(params, ds, num_boost_round=int(p["num_boost_round"]))
         held = pair_fold == f
         score_oof[held] = booster.predict(x[held])
-        if per_fold_test:
-            parts = {m: TopK.load(run.paths.oof(m) / f"fold{f}.test.npz").align(run.ds.test["id"].to_numpy())
-                     for m in names}
-            t_r, t_c, x_t = test_features(parts, freq_oof[f], f)
-        else:
-            t_r, t_c, x_t = shared_test
-        test_parts.append((t_r, t_c, booster.predict(x_t)))
         importance += booster.feature_importance("gain")
+        boosters.append(booster)
         echo(f"[stack] fold {f}: ranker on {len(train_prod)} products ({time.time() - start:.0f}s)")
-
-    temp = fit_temperature(rows, score_oof, is_true)
-    proba_oof = group_softmax(rows, score_oof, temp)
-    t_rows, t_cls, proba_test = _average_test(test_parts, temp, len(nodes.ids))
-
-    # decoding: measure both on the OOF rows, keep the configured one. Expected-hF1 decoding needs the
-    # hF1 level F reached; the argmax decoding's OOF hF1 is used (one scalar, for the OOF and test rows)
-    y_ids = run.ds.train["category_id"].to_numpy()
-    argmax = decode(rows, cls, proba_oof, nodes, n_train, "argmax")
-    f_level = hierarchical_f1(y_ids, nodes.category(argmax), run.ds.tree)
-    results, decided = {}, {}
-    for method in ("argmax", "expected_hf1"):
-        decided[method] = decode(rows, cls, proba_oof, nodes, n_train, method, f_level)
-        results[method] = hierarchical_f1(y_ids, nodes.category(decided[method]), run.ds.tree)
-    method = p["decoding"]
-    oof_top = _to_topk(run.ds.train["id"].to_numpy(), rows, cls, proba_oof, decided[method], nodes, run.top_k)
-    test_pred = decode(t_rows, t_cls, proba_test, nodes, n_test, method, f_level)
-    test_top = _to_topk(run.ds.test["id"].to_numpy(), t_rows, t_cls, proba_test, test_pred, nodes, run.top_k)
-
-    (out / "complete.json").unlink(missing_ok=True)  # half-written outputs are never complete
-    oof_top.save(out / "oof.npz")
-    test_top.save(out / "test.npz")
-    info = {"data": run.ds.fingerprint, "k": run.k, "models": names, "params": p, "temperature": temp,
-            "candidates_per_product": round(len(rows) / n_train, 2), "candidate_recall": recall,
-            "oof_hF1": results, "decoding": method, "seconds": round(time.time() - start, 1),
-            "feature_importance": dict(sorted(zip(x.columns, importance.round(1).tolist()),
-                                              key=lambda kv: -kv[1]))}
-    write_json(info, out / "stack.json")
-    write_json({"data": run.ds.fingerprint, "k": run.k, "models": STACK, "inputs": names, "key": key},
-               out / "complete.json")
-    echo(f"[stack] OOF hF1 argmax {results['argmax']:.4f}, expected-hF1 decoding {results['expected_hf1']:.4f} "
-         f"-> {method}; temperature {temp:.2f} ({time.time() - start:.0f}s) -> {out}")
-    return info
+    return boosters, score_oof, importance
 
 
 def _average_test(parts, temperature: float, n_nodes: int):

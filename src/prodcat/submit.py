@@ -1,4 +1,4 @@
-"""Turn test probabilities into a validated submission parquet (id, predicted_category_id)."""
+"""The saved models' prediction of test.parquet as a validated submission parquet (id, predicted_category_id)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,41 +7,18 @@ import numpy as np
 import pandas as pd
 
 from prodcat.errors import DataError
-from prodcat.probs import NO_LABEL
 from prodcat.run import Run
-from prodcat.scores import load_test, score_table
 from prodcat.storage import write_parquet
 
 
-def ranked_models(run: Run) -> list[str]:
-    """Finished models, best OOF hF1 first."""
-    return score_table(run).sort_values("hF1", ascending=False)["model"].tolist()
+def build_submission(run: Run, model: str | None = None) -> tuple[pd.DataFrame, str]:
+    """The saved models' prediction of the dataset's test.parquet (default model: the stacker when saved,
+    else the best base model); products the model cannot predict take the next best model's prediction."""
+    from prodcat.predict import Predictor
 
-
-def build_submission(run: Run, model: str | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """Top-1 of `model` (default: the best OOF hF1); products it could not predict (e.g. the image model on
-    a product without a photo) take the next best model's prediction. Returns the frame and the models used.
-    Models are only scored (ranked) when they are needed."""
-    from prodcat.cv import finished_models
-
-    finished = finished_models(run)
-    if not finished:
-        raise DataError(f"no finished model for dataset '{run.ds.name}': train one first")
-    if model is not None and model not in finished:
-        raise DataError(f"model '{model}' has no finished test probabilities (finished: {', '.join(finished)})")
-    ranked = None if model is not None else ranked_models(run)
-    first = model or ranked[0]
-    ids = run.ds.test["id"].to_numpy()
-    pred = load_test(run, first).top1()
-    used = [first]
-    if (pred == NO_LABEL).any():
-        for name in (ranked or ranked_models(run)):
-            todo = pred == NO_LABEL
-            if name == first or not todo.any():
-                continue
-            pred[todo] = load_test(run, name).top1()[todo]
-            used.append(name)
-    return pd.DataFrame({"id": ids, "predicted_category_id": pred}), used
+    predictor = Predictor.load(run.paths.models_root, model)
+    top = predictor.predict_topk(run.ds.test_with_photos())
+    return pd.DataFrame({"id": top.ids, "predicted_category_id": top.top1()}), predictor.model
 
 
 def validate_submission(sub: pd.DataFrame, run: Run, where: str = "submission") -> None:
@@ -62,9 +39,17 @@ def validate_submission(sub: pd.DataFrame, run: Run, where: str = "submission") 
                         f"{not_leaf[:5].tolist()}")
 
 
-def write_submission(run: Run, model: str | None = None, name: str | None = None) -> tuple[Path, list[str]]:
+def submission_path(run: Run, name: str) -> Path:
+    """submissions/<dataset>/<name>.parquet; `name` is a bare file name (a trailing .parquet is allowed)."""
+    stem = name[:-len(".parquet")] if name.endswith(".parquet") else name
+    if not stem or stem in (".", "..") or any(c in stem for c in "/\\\0"):
+        raise DataError(f"--name {name!r}: give a bare file name (no folders), e.g. --name my_try")
+    return run.paths.submissions / f"{stem}.parquet"
+
+
+def write_submission(run: Run, model: str | None = None, name: str | None = None) -> tuple[Path, str]:
     sub, used = build_submission(run, model)
     validate_submission(sub, run)
-    path = run.paths.submissions / f"{name or used[0]}.parquet"
+    path = submission_path(run, name or used)
     write_parquet(sub, path)
     return path, used

@@ -108,20 +108,47 @@ def lemmatize(text: str) -> str:
     return " ".join(lemma(t) for t in text.split())
 
 
-def product_texts(ds, cfg: dict | None, cache_dir) -> pd.Series:
-    """Text of every train and test product, indexed by id; cached per dataset and text settings."""
+_MEMO: dict[str, pd.Series] = {}  # text settings -> texts indexed by the row hash of the product's text fields
+
+
+def row_hashes(frame: pd.DataFrame) -> np.ndarray:
+    """64-bit hash of each product's text fields: equal fields, equal text."""
+    cols = ["title", "short_description", "name_value_characteristics"]
+    return pd.util.hash_pandas_object(frame[cols], index=False).to_numpy()
+
+
+def product_texts(frame: pd.DataFrame, cfg: dict | None, cache_dir=None) -> pd.Series:
+    """Normalised text of every product of `frame` (index: its ids). Keyed by content, never by ids: texts
+    are remembered per process by the hash of a product's text fields and, with `cache_dir`, stored per
+    frame content and settings."""
     cfg = {**DEFAULT_TEXT, **(cfg or {})}
-    ids = np.concatenate([ds.train["id"].to_numpy(), ds.test["id"].to_numpy()])
-    key = hashlib.sha1(ids.tobytes()).hexdigest()[:8] + "-" + config_hash(cfg)
-    path = cache_dir / f"text-{key}.parquet"
-    if path.exists():
-        cached = pd.read_parquet(path)
-        return pd.Series(cached["text"].to_numpy(), index=cached["id"].to_numpy(), name="text")
-    frames = pd.concat([ds.train, ds.test], ignore_index=True)
-    texts = [build_text(t, d, c, cfg) for t, d, c in tqdm(
-        zip(frames["title"], frames["short_description"], frames["name_value_characteristics"]),
-        total=len(frames), desc="text", unit="product", mininterval=1.0, leave=False)]
-    if cfg["lemmatize"]:
-        texts = [lemmatize(t) for t in tqdm(texts, desc="lemmas", unit="product", mininterval=1.0, leave=False)]
-    write_parquet(pd.DataFrame({"id": ids, "text": texts}), path)
-    return pd.Series(texts, index=ids, name="text")
+    cfg_key = config_hash(cfg)
+    memo = _MEMO.setdefault(cfg_key, pd.Series(dtype=object))
+    hashes = row_hashes(frame)
+    known = pd.Index(memo.index).get_indexer(hashes) if len(memo) else np.full(len(hashes), -1)
+    if (known < 0).any():
+        todo = np.flatnonzero(known < 0)
+        path = None
+        if cache_dir is not None:
+            key = hashlib.sha1(hashes.tobytes()).hexdigest()[:12]
+            path = cache_dir / f"text-{cfg_key}-{key}.parquet"
+        if path is not None and path.exists():
+            cached = pd.read_parquet(path)
+            new = pd.Series(cached["text"].to_numpy(), index=cached["hash"].to_numpy())
+        else:
+            sub = frame.iloc[todo]
+            texts = [build_text(t, d, c, cfg) for t, d, c in tqdm(
+                zip(sub["title"], sub["short_description"], sub["name_value_characteristics"]),
+                total=len(sub), desc="text", unit="product", mininterval=1.0, leave=False,
+                disable=len(sub) < 50_000)]
+            if cfg["lemmatize"]:
+                texts = [lemmatize(t) for t in tqdm(texts, desc="lemmas", unit="product", mininterval=1.0,
+                                                    leave=False, disable=len(texts) < 50_000)]
+            new = pd.Series(texts, index=hashes[todo], dtype=object)
+            if path is not None:
+                write_parquet(pd.DataFrame({"hash": new.index.to_numpy(), "text": new.to_numpy()}), path)
+        new = new[~new.index.duplicated()]
+        memo = pd.concat([memo, new[~new.index.isin(memo.index)]]) if len(memo) else new
+        _MEMO[cfg_key] = memo
+        known = pd.Index(memo.index).get_indexer(hashes)
+    return pd.Series(memo.to_numpy()[known], index=frame["id"].to_numpy(), name="text")

@@ -15,6 +15,8 @@ class, which at 2,000+ classes and 500k features runs for tens of minutes per fo
 With few classes (<= shortlist) the shortlist is every class, i.e. a plain multinomial logistic regression.
 
 Output probabilities: the softmax over the product's shortlist (classes off the shortlist get 0).
+Saved per fold: the vocabularies and IDF (fitted once per k-fold run on the training rows, no labels),
+the sparse weights, the biases and the class centroids.
 """
 from __future__ import annotations
 
@@ -44,44 +46,75 @@ DEFAULTS = {
     "centroid_prune": 0.0,     # centroid weights below this are dropped before the shortlist product
     "chunk": 4096,             # rows per centroid-similarity chunk (memory: chunk x classes floats)
     "threads": 2,              # threads for the shortlist product
+    "prune": 0.0,              # saved weights below this magnitude are dropped (0: keep every non-zero)
 }
 
 
 class TfidfModel(BaseModel):
     name = "tfidf"
 
+    def __init__(self, params, env):
+        super().__init__(params, env)
+        self.featurizer: Featurizer | None = None
+        self.clf: ShortlistSoftmax | None = None
+        self.classes: np.ndarray | None = None
+        self._memo: tuple[dict, sp.csr_matrix] | None = None  # text -> row of a matrix computed in prepare()
+
     def settings(self) -> dict:
-        return super().settings() | {"params": self.p, "text": self.run.cfg.get("text", {}) |
-                                     self.params.get("text", {})}
+        return super().settings() | {"params": self.p}
 
     @property
     def p(self) -> dict:
         return DEFAULTS | {k: v for k, v in self.params.items() if k != "text"}
 
-    def features(self, ids) -> sp.csr_matrix:
-        """TF-IDF rows of these products. The vocabulary and IDF are fitted once per run on every product's
-        text (train and test; no labels involved), so all folds share one matrix."""
-        if getattr(self, "_x", None) is None:
-            texts = self.run.texts(self.params.get("text"))
-            start = time.time()
-            self._x = Featurizer(self.p).fit_transform(texts.tolist())
-            self._pos = pd.Index(texts.index)
-            self.vectorize_s = round(time.time() - start, 1)
-        return self._x[self._pos.get_indexer(np.asarray(ids))]
+    def prepare(self, train) -> None:
+        """Vocabulary and IDF from every training row (no labels), shared by the k folds: fitted once."""
+        texts = self.env.texts(train, self.params.get("text")).tolist()
+        start = time.time()
+        self.featurizer = Featurizer(self.p)
+        x = self.featurizer.fit_transform(texts)
+        self._memo = (pd.Series(np.arange(len(texts)), index=texts).groupby(level=0).first().to_dict(), x)
+        self.vectorize_s = round(time.time() - start, 1)
 
-    def fit_predict(self, fold, train, predict, workdir: Path):
-        x_train = self.features(train["id"].to_numpy())
+    def features(self, frame) -> sp.csr_matrix:
+        """TF-IDF rows of these products (rows computed in prepare() are reused)."""
+        texts = self.env.texts(frame, self.params.get("text")).tolist()
+        if self._memo is None:
+            return self.featurizer.transform(texts)
+        where, x = self._memo
+        rows = np.array([where.get(t, -1) for t in texts], np.int64)
+        if (rows >= 0).all():
+            return x[rows]
+        new = np.flatnonzero(rows < 0)
+        rows[new] = x.shape[0] + np.arange(len(new))
+        return sp.vstack([x, self.featurizer.transform([texts[i] for i in new])], format="csr")[rows]
+
+    def fit(self, train, workdir: Path, fold: int = 0):
+        if self.featurizer is None:
+            self.prepare(train)
         classes, y = np.unique(train["category_id"].to_numpy(), return_inverse=True)
-        clf = ShortlistSoftmax(self.p, seed=self.run.seed + fold).fit(x_train, y, len(classes))
-        out = {}
-        for split, frame in predict.items():
-            ids = frame["id"].to_numpy()
-            if len(ids) == 0:
-                out[split] = TopK.empty(ids, self.run.top_k)
-                continue
-            labels, scores = clf.predict_top(self.features(ids), self.run.top_k)
-            out[split] = TopK.from_ranked(ids, classes[labels], scores, self.run.top_k)
-        return out
+        fitted = TfidfModel(self.params, self.env)
+        fitted.name, fitted.featurizer, fitted._memo, fitted.classes = self.name, self.featurizer, self._memo, classes
+        fitted.clf = ShortlistSoftmax(self.p, seed=self.env.seed + fold).fit(self.features(train), y, len(classes))
+        return fitted
+
+    def predict(self, frame) -> TopK:
+        ids = frame["id"].to_numpy()
+        if len(ids) == 0:
+            return TopK.empty(ids, self.env.top_k)
+        labels, scores = self.clf.predict_top(self.features(frame), self.env.top_k)
+        return TopK.from_ranked(ids, self.classes[labels], scores, self.env.top_k)
+
+    def save(self, folder: Path) -> None:
+        self.featurizer.save(folder)
+        self.clf.save(folder / "classifier.npz", self.classes)
+
+    @classmethod
+    def load(cls, folder: Path, params: dict, env) -> "TfidfModel":
+        model = cls(params, env)
+        model.featurizer = Featurizer.load(folder, model.p)
+        model.clf, model.classes = ShortlistSoftmax.load(folder / "classifier.npz", model.p)
+        return model
 
 
 class Featurizer:
@@ -105,13 +138,34 @@ class Featurizer:
         return normalize(x).astype(np.float32)
 
     def fit_transform(self, texts: list[str]) -> sp.csr_matrix:
-        min_df = self.word.min_df
-        if len(texts) < 10 * max(min_df, 1):  # tiny training sets (tests): keep every n-gram
+        if len(texts) < 10 * max(self.word.min_df, 1):  # tiny training sets (tests): keep every n-gram
             self.word.min_df = self.char.min_df = 1
         return self._stack(self.word.fit_transform(texts), self.char.fit_transform(texts))
 
     def transform(self, texts: list[str]) -> sp.csr_matrix:
         return self._stack(self.word.transform(texts), self.char.transform(texts))
+
+    def save(self, folder: Path) -> None:
+        """Vocabularies (parquet: term, column) and IDF weights (npz)."""
+        from prodcat.storage import write_npz, write_parquet
+
+        for name, vec in (("word", self.word), ("char", self.char)):
+            vocab = pd.Series(vec.vocabulary_).sort_values()
+            write_parquet(pd.DataFrame({"term": vocab.index.astype(str), "column": vocab.to_numpy()}),
+                          folder / f"vocab_{name}.parquet")
+        write_npz({"idf_word": self.word.idf_, "idf_char": self.char.idf_}, folder / "idf.npz")
+
+    @classmethod
+    def load(cls, folder: Path, p: dict) -> "Featurizer":
+        f = cls(p)
+        with np.load(folder / "idf.npz") as z:
+            idf = {"word": z["idf_word"], "char": z["idf_char"]}
+        for name, vec in (("word", f.word), ("char", f.char)):
+            vocab = pd.read_parquet(folder / f"vocab_{name}.parquet")
+            vec.vocabulary_ = dict(zip(vocab["term"].tolist(), vocab["column"].astype(int).tolist()))
+            vec.fixed_vocabulary_ = False
+            vec.idf_ = idf[name]
+        return f
 
 
 class ShortlistSoftmax:
@@ -145,6 +199,7 @@ class ShortlistSoftmax:
         _train(x.indptr, x.indices, x.data, y.astype(np.int32), cands.astype(np.int32), self.w, self.b,
                int(self.p["epochs"]), float(self.p["lr"]), float(self.p["l2"]), self.seed)
         self.timing["train_s"] = round(time.time() - t0 - self.timing["shortlist_s"], 1)
+        self.sparsify()
         return self
 
     def shortlist(self, x: sp.csr_matrix) -> np.ndarray:
@@ -173,12 +228,58 @@ class ShortlistSoftmax:
                 chunk(s)
         return out
 
+    def sparsify(self) -> None:
+        """Keep the weights as a sparse (features x classes) matrix: only shortlist classes are ever
+        updated, so most entries are zeros (dense float32 would be ~2.4 GB per fold on uhtt_ke). Weights
+        below `prune` in magnitude are dropped too."""
+        w = self.w
+        prune = float(self.p.get("prune", 0.0))
+        if prune > 0:
+            w = np.where(np.abs(w) >= prune, w, 0)
+        self.weights = sp.csr_matrix(w)
+        del self.w
+
     def predict_top(self, x: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
-        cands = self.shortlist(x).astype(np.int32)
-        proba = _predict(x.indptr, x.indices, x.data, cands, self.w, self.b, float(self.p["temperature"]))
-        k = min(k, cands.shape[1])
+        """Best k shortlist classes (indices) and their softmax probabilities per row."""
+        if hasattr(self, "w"):
+            self.sparsify()
+        cands = self.shortlist(x)
+        n_cand = cands.shape[1]
+        proba = np.empty((x.shape[0], n_cand), np.float32)
+        step = int(self.p["chunk"])
+        for s in range(0, x.shape[0], step):
+            z = (x[s:s + step] @ self.weights).toarray()
+            z = np.take_along_axis(z, cands[s:s + step], axis=1) + self.b[cands[s:s + step]]
+            z = (z - z.max(axis=1, keepdims=True)) / float(self.p["temperature"])
+            e = np.exp(z)
+            proba[s:s + step] = e / e.sum(axis=1, keepdims=True)
+        k = min(k, n_cand)
         top = np.argsort(-proba, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(cands, top, axis=1), np.take_along_axis(proba, top, axis=1)
+
+    def save(self, path: Path, classes: np.ndarray) -> None:
+        """Sparse weights, bias and class centroids (npz), with the category id of each class index."""
+        from prodcat.storage import write_npz
+
+        if hasattr(self, "w"):
+            self.sparsify()
+        arrays = {"classes": classes, "b": self.b}
+        for name, m in (("w", self.weights), ("centroids", self.centroids)):
+            arrays |= {f"{name}_data": m.data, f"{name}_indices": m.indices, f"{name}_indptr": m.indptr,
+                       f"{name}_shape": np.array(m.shape)}
+        write_npz(arrays, path)
+
+    @classmethod
+    def load(cls, path: Path, p: dict) -> tuple["ShortlistSoftmax", np.ndarray]:
+        clf = cls(p)
+        with np.load(path) as z:
+            def csr(name):
+                return sp.csr_matrix((z[f"{name}_data"], z[f"{name}_indices"], z[f"{name}_indptr"]),
+                                     shape=tuple(z[f"{name}_shape"]))
+
+            clf.weights, clf.centroids, clf.b, classes = csr("w"), csr("centroids"), z["b"], z["classes"]
+        clf.n_classes = len(classes)
+        return clf, classes
 
 
 try:  # numba compiles the two loops below; without it they run (slowly) as plain Python
@@ -228,25 +329,3 @@ def _train(indptr, indices, data, y, cands, w, b, epochs, lr0, l2, seed):  # pra
                         w[f, k] -= z[c] * v + lr * l2 * w[f, k]
                     else:
                         w[f, k] -= z[c] * v
-
-
-@njit(cache=True)
-def _predict(indptr, indices, data, cands, w, b, temperature):  # pragma: no cover - numba
-    n, n_cand = cands.shape
-    out = np.empty((n, n_cand), np.float32)
-    for i in range(n):
-        for c in range(n_cand):
-            out[i, c] = b[cands[i, c]]
-        for j in range(indptr[i], indptr[i + 1]):
-            f = indices[j]
-            v = data[j]
-            for c in range(n_cand):
-                out[i, c] += v * w[f, cands[i, c]]
-        m = out[i].max()
-        s = 0.0
-        for c in range(n_cand):
-            out[i, c] = np.exp((out[i, c] - m) / temperature)
-            s += out[i, c]
-        for c in range(n_cand):
-            out[i, c] /= s
-    return out

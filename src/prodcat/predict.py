@@ -1,0 +1,241 @@
+"""Predict any file of products with the saved models: every fold model of every base model, then the
+stacker's fold rankers, averaged - the path the test set takes, for tomorrow's products too.
+
+    Predictor.load("models/<dataset>").predict(frame)           # Python
+    ./run.sh predict --input new.parquet --out pred.parquet     # command line
+
+The output has, per product, the decided leaf, its calibrated probability (`confidence`), the category's
+title path, the top-N alternatives and `needs_review` (confidence under the review threshold). The
+threshold is set directly or picked for a target precision from the model's out-of-fold confidences.
+"""
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from prodcat.cv import MODEL_FILE, load_model
+from prodcat.errors import DataError
+from prodcat.probs import NO_LABEL, TopK, average
+from prodcat.tree import CategoryTree
+
+STACK = "stack"
+AVERAGE = "average"
+
+
+def saved_base_models(root: Path) -> dict[str, int]:
+    """{model: number of folds} of every base model with all its fold models saved under `root`."""
+    out = {}
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name != STACK) if root.is_dir() else []:
+        metas = sorted(d.glob(f"fold*/{MODEL_FILE}"))
+        if not metas:
+            continue
+        k = json.loads(metas[0].read_text()).get("k", len(metas))
+        if all((d / f"fold{f}" / MODEL_FILE).exists() for f in range(k)):
+            out[d.name] = k
+    return out
+
+
+def oof_quality(root: Path, name: str) -> float:
+    """OOF hF1 of a saved model, from its oof_confidence.npz (NaN when absent)."""
+    path = root / name / "oof_confidence.npz"
+    if not path.exists():
+        return float("nan")
+    with np.load(path) as z:
+        inter, npred, ntrue = z["hcounts"].sum(axis=0)
+    return float(2 * inter / max(npred + ntrue, 1))
+
+
+class Predictor:
+    """Saved models of one dataset (`models/<dataset>/`) that predict any frame of products."""
+
+    def __init__(self, root: Path, tree: CategoryTree, model: str):
+        self.root, self.tree, self.model = Path(root), tree, model
+        self._base: dict[str, list] = {}
+        self._stacker = None
+
+    @classmethod
+    def load(cls, root: str | Path, model: str | None = None) -> "Predictor":
+        """Models under `root`; `model`: stack (the default when saved), average, or a base model (the
+        default without a stacker: the base model with the best OOF hF1)."""
+        root = Path(root)
+        tree_file = root / "categories_tree.csv"
+        if not tree_file.exists():
+            raise DataError(f"{root.resolve()}: no saved models here (train them first: ./run.sh all)")
+        with warnings.catch_warnings():  # the tree's notes were shown when the models were trained
+            warnings.simplefilter("ignore")
+            tree = CategoryTree.from_csv(tree_file)
+        available = saved_base_models(root)
+        has_stack = (root / STACK / "stacker.json").exists()
+        if model is None:
+            if has_stack:
+                model = STACK
+            elif available:
+                model = max(available, key=lambda m: np.nan_to_num(oof_quality(root, m), nan=-1))
+            else:
+                raise DataError(f"{root.resolve()}: no finished model (every fold saved) to predict with")
+        known = list(available) + ([STACK] if has_stack else []) + ([AVERAGE] if len(available) > 1 else [])
+        if model not in known:
+            raise DataError(f"model '{model}' has no saved fold models under {root.resolve()} "
+                            f"(saved: {', '.join(known) or 'none'})")
+        predictor = cls(root, tree, model)
+        for name in predictor.base_names():
+            predictor.base(name)  # load now: predicting then costs no load time
+        return predictor
+
+    def base_names(self) -> list[str]:
+        if self.model == STACK:
+            return self.stacker().names
+        if self.model == AVERAGE:
+            return list(saved_base_models(self.root))
+        return [self.model]
+
+    def base(self, name: str) -> list:
+        if name not in self._base:
+            k = saved_base_models(self.root).get(name)
+            if k is None:
+                raise DataError(f"{self.root.resolve() / name}: fold models missing (train {name} first)")
+            self._base[name] = [load_model(self.root / name / f"fold{f}") for f in range(k)]
+        return self._base[name]
+
+    def stacker(self):
+        if self._stacker is None:
+            from prodcat.stack import Stacker
+
+            self._stacker = Stacker.load(self.root / STACK, self.tree)
+        return self._stacker
+
+    # -- prediction ---------------------------------------------------------------------------------------
+    def fold_predictions(self, frame: pd.DataFrame, names: list[str] | None = None) -> dict[str, list[TopK]]:
+        """{base model: [TopK of each fold model]} for the frame."""
+        return {m: [fm.predict(frame) for fm in self.base(m)] for m in (names or self.base_names())}
+
+    def predict_topk(self, frame: pd.DataFrame) -> TopK:
+        """TopK of the chosen model for every product of the frame (stack: column 0 is the decided leaf).
+        Products it cannot predict (a base image model without a photo) take the next best model's."""
+        parts = self.fold_predictions(frame)
+        if self.model == STACK:
+            return self.stacker().predict(parts, frame)
+        if self.model == AVERAGE:
+            return average([average(p) for p in parts.values()])
+        top = average(parts[self.model])
+        if top.missing.any():
+            others = sorted(set(saved_base_models(self.root)) - {self.model},
+                            key=lambda m: -np.nan_to_num(oof_quality(self.root, m), nan=-1))
+            for name in others:
+                todo = np.flatnonzero(top.missing)
+                if not len(todo):
+                    break
+                fill = average([fm.predict(frame.iloc[todo]) for fm in self.base(name)])
+                for arr, src in ((top.labels, fill.labels), (top.scores, fill.scores)):
+                    arr[todo, :src.shape[1]] = src[:, :arr.shape[1]]
+                top.missing[todo] = fill.missing
+        return top
+
+    def predict(self, frame: pd.DataFrame, top: int = 3, threshold: float | None = None) -> pd.DataFrame:
+        """Per product: id, predicted_category_id, confidence, category_path, top-N alternatives with
+        their probabilities, needs_review (confidence below `threshold`; None: nothing flagged)."""
+        return to_frame(self.predict_topk(frame), self.tree, top, threshold)
+
+    # -- review thresholds ---------------------------------------------------------------------------------
+    def oof_confidence(self) -> dict[str, np.ndarray]:
+        path = self.root / self.model / "oof_confidence.npz"
+        if self.model == AVERAGE or not path.exists():
+            raise DataError(f"no out-of-fold confidences for model '{self.model}' "
+                            f"({path} missing): set --threshold directly")
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+
+    def threshold_for(self, precision: float) -> tuple[float, float, float]:
+        """(threshold, expected coverage, expected precision) for a target precision of the accepted
+        products, from the model's OOF confidences."""
+        c = self.oof_confidence()
+        return pick_threshold(c["confidence"], c["correct"], precision)
+
+
+def pick_threshold(confidence: np.ndarray, correct: np.ndarray, precision: float, z: float = 1.645
+                   ) -> tuple[float, float, float]:
+    """The lowest confidence threshold whose accepted products (confidence >= threshold) reach `precision`
+    with a one-sided 95 % Wilson lower bound, so that it holds on new products, not only on these.
+    Returns (threshold, coverage, precision on these products); threshold inf when no threshold does."""
+    if not 0 < precision < 1:
+        raise DataError(f"--min-precision must be between 0 and 1 (got {precision})")
+    order = np.argsort(-confidence, kind="stable")
+    conf, ok = confidence[order].astype(np.float64), correct[order].astype(np.float64)
+    n = np.arange(1, len(conf) + 1)
+    p = np.cumsum(ok) / n
+    lower = (p + z * z / (2 * n) - z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (1 + z * z / n)
+    last = np.r_[conf[1:] != conf[:-1], True]  # a threshold accepts every product of equal confidence
+    good = np.flatnonzero((lower >= precision) & last)
+    if not len(good):
+        return float("inf"), 0.0, float("nan")
+    i = good[-1]
+    return float(conf[i]), float(n[i] / len(conf)), float(p[i])
+
+
+def coverage_curve(confidence: np.ndarray, correct: np.ndarray, hcounts: np.ndarray | None = None,
+                   thresholds=None) -> pd.DataFrame:
+    """Per threshold: share of products auto-accepted (confidence >= threshold), their accuracy and hF1."""
+    thresholds = np.round(np.arange(0.0, 1.0, 0.05), 2) if thresholds is None else np.asarray(thresholds)
+    rows = []
+    for t in thresholds:
+        acc = confidence >= t
+        row = {"threshold": float(t), "coverage": float(acc.mean()) if len(acc) else np.nan,
+               "accuracy": float(correct[acc].mean()) if acc.any() else np.nan}
+        if hcounts is not None:
+            inter, npred, ntrue = hcounts[acc].sum(axis=0)
+            row["hF1"] = float(2 * inter / (npred + ntrue)) if acc.any() else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def to_frame(top: TopK, tree: CategoryTree, n_top: int = 3, threshold: float | None = None) -> pd.DataFrame:
+    """The output table of `predict` from a TopK."""
+    pred = top.labels[:, 0]
+    conf = np.where(top.missing, np.nan, top.scores[:, 0].astype(np.float32))
+    out = {"id": top.ids, "predicted_category_id": pred, "confidence": conf,
+           "category_path": [tree.title_path(int(c)) if c in tree else "" for c in pred.tolist()]}
+    for j in range(n_top):
+        has = j < top.k
+        out[f"top{j + 1}_category_id"] = top.labels[:, j] if has else np.full(len(top), NO_LABEL)
+        out[f"top{j + 1}_probability"] = top.scores[:, j].astype(np.float32) if has else np.zeros(len(top),
+                                                                                                   np.float32)
+    out["needs_review"] = top.missing | (np.nan_to_num(conf, nan=-1) < threshold if threshold is not None
+                                         else np.zeros(len(top), bool))
+    return pd.DataFrame(out)
+
+
+def predict_file(root: Path, input_path: Path, out_path: Path, images: Path | None = None,
+                 model: str | None = None, top: int = 3, threshold: float | None = None,
+                 min_precision: float | None = None, echo=print) -> pd.DataFrame:
+    """`./run.sh predict`: read and validate the input, predict, write the output parquet."""
+    from prodcat.data import ImageFolder, read_input, with_photos
+    from prodcat.storage import write_parquet
+
+    if top < 1:
+        raise DataError(f"--top must be at least 1 (got {top})")
+    if threshold is not None and min_precision is not None:
+        raise DataError("give --threshold or --min-precision, not both")
+    start = time.time()
+    predictor = Predictor.load(root, model)
+    frame = read_input(input_path)
+    if images is not None and not images.is_dir():
+        raise DataError(f"{images.resolve()}: --images folder not found")
+    images = images if images is not None else input_path.parent / "images"  # the task's layout
+    frame = with_photos(frame, ImageFolder(images), None)
+    echo(f"[predict] {len(frame)} products from {input_path} with '{predictor.model}' "
+         f"(loaded in {time.time() - start:.1f}s)")
+    if min_precision is not None:
+        threshold, coverage, prec = predictor.threshold_for(min_precision)
+        echo(f"[predict] threshold {threshold:.4f} for precision >= {min_precision}: expected coverage "
+             f"{coverage:.1%} (OOF precision {prec:.4f})")
+    table = predictor.predict(frame, top, threshold)
+    write_parquet(table, out_path)
+    flagged = int(table["needs_review"].sum())
+    echo(f"[predict] {len(table)} products -> {out_path}; {flagged} need review "
+         f"({time.time() - start:.1f}s)")
+    return table
