@@ -56,7 +56,7 @@ def _broken(tmp_path, **changes):
 def test_bad_input_names_file_column_rows(tmp_path, change, file, column, message):
     root = _broken(tmp_path, **change)
     with pytest.raises(DataError) as err:
-        load_dataset(root)
+        load_dataset(root).test  # the test file is read (and checked) when first used
     text = str(err.value)
     assert file in text and f"'{column}'" in text and message in text
 
@@ -70,8 +70,9 @@ def test_bad_rows_are_listed(tmp_path):
 def test_missing_files(tmp_path):
     root = write_dataset(tmp_path / "d")
     (root / "test.parquet").unlink()
+    ds = load_dataset(root)  # training needs no test file
     with pytest.raises(DataError, match="test.parquet: file not found"):
-        load_dataset(root)
+        ds.test
     with pytest.raises(DataError, match="dataset folder not found"):
         load_dataset(tmp_path / "nowhere")
 

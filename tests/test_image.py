@@ -11,8 +11,7 @@ from PIL import Image
 from conftest import REPO, write_dataset
 from prodcat.cli import main
 from prodcat.probs import TopK
-from prodcat.vision import (BackboneSpec, WeightsError, create_backbone, import_timm, load_image, package_weights,
-                            photo_index)
+from prodcat.vision import BackboneSpec, WeightsError, create_backbone, import_timm, load_image, package_weights
 
 COLOURS = {11: (220, 30, 30), 12: (30, 200, 40), 21: (40, 60, 220), 23: (230, 220, 40), 24: (200, 40, 200)}
 

@@ -42,10 +42,10 @@ def test_counts_leave_out_the_excluded_fold():
     test = frame(["a y", "zzz y", None])
     y = rng.integers(0, n_classes, n)
     folds = rng.integers(0, k, n)
-    lp = LookupPriors(["word1"], train, test, y, folds, k, n_classes)
+    lp = LookupPriors.fit(["word1"], train, y, folds, k, n_classes)
     prods = np.repeat(np.arange(n), n_classes)
     cls = np.tile(np.arange(n_classes), n)
-    x = lp.features(prods, cls, folds[prods])
+    x = lp.features(lp.codes(train), prods, cls, folds[prods])
     same = (words[prods][:, None] == words[None, :]) & (folds[None, :] != folds[prods][:, None])
     n_ref = same.sum(axis=1)
     cnt_ref = (same & (y[None, :] == cls[:, None])).sum(axis=1)
@@ -54,7 +54,7 @@ def test_counts_leave_out_the_excluded_fold():
     assert np.allclose(x["prior0_word1_p"], cnt_ref / (n_ref + 1))
     # test products: fold 1 left out, or no fold (all counts, scaled by (k-1)/k); an unseen key counts 0;
     # a product without the key part (no title) has NaN features
-    xt = lp.features(np.array([n, n, n + 1, n + 2]), np.array([2, 2, 2, 2]), np.array([1, -1, 1, 1]))
+    xt = lp.features(lp.codes(test), np.array([0, 0, 1, 2]), np.array([2, 2, 2, 2]), np.array([1, -1, 1, 1]))
     a = words == "a"
     assert xt["prior0_word1_n"][0] == (a & (folds != 1)).sum()
     assert xt["prior0_word1_cnt"][1] == pytest.approx((a & (y == 2)).sum() * (k - 1) / k)
@@ -64,6 +64,19 @@ def test_counts_leave_out_the_excluded_fold():
 
 def test_a_key_no_product_has_gives_nan_features():
     train = frame(["a x", "b x"])
-    lp = LookupPriors(["char:Colour"], train, frame(["a y"]), np.array([0, 1]), np.array([0, 1]), 2, 2)
-    x = lp.features(np.array([0, 2]), np.array([0, 1]), np.array([0, -1]))
+    lp = LookupPriors.fit(["char:Colour"], train, np.array([0, 1]), np.array([0, 1]), 2, 2)
+    x = lp.features(lp.codes(frame(["a y"])), np.array([0, 0]), np.array([0, 1]), np.array([0, -1]))
     assert x.isna().all().all()
+
+
+def test_saved_priors_give_the_same_features(tmp_path):
+    rng = np.random.default_rng(1)
+    words = rng.choice(["a", "b", "c"], 60)
+    train = frame([f"{w} x" for w in words], [f"Brand: {w}{i % 2}" for i, w in enumerate(words)])
+    y, folds = rng.integers(0, 3, 60), rng.integers(0, 2, 60)
+    lp = LookupPriors.fit(["word1", "char:Brand+word1"], train, y, folds, 2, 3)
+    lp.save(tmp_path)
+    back = LookupPriors.load(tmp_path, ["word1", "char:Brand+word1"], 2, 3)
+    new = frame(["b y", "q z"], ["Brand: b1", None])
+    args = (np.array([0, 0, 1]), np.array([0, 2, 1]), np.array([1, -1, 0]))
+    pd.testing.assert_frame_equal(lp.features(lp.codes(new), *args), back.features(back.codes(new), *args))

@@ -29,11 +29,19 @@ def test_lemmatize_russian_keeps_other_tokens():
 def test_product_texts_cached(tiny, tmp_path):
     from prodcat.data import load_dataset
 
+    from prodcat import text
+
     ds = load_dataset(tiny)
-    texts = product_texts(ds, {"lemmatize": True}, tmp_path)
-    assert len(texts) == 150 and texts.index[0] == 1000
+    texts = product_texts(ds.train, {"lemmatize": True}, tmp_path)
+    assert len(texts) == 120 and texts.index[0] == 1000
     files = list(tmp_path.glob("text-*.parquet"))
     assert len(files) == 1
-    assert product_texts(ds, {"lemmatize": True}, tmp_path).equals(texts)
-    product_texts(ds, {"lemmatize": False}, tmp_path)
+    text._MEMO.clear()  # a new process: read from the disk cache
+    assert product_texts(ds.train, {"lemmatize": True}, tmp_path).equals(texts)
+    assert len(list(tmp_path.glob("text-*.parquet"))) == 1
+    product_texts(ds.train, {"lemmatize": False}, tmp_path)
     assert len(list(tmp_path.glob("text-*.parquet"))) == 2
+    # keyed by content, not by ids: the same ids with another title get another text
+    changed = ds.train.assign(title=ds.train["title"].where(ds.train.index != 0, "совсем другой товар"))
+    again = product_texts(changed, {"lemmatize": True}, tmp_path)
+    assert again.iloc[0] != texts.iloc[0] and again.iloc[1:].equals(texts.iloc[1:])

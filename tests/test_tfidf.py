@@ -48,8 +48,8 @@ def test_tfidf_trains_folds_and_writes_oof(tiny, tiny_config, tmp_path):
                                   "--workdir", str(w)], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     oof = TopK.load(w / "oof" / "tiny" / "tfidf" / "oof.npz")
-    test = TopK.load(w / "oof" / "tiny" / "tfidf" / "test.npz")
-    assert len(oof) == 120 and len(test) == 30 and not oof.missing.any()
+    assert len(oof) == 120 and not oof.missing.any()
+    assert sorted(p.name for p in (w / "models" / "tiny" / "tfidf").glob("fold*")) == ["fold0", "fold1", "fold2"]
     from prodcat.run import Run
     from prodcat.scores import load_oof, score_oof
 
@@ -58,3 +58,21 @@ def test_tfidf_trains_folds_and_writes_oof(tiny, tiny_config, tmp_path):
     r = CliRunner().invoke(main, ["train", "tfidf", "--data", str(tiny), "--config", str(tiny_config),
                                   "--workdir", str(w)], catch_exceptions=False)
     assert "finished earlier, reused" in r.output
+
+
+def test_sparse_weights_predict_like_the_dense_ones():
+    """The saved (sparse) weights give the probabilities the dense training weights give."""
+    x, y = synthetic_sparse(3000, n_classes=40)
+    clf = ShortlistSoftmax(DEFAULTS | {"shortlist": 10, "epochs": 3}, seed=0)
+    clf.sparsify = lambda: None  # keep the dense weights to compare with
+    clf.fit(x[:2500], y[:2500], 40)
+    dense = clf.w
+    cands = clf.shortlist(x[2500:])
+    z = np.take_along_axis(x[2500:] @ dense, cands, axis=1) + clf.b[cands]
+    want = np.exp(z - z.max(axis=1, keepdims=True))
+    want /= want.sum(axis=1, keepdims=True)
+    del clf.sparsify
+    labels, scores = clf.predict_top(x[2500:], 10)
+    assert not hasattr(clf, "w") and clf.weights.nnz < dense.size / 2
+    got = np.take_along_axis(want, np.argsort(-want, axis=1, kind="stable"), axis=1)
+    assert np.allclose(scores, got, atol=1e-5)

@@ -4,18 +4,24 @@ Per fold:
 1. Text: natasha lemmas -> vocabulary of the training rows -> token embedding initialised from navec
    (prodcat.tokens), factorised as navec (V x 300) followed by a learned 300 -> dim projection; CoCa's output
    layer stays tied to it.
-2. Image side (`image_encoder.type`):
+2. Image side (`image_encoder.type`), photos from the frames' `image_path` column:
    - timm: a pretrained timm backbone's last feature map, average-pooled to a grid of tokens. Frozen (the CPU
-     configuration): tokens come from the shared embedding cache (prodcat.vision); not frozen (GPU): the
-     backbone is trained inside CoCa on augmented photos.
+     configuration): tokens come from the shared content-keyed embedding cache (prodcat.vision); not frozen
+     (GPU): the backbone is trained inside CoCa on augmented photos.
    - vit: a small ViT trained from scratch on the photos.
 3. Stage 1: CoCa's contrastive + captioning loss on the training rows that have a photo.
 4. Stage 2 (`stage2`): `mlp` - CoCa frozen, an MLP on [text embedding, image embedding, has-photo]; or
    `joint` - the same head trained together with CoCa with a classification loss.
    Products without a photo are predicted from the text side alone (image part zero, trained for with
    image dropout) and flagged `text_only`.
-The stage-1 weights are saved in the fold's folder (stage1.pt) and reused when the fold is resumed after an
-interruption; `--force` retrains them.
+The stage-1 weights are kept in the cache folder (cache/coca-stage1/<key>.pt + .json), keyed by the
+training rows' content (texts, labels, photos by size and mtime), the settings, the fold's seed and the
+backbone weights: a fold interrupted in stage 2, or retrained on the same rows and settings, starts from
+them (delete cache/coca-stage1/ to retrain stage 1 too).
+
+Saved model (fold folder): coca.json (sizes, image encoder, weights identity), vocab.json (the lemma
+list), classes.npz and state dicts: coca.pt + head.pt (stage2 mlp) or joint.pt (stage2 joint). A frozen
+timm backbone is not stored: it is rebuilt from the same weights source (checked on load).
 """
 from __future__ import annotations
 
@@ -25,37 +31,38 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from prodcat.trainer import (StepTimer, adamw_cosine, count_params, lightning, make_trainer, seed,  # noqa: I001
-                             set_cpu_threads)
+from prodcat.trainer import (StepTimer, adamw_cosine, count_params, cpu_threads, lightning,  # noqa: I001
+                             load_state, make_trainer, save_state, seed)
 from prodcat.config import config_hash
-from prodcat.cv import BaseModel, fold_done
+from prodcat.cv import BaseModel, is_main_process
+from prodcat.errors import DataError
 from prodcat.probs import TopK
-from prodcat.storage import write_json
-from prodcat.tokens import Vocab, lemmas, navec_matrix
-from prodcat.vision import BackboneSpec, cached_embeddings, no_images_reason, photo_index
+from prodcat.storage import atomic_path, write_json, write_npz
+from prodcat.tokens import Vocab, lemmas_many, navec_matrix
+from prodcat.vision import (BackboneSpec, WeightsError, check_photos, no_photos_reason, photo_embeddings,
+                            photo_paths)
 from prodcat.image_model import robust_std
 
 pl = lightning()
+META = "coca.json"
 
 
 class CocaModel(BaseModel):
     name = "coca"
 
-    def __init__(self, run, params):
-        super().__init__(run, params)
-        self._emb = None
-        self._photos = None
-        self._docs = None
+    def __init__(self, params, env):
+        super().__init__(params, env)
+        self.vocab: Vocab | None = None
+        self.classes: np.ndarray | None = None
+        self.net = None  # CocaNet
+        self.head = None  # PairHead (stage2 mlp) or JointModule (joint, holds the net)
 
-    def skip_reason(self) -> str | None:
-        return no_images_reason(self.run.ds, "CoCa, trained on photo-text pairs,")
+    def skip_reason(self, train) -> str | None:
+        return no_photos_reason(train, "CoCa, trained on photo-text pairs,")
 
     def settings(self) -> dict:
-        text = self.run.cfg.get("text", {}) | self.params.get("text", {})
-        return {"params": self.params, "text": text, "top_k": self.run.top_k, "seed": self.run.seed,
-                "frozen_tokens": self._uses_cache}
+        return super().settings() | {"frozen_tokens": self._uses_cache}
 
     # -- inputs ----------------------------------------------------------------------------------------
     @property
@@ -67,38 +74,39 @@ class CocaModel(BaseModel):
     def _uses_cache(self) -> bool:
         return self.enc["type"] == "timm" and bool(self.enc["frozen"])
 
-    def docs(self) -> pd.Series:
-        """Lemmas of every product (first seq_len of them), indexed by id; computed once per process."""
-        if self._docs is None:
-            texts = self.run.texts(self.params.get("text"))
-            limit = int(self.params.get("seq_len", 48))
-            self._docs = pd.Series([lemmas(t, limit) for t in texts.tolist()], index=texts.index)
-        return self._docs
+    @property
+    def stage2(self) -> str:
+        mode = self.params.get("stage2", "mlp")
+        if mode not in ("mlp", "joint"):
+            raise ValueError(f"models.coca.stage2 must be mlp or joint (got {mode!r})")
+        return mode
 
-    def image_inputs(self):
-        """('tokens', Embeddings) for a frozen timm backbone, else ('pixels', PhotoIndex)."""
+    def _threads(self):
+        return cpu_threads(self.params.get("trainer"))
+
+    def docs(self, frame) -> list[list[str]]:
+        """Lemmas of each product's text (first seq_len of them), in row order; remembered per process."""
+        texts = self.env.texts(frame, self.params.get("text"))
+        return lemmas_many(texts.tolist(), int(self.params.get("seq_len", 48)))
+
+    def image_inputs(self, frame):
+        """('tokens', Embeddings) for a frozen timm backbone, else ('pixels', Photos)."""
+        paths = photo_paths(frame)
         if self._uses_cache:
-            if self._emb is None:
-                spec = BackboneSpec.from_config(self.enc)
-                self._emb = cached_embeddings(self.run, spec, int(self.enc["image_size"]), int(self.enc["token_grid"]))
-            return "tokens", self._emb
-        if self._photos is None:
-            self._photos = photo_index(self.run.ds)
-            print(f"[coca] {self._photos.summary()}")
-        return "pixels", self._photos
+            spec = BackboneSpec.from_config(self.enc)
+            return "tokens", photo_embeddings(paths, spec, int(self.enc["image_size"]), int(self.enc["token_grid"]),
+                                              batch_size=int(self.enc.get("embed_batch_size", 32)),
+                                              cache=self.env.cache)
+        return "pixels", check_photos(paths)
 
-    def _pairs(self, frame: pd.DataFrame, vocab: Vocab, labels=None, train: bool = False) -> "PairData":
+    def _pairs(self, frame, vocab: Vocab, labels=None, train: bool = False, inputs=None) -> "PairData":
         seq_len = int(self.params.get("seq_len", 48))
-        text = vocab.encode_many(self.docs().loc[frame["id"]].tolist(), seq_len)
-        kind, src = self.image_inputs()
+        text = vocab.encode_many(self.docs(frame), seq_len)
+        kind, src = inputs or self.image_inputs(frame)
         if kind == "tokens":
-            rows = src.rows(frame["id"])
-            return PairData(text, src.usable[rows], labels, tokens=src.tokens[rows])
-        where = {int(i): n for n, i in enumerate(src.ids.tolist())}
-        rows = [where[int(i)] for i in frame["id"]]
+            return PairData(text, src.usable, labels, tokens=src.tokens)
         size = int(self.enc.get("image_size", 64))
-        tf = self._transform(size, train)
-        return PairData(text, src.usable[rows], labels, paths=[src.paths[r] for r in rows], transform=tf,
+        return PairData(text, src.usable, labels, paths=src.paths, transform=self._transform(size, train),
                         blank=(3, size, size))
 
     def _transform(self, size, train):
@@ -118,84 +126,104 @@ class CocaModel(BaseModel):
         cfg = cfg.to_dict() if cfg is not None else {}
         return tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
 
-    # -- model -----------------------------------------------------------------------------------------
-    def build(self, vocab: Vocab, fold: int):
-        import torch
+    def _weights_id(self) -> str | None:
+        """The frozen backbone's weights (name and file name/size) whose cached tokens CoCa reads."""
+        return BackboneSpec.from_config(self.enc).cache_key() if self._uses_cache else None
 
-        matrix, hits = navec_matrix(vocab, self.params.get("navec") if self.params.get("navec", "auto") != "auto"
-                                    else None, seed=self.run.seed + fold)
-        if self.params.get("navec") == "none":
-            hits[:] = False
-        kind, src = self.image_inputs()
-        if kind == "tokens":
-            encoder, image_dim = None, src.tokens.shape[-1]
-        elif self.enc["type"] == "vit":
+    # -- model -----------------------------------------------------------------------------------------
+    def _encoder(self, image_dim: int | None, pretrained: bool = True):
+        """(image encoder or None, its token width). `pretrained=False`: random weights for a network whose
+        trained state is loaded next."""
+        if self._uses_cache:
+            return None, image_dim
+        if self.enc["type"] == "vit":
             encoder = TinyViT(int(self.enc.get("image_size", 64)), int(self.enc.get("patch", 8)),
                               int(self.enc.get("dim", 192)), int(self.enc.get("depth", 4)), int(self.enc.get("heads", 3)))
-            image_dim = encoder.dim
-        else:
-            from prodcat.vision import create_backbone
+            return encoder, encoder.dim
+        from prodcat.vision import create_backbone
 
-            encoder = TimmTokens(create_backbone(BackboneSpec.from_config(self.enc)))
-            image_dim = encoder.dim
+        spec = BackboneSpec.from_config(self.enc)
+        encoder = TimmTokens(create_backbone(spec if pretrained else BackboneSpec(spec.name, pretrained=False)))
+        return encoder, encoder.dim
+
+    def build(self, vocab: Vocab, fold: int, inputs):
+        import torch
+
+        navec = self.params.get("navec", "auto")
+        matrix, hits = navec_matrix(vocab, None if navec == "auto" else navec, seed=self.env.seed + fold)
+        kind, src = inputs
+        encoder, image_dim = self._encoder(src.tokens.shape[-1] if kind == "tokens" else None)
         net = CocaNet(torch.from_numpy(matrix), image_dim, encoder, self.params)
         return net, hits
 
-    def fit_predict(self, fold, train, predict, workdir: Path):
+    # -- fit -------------------------------------------------------------------------------------------
+    def prepare(self, train) -> None:
+        """Lemmas and (frozen backbone) photo tokens of every training row, once before the folds."""
+        with self._threads():
+            kind, src = self.image_inputs(train)
+            self.docs(train)
+        print(f"[coca] {src.summary()}")
+
+    def fit(self, train, workdir: Path, fold: int = 0) -> "CocaModel":
+        fitted = type(self)(self.params, self.env)
+        fitted.name = self.name
+        with self._threads():
+            inputs = self.image_inputs(train)  # before seeding: embedding photos must not shift the random state
+            if not inputs[1].usable.any():
+                raise DataError(f"[{self.name}] fold {fold}: no usable photo among the training rows")
+            seed(self.env.seed + fold)
+            fitted._fit(train, workdir, fold, inputs)
+        return fitted
+
+    def _fit(self, train, workdir: Path, fold: int, inputs) -> None:
         import torch
 
-        forced = fold_done(self.run, self, fold)  # the runner calls a finished fold only with --force
-        set_cpu_threads(self.params.get("trainer"))
-        self.image_inputs()  # before seeding: embedding photos (first run) must not shift the fold's random state
-        seed(self.run.seed + fold)
         workdir.mkdir(parents=True, exist_ok=True)
         cfg = self.params
-        vocab = Vocab.build(self.docs().loc[train["id"]].tolist(), int(cfg.get("vocab_size", 30000)),
-                            int(cfg.get("min_count", 1)))
-        net, hits = self.build(vocab, fold)
+        vocab = Vocab.build(self.docs(train), int(cfg.get("vocab_size", 30000)), int(cfg.get("min_count", 1)))
+        net, hits = self.build(vocab, fold, inputs)
         stats = {"vocab": len(vocab), "navec_hits": int(hits.sum()), "params": count_params(net)}
         print(f"[coca] fold {fold}: vocabulary {len(vocab)} lemmas, {int(hits.sum())} initialised from navec; "
               f"{stats['params'] / 1e6:.2f}M parameters")
         y = train["category_id"].to_numpy()
         classes = np.unique(y)
-        target = np.searchsorted(classes, y)
-        data = self._pairs(train, vocab, target, train=True)
+        data = self._pairs(train, vocab, np.searchsorted(classes, y), train=True, inputs=inputs)
 
-        # stage 1: CoCa's own losses on the rows with a photo
-        key = self._stage1_key(train, vocab)
-        ckpt = workdir / "stage1.pt"
-        meta = workdir / "stage1.json"
-        if not forced and ckpt.exists() and meta.exists() and json.loads(meta.read_text()).get("key") == key:
-            net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+        # stage 1: CoCa's own losses on the rows with a photo (reused from the cache for the same content)
+        ckpt = self._stage1_path(train, vocab, fold)
+        meta = ckpt.with_suffix(".json") if ckpt is not None else None
+        if ckpt is not None and ckpt.exists() and meta.exists():
+            load_state(net, ckpt)
             print(f"[coca] fold {fold}: stage 1 reused from {ckpt}")
             stats["stage1"] = json.loads(meta.read_text()).get("stats", {})
         else:
             t0 = time.time()
             stats["stage1"] = self._stage1(net, data.subset(data.has), workdir) | {"seconds": round(time.time() - t0, 1)}
-            torch.save(net.state_dict(), ckpt)
-            write_json({"key": key, "stats": stats["stage1"]}, meta)
+            if ckpt is not None and is_main_process():
+                save_state(net, ckpt)
+                write_json({"stats": stats["stage1"], "fold": fold}, meta)
 
         # stage 2: classifier
         t0 = time.time()
-        mode = cfg.get("stage2", "mlp")
-        frames = {s: self._pairs(f, vocab) for s, f in predict.items()}
-        if mode == "mlp":
+        if self.stage2 == "mlp":
             head, s2 = self._stage2_mlp(net, data, len(classes), workdir)
-            proba = {s: head.predict_proba(self._embed(net, d)) for s, d in frames.items()}
-        elif mode == "joint":
-            joint, s2 = self._stage2_joint(net, data, len(classes), workdir)
-            proba = {s: joint.predict_proba(d, int(cfg.get("batch_size", 64))) for s, d in frames.items()}
         else:
-            raise ValueError(f"models.coca.stage2 must be mlp or joint (got {mode!r})")
-        stats["stage2"] = s2 | {"mode": mode, "seconds": round(time.time() - t0, 1)}
+            head, s2 = self._stage2_joint(net, data, len(classes), workdir)
+        stats["stage2"] = s2 | {"mode": self.stage2, "seconds": round(time.time() - t0, 1)}
         write_json(stats, workdir / "stats.json")
-        return {s: TopK.from_dense(predict[s]["id"].to_numpy(), proba[s], classes, self.run.top_k,
-                                   flags={"text_only": ~frames[s].has}) for s in predict}
+        self.vocab, self.classes, self.net, self.head = vocab, classes, net.eval(), head.eval()
 
-    def _stage1_key(self, train, vocab) -> str:
-        h = hashlib.sha1(np.sort(train["id"].to_numpy()).tobytes())
-        h.update("\n".join(vocab.words).encode())
-        return h.hexdigest()[:12] + "-" + config_hash(self.settings()) + "-" + self.run.ds.fingerprint
+    def _stage1_path(self, train, vocab: Vocab, fold: int) -> Path | None:
+        """Where this fold's stage-1 weights are cached: keyed by the training rows' content, the vocabulary,
+        the settings, the fold's seed and the backbone weights (None without a cache folder)."""
+        if self.env.cache is None:
+            return None
+        from prodcat.data import content_hash
+
+        h = hashlib.sha1("\n".join(vocab.words).encode())
+        h.update(f"{content_hash(train)}|{config_hash(self.settings())}|{self.env.seed + fold}|"
+                 f"{BackboneSpec.from_config(self.enc).cache_key() if self.enc['type'] == 'timm' else 'vit'}".encode())
+        return Path(self.env.cache) / "coca-stage1" / f"{h.hexdigest()[:16]}.pt"
 
     def _stage1(self, net, data, workdir) -> dict:
         cfg = self.params
@@ -216,18 +244,23 @@ class CocaModel(BaseModel):
         """[text embedding, image embedding * has, has] per row, CoCa in eval mode."""
         import torch
 
-        net.eval()
+        from prodcat.trainer import device_for
+
+        device = device_for(self.params.get("trainer"))
+        net = net.to(device).eval()
         out = []
         with torch.inference_mode():
             for batch in data.loader(int(self.params.get("batch_size", 64)) * 2, workers=int(
                     self.params.get("num_workers", 0))):
-                out.append(net.features(batch["text"], batch["image"], batch["has"]).float().numpy())
+                batch = {k: v.to(device) for k, v in batch.items()}
+                out.append(net.features(batch["text"], batch["image"], batch["has"]).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 2 * net.dim + 1), np.float32)
 
     def _stage2_mlp(self, net, data, n_classes, workdir):
         import torch
 
         feats = torch.from_numpy(self._embed(net, data))
+        net.cpu()
         head = PairHead(net.dim, n_classes, self.params, mean=feats.mean(0), std=robust_std(feats))
         loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(feats, torch.from_numpy(data.labels)),
                                              batch_size=int(self.params.get("stage2_batch_size", 128)), shuffle=True)
@@ -236,7 +269,7 @@ class CocaModel(BaseModel):
         timer = StepTimer()
         trainer = make_trainer(self.params.get("trainer"), workdir, epochs, "stage2", callbacks=[timer])
         trainer.fit(head, loader)
-        return head.eval(), timer.summary()
+        return head.cpu().eval(), timer.summary()
 
     def _stage2_joint(self, net, data, n_classes, workdir):
         cfg = self.params
@@ -248,7 +281,66 @@ class CocaModel(BaseModel):
         trainer = make_trainer(cfg.get("trainer"), workdir, epochs, "stage2", callbacks=[timer],
                                gradient_clip_val=float(cfg.get("grad_clip", 1.0)))
         trainer.fit(module, loader)
-        return module.eval(), timer.summary()
+        return module.cpu().eval(), timer.summary()
+
+    # -- predict ---------------------------------------------------------------------------------------
+    def predict(self, frame) -> TopK:
+        """Class probabilities of every product; those without a usable photo from the text side alone
+        (flag `text_only`)."""
+        with self._threads():
+            data = self._pairs(frame, self.vocab)
+            if self.stage2 == "mlp":
+                proba = self.head.predict_proba(self._embed(self.net, data))
+            else:
+                proba = self.head.predict_proba(data, int(self.params.get("batch_size", 64)),
+                                                self._device())
+        return TopK.from_dense(frame["id"].to_numpy(), proba, self.classes, self.env.top_k,
+                               flags={"text_only": ~data.has})
+
+    def _device(self):
+        from prodcat.trainer import device_for
+
+        return device_for(self.params.get("trainer"))
+
+    # -- save / load -----------------------------------------------------------------------------------
+    def save(self, folder: Path) -> None:
+        emb = self.net.coca.token_emb.weight
+        write_json({"stage2": self.stage2, "vocab": len(self.vocab), "navec_dim": int(emb.shape[1]),
+                    "image_dim": int(self.net.image_dim),
+                    "image_encoder": self.enc, "weights_id": self._weights_id(), "classes": len(self.classes)},
+                   folder / META)
+        with atomic_path(folder / "vocab.json") as tmp:
+            tmp.write_text(json.dumps(self.vocab.words, ensure_ascii=False), encoding="utf-8")
+        write_npz({"classes": self.classes}, folder / "classes.npz")
+        if self.stage2 == "mlp":
+            save_state(self.net, folder / "coca.pt")
+            save_state(self.head, folder / "head.pt")
+        else:
+            save_state(self.head, folder / "joint.pt")  # the joint module holds the CoCa network
+
+    @classmethod
+    def load(cls, folder: Path, params: dict, env) -> "CocaModel":
+        import torch
+
+        meta = json.loads((folder / META).read_text())
+        model = cls(params, env)
+        if model._uses_cache:
+            now = model._weights_id()  # raises WeightsError when the weights source is gone
+            if now != meta["weights_id"]:
+                raise WeightsError(f"{folder}: CoCa was trained on {meta['weights_id']} photo tokens, but the "
+                                   f"backbone weights are now {now}: retrain the CoCa model")
+        model.vocab = Vocab(json.loads((folder / "vocab.json").read_text(encoding="utf-8")))
+        with np.load(folder / "classes.npz") as z:
+            model.classes = z["classes"]
+        encoder, image_dim = model._encoder(meta["image_dim"], pretrained=False)
+        net = CocaNet(torch.zeros(meta["vocab"], meta["navec_dim"]), image_dim, encoder, params)
+        if meta["stage2"] == "mlp":
+            model.net = load_state(net, folder / "coca.pt").eval()
+            model.head = load_state(PairHead(net.dim, len(model.classes), params), folder / "head.pt").eval()
+        else:
+            model.head = load_state(JointModule(net, len(model.classes), params), folder / "joint.pt").eval()
+            model.net = model.head.net
+        return model
 
 
 # -- data ------------------------------------------------------------------------------------------------
@@ -372,6 +464,7 @@ class CocaNet(_nn().Module):
         super().__init__()
         dim = int(cfg.get("dim", 256))
         self.dim = dim
+        self.image_dim = image_dim  # width of the image tokens (saved with the model)
         self.coca = CoCa(dim=dim, num_tokens=2, unimodal_depth=int(cfg.get("unimodal_depth", 2)),
                          multimodal_depth=int(cfg.get("multimodal_depth", 2)), dim_latents=int(cfg.get("dim_latents", dim)),
                          image_dim=image_dim, num_img_queries=int(cfg.get("num_img_queries", 16)),
@@ -500,14 +593,16 @@ class JointModule(pl.LightningModule):
         self.log("loss", loss, prog_bar=True)
         return loss
 
-    def predict_proba(self, data: PairData, batch_size: int) -> np.ndarray:
+    def predict_proba(self, data: PairData, batch_size: int, device=None) -> np.ndarray:
         import torch
 
-        self.eval()
+        device = device or torch.device("cpu")
+        self.to(device).eval()
         out = []
         with torch.inference_mode():
             for batch in data.loader(batch_size * 2):
-                out.append(self(batch["text"], batch["image"], batch["has"]).float().softmax(-1).numpy())
+                batch = {k: v.to(device) for k, v in batch.items()}
+                out.append(self(batch["text"], batch["image"], batch["has"]).float().softmax(-1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.head[-1].out_features), np.float32)
 
     def configure_optimizers(self):

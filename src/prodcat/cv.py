@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -202,10 +202,19 @@ def train_model(run, name: str, folds: list[int] | None = None, force: bool = Fa
         write_json(meta, out / f"fold{fold}.json")
         echo(f"[{name}] fold {fold}: trained in {meta['seconds']:.0f}s")
     if all(fold_done(run, model, f) for f in range(run.k)):
-        if is_main_process():
-            collect(run, name)
+        if is_main_process() and (todo or not collected(run, model)):
+            collect(run, name, config_hash(model.settings()))
         return True
     return False
+
+
+def collected(run, model: BaseModel) -> bool:
+    """True when oof.npz was joined from the current folds (same data and settings)."""
+    path = run.paths.oof(model.name) / "complete.json"
+    if not path.exists() or not (run.paths.oof(model.name) / "oof.npz").exists():
+        return False
+    meta = json.loads(path.read_text())
+    return meta.get("data") == run.ds.fingerprint and meta.get("settings") == config_hash(model.settings())
 
 
 def _save_tree(run) -> None:
@@ -224,7 +233,7 @@ def is_main_process() -> bool:
     return all(int(os.environ.get(var, 0) or 0) == 0 for var in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
-def collect(run, name: str) -> None:
+def collect(run, name: str, settings: str = "") -> None:
     """Join the folds' held-out predictions in train order; keep their confidences for review thresholds."""
     out = run.paths.oof(name)
     valid = [TopK.load(out / f"fold{f}.valid.npz") for f in range(run.k)]
@@ -234,7 +243,8 @@ def collect(run, name: str) -> None:
     joined = joined.align(run.ds.train["id"].to_numpy())
     joined.save(out / "oof.npz")
     save_confidence(run, joined, run.paths.models(name))
-    write_json({"data": run.ds.fingerprint, "k": run.k, "models": name}, out / "complete.json")
+    write_json({"data": run.ds.fingerprint, "k": run.k, "models": name, "settings": settings},
+               out / "complete.json")
 
 
 def save_confidence(run, oof: TopK, folder: Path) -> None:

@@ -1,43 +1,58 @@
 """Image base model: a timm backbone (EfficientNet) per fold, trained with PyTorch Lightning.
 
 Two modes (`models.image.mode`):
-- frozen: the pretrained backbone embeds every photo once (cached per dataset under cache/); a small MLP
-  head is trained per fold on the embeddings. The CPU configuration.
+- frozen: the pretrained backbone embeds every photo once (prodcat.vision's content-keyed cache, shared
+  with CoCa); a small MLP head is trained per fold on the embeddings. The CPU configuration.
 - finetune: the whole network is trained per fold on augmented photos (AMP, DDP as the trainer section
   says). The GPU configuration.
 - auto: finetune when a GPU is present, frozen otherwise.
-Products without a usable photo get no prediction (missing), never a made-up one.
+Photos come from the frames' `image_path` column. Products without a usable photo get no prediction
+(missing), never a made-up one.
+
+Saved model (fold folder): image.json (mode, backbone, weights identity, sizes), classes.npz and the
+trained weights as a state dict: head.pt (frozen: the head and its standardisation; the backbone is
+rebuilt from the same weights source, which must still be the same file) or network.pt (finetune: the
+whole network).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
-from prodcat.trainer import adamw_cosine, lightning
 from prodcat.cv import BaseModel
+from prodcat.errors import DataError
 from prodcat.probs import TopK
-from prodcat.vision import BackboneSpec, cached_embeddings, no_images_reason, photo_index
+from prodcat.storage import write_json, write_npz
+from prodcat.trainer import adamw_cosine, cpu_threads, lightning, load_state, save_state
+from prodcat.vision import (BackboneSpec, Embeddings, Photos, WeightsError, check_photos, no_photos_reason,
+                            photo_embeddings, photo_paths)
+
+META = "image.json"
 
 
 class ImageModel(BaseModel):
     name = "image"
 
-    def __init__(self, run, params):
-        super().__init__(run, params)
-        self._emb = None
-        self._photos = None
+    def __init__(self, params, env):
+        super().__init__(params, env)
+        self.classes: np.ndarray | None = None
+        self.module = None  # HeadModule (frozen) or FineTuneModule (finetune), fitted
+        self._mode: str | None = None  # a loaded model keeps the mode it was trained in
 
-    def skip_reason(self) -> str | None:
-        return no_images_reason(self.run.ds, "the image model")
+    def skip_reason(self, train) -> str | None:
+        return no_photos_reason(train, "the image model")
 
     def settings(self) -> dict:
-        return {"params": self.params, "mode": self.mode, "top_k": self.run.top_k, "seed": self.run.seed}
+        return {"params": self.params, "mode": self.mode, "top_k": self.env.top_k, "seed": self.env.seed}
 
     @property
     def mode(self) -> str:
         from prodcat.trainer import has_gpu
 
+        if self._mode is not None:
+            return self._mode
         mode = self.params.get("mode", "auto")
         if mode == "auto":
             return "finetune" if has_gpu() else "frozen"
@@ -49,87 +64,84 @@ class ImageModel(BaseModel):
     def spec(self) -> BackboneSpec:
         return BackboneSpec.from_config(self.params)
 
-    def fit_predict(self, fold, train, predict, workdir: Path):
-        from prodcat.trainer import seed, set_cpu_threads
+    @property
+    def size(self) -> int:
+        return int(self.params.get("image_size", 224 if self.mode == "frozen" else 300))
 
-        set_cpu_threads(self.params.get("trainer"))
-        if self.mode == "frozen":
-            self.embeddings()  # before seeding: computing them (first run) must not shift the fold's random state
-        seed(self.run.seed + fold)
-        if self.mode == "frozen":
-            return self._fit_frozen(fold, train, predict, workdir)
-        return self._fit_finetune(fold, train, predict, workdir)
+    def _threads(self):
+        return cpu_threads(self.params.get("trainer"))
 
-    # -- frozen backbone + head on cached embeddings ---------------------------------------------------
-    def embeddings(self):
-        if self._emb is None:
-            emb = cached_embeddings(self.run, self.spec, int(self.params.get("image_size", 224)),
-                                    grid=int(self.params.get("token_grid", 3)),
-                                    batch_size=int(self.params.get("embed_batch_size", 32)))
-            self._emb = emb
-        return self._emb
+    # -- photos ----------------------------------------------------------------------------------------
+    def embeddings(self, frame) -> Embeddings:
+        """Frozen-backbone embeddings of the frame's photos (content-keyed cache, shared with CoCa)."""
+        return photo_embeddings(photo_paths(frame), self.spec, self.size, grid=int(self.params.get("token_grid", 3)),
+                                batch_size=int(self.params.get("embed_batch_size", 32)), cache=self.env.cache,
+                                tokens=False)
 
-    def _fit_frozen(self, fold, train, predict, workdir):
+    def photos(self, frame) -> Photos:
+        return check_photos(photo_paths(frame))
+
+    def prepare(self, train) -> None:
+        """Embed (frozen) or check (finetune) every training photo once, before the folds."""
+        with self._threads():
+            found = self.embeddings(train) if self.mode == "frozen" else self.photos(train)
+        print(f"[image] {found.summary()}")
+
+    # -- fit -------------------------------------------------------------------------------------------
+    def fit(self, train, workdir: Path, fold: int = 0) -> "ImageModel":
+        from prodcat.trainer import seed
+
+        fitted = type(self)(self.params, self.env)
+        fitted.name, fitted._mode = self.name, self.mode
+        with self._threads():
+            # before seeding: embedding photos (first run) must not shift the fold's random state
+            found = self.embeddings(train) if self.mode == "frozen" else self.photos(train)
+            if not found.usable.any():
+                raise DataError(f"[{self.name}] fold {fold}: no usable photo among the training rows")
+            seed(self.env.seed + fold)
+            if self.mode == "frozen":
+                fitted._fit_frozen(train, found, workdir)
+            else:
+                fitted._fit_finetune(train, found, workdir)
+        return fitted
+
+    def _fit_frozen(self, train, emb: Embeddings, workdir: Path) -> None:
         import torch
 
         from prodcat.trainer import make_trainer
 
-        emb = self.embeddings()
-        feats, usable = emb.pooled, emb.usable
-        rows = emb.rows(train["id"])
-        keep = usable[rows]
-        rows, y = rows[keep], train["category_id"].to_numpy()[keep]
-        classes = np.unique(y)
-        target = np.searchsorted(classes, y)
-        x = torch.from_numpy(feats[rows])
-        module = HeadModule(x.shape[1], len(classes), self.params, mean=x.mean(0), std=robust_std(x))
+        keep = emb.usable
+        y = train["category_id"].to_numpy()[keep]
+        self.classes = np.unique(y)
+        x = torch.from_numpy(emb.pooled[keep])
+        module = HeadModule(x.shape[1], len(self.classes), self.params, mean=x.mean(0), std=robust_std(x))
         loader = torch.utils.data.DataLoader(
-            torch.utils.data.TensorDataset(x, torch.from_numpy(target)),
+            torch.utils.data.TensorDataset(x, torch.from_numpy(np.searchsorted(self.classes, y))),
             batch_size=int(self.params.get("batch_size", 64)), shuffle=True)
         module.total_steps = int(self.params.get("epochs", 40)) * len(loader)
         trainer = make_trainer(self.params.get("trainer"), workdir, int(self.params.get("epochs", 40)), "head")
         trainer.fit(module, loader)
-        module.eval()
-        out = {}
-        for split, frame in predict.items():
-            r = emb.rows(frame["id"])
-            have = usable[r]
-            proba = np.zeros((len(frame), len(classes)), np.float32)
-            if have.any():
-                with torch.inference_mode():
-                    proba[have] = module(torch.from_numpy(feats[r[have]])).softmax(-1).numpy()
-            out[split] = TopK.from_dense(frame["id"].to_numpy(), proba, classes, self.run.top_k, missing=~have)
-        return out
+        self.module = module.cpu().eval()
 
-    # -- full fine-tuning -------------------------------------------------------------------------------
-    def photos(self):
-        if self._photos is None:
-            self._photos = photo_index(self.run.ds)
-            print(f"[image] {self._photos.summary()}")
-        return self._photos
-
-    def _fit_finetune(self, fold, train, predict, workdir):
+    def _fit_finetune(self, train, photos: Photos, workdir: Path) -> None:
         import torch
 
         from prodcat.trainer import make_trainer, resolve
-        from prodcat.vision import backbone_norm, create_backbone, eval_transform, train_transform
+        from prodcat.vision import backbone_norm, create_backbone, train_transform
 
-        index = self.photos()
-        where = {int(i): n for n, i in enumerate(index.ids.tolist())}
-        size = int(self.params.get("image_size", 300))
-        rows = np.array([where[int(i)] for i in train["id"]])
-        keep = index.usable[rows]
-        rows, y = rows[keep], train["category_id"].to_numpy()[keep]
-        classes = np.unique(y)
+        keep = photos.usable
+        y = train["category_id"].to_numpy()[keep]
+        self.classes = np.unique(y)
         backbone = create_backbone(self.spec, drop_path_rate=float(self.params.get("drop_path", 0.1)))
         mean, std = backbone_norm(backbone)
-        module = FineTuneModule(backbone, len(classes), self.params)
+        module = FineTuneModule(backbone, len(self.classes), self.params)
         bs = int(self.params.get("batch_size", 64))
         workers = int(self.params.get("num_workers", 8))
+        paths = [p for p, k in zip(photos.paths, keep) if k]
         loader = torch.utils.data.DataLoader(
-            PhotoDataset([index.paths[r] for r in rows], np.searchsorted(classes, y), train_transform(size, mean, std)),
-            batch_size=bs, shuffle=True, drop_last=True, num_workers=workers, pin_memory=torch.cuda.is_available(),
-            persistent_workers=workers > 0)
+            PhotoDataset(paths, np.searchsorted(self.classes, y), train_transform(self.size, mean, std)),
+            batch_size=bs, shuffle=True, drop_last=len(paths) > bs, num_workers=workers,
+            pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
         epochs = int(self.params.get("epochs", 10))
         settings = resolve(self.params.get("trainer"))
         world = (settings["devices"] if isinstance(settings["devices"], int) else max(torch.cuda.device_count(), 1))
@@ -137,22 +149,77 @@ class ImageModel(BaseModel):
         trainer = make_trainer(self.params.get("trainer"), workdir, epochs, "finetune",
                                gradient_clip_val=float(self.params.get("grad_clip", 1.0)))
         trainer.fit(module, loader)
-        device = next(module.parameters()).device if settings["accelerator"] == "gpu" else torch.device("cpu")
-        module = module.to(device).eval()
-        tf = eval_transform(size, mean, std)
-        out = {}
-        for split, frame in predict.items():
-            r = np.array([where[int(i)] for i in frame["id"]], dtype=int)
-            have = index.usable[r] if len(r) else np.zeros(0, bool)
-            proba = np.zeros((len(frame), len(classes)), np.float32)
-            got = predict_photos(module, [index.paths[i] for i in r[have]], tf, bs, workers, device,
-                                 tta=bool(self.params.get("tta_flip", True)))
-            ok = ~np.isnan(got[:, 0]) if len(got) else np.zeros(0, bool)
-            idx = np.flatnonzero(have)
-            proba[idx[ok]] = got[ok]
-            have[idx[~ok]] = False  # verified but undecodable file: no prediction
-            out[split] = TopK.from_dense(frame["id"].to_numpy(), proba, classes, self.run.top_k, missing=~have)
-        return out
+        self.module = module.eval()
+
+    # -- predict ---------------------------------------------------------------------------------------
+    def predict(self, frame) -> TopK:
+        """Class probabilities of every product with a usable photo; the others are missing."""
+        import torch
+
+        ids = frame["id"].to_numpy()
+        proba = np.zeros((len(frame), len(self.classes)), np.float32)
+        with self._threads():
+            if self.mode == "frozen":
+                emb = self.embeddings(frame)
+                have = emb.usable.copy()
+                if have.any():
+                    with torch.inference_mode():
+                        proba[have] = self.module(torch.from_numpy(emb.pooled[have])).softmax(-1).numpy()
+            else:
+                have = self._predict_finetune(self.photos(frame), proba)
+        return TopK.from_dense(ids, proba, self.classes, self.env.top_k, missing=~have)
+
+    def _predict_finetune(self, photos: Photos, proba: np.ndarray) -> np.ndarray:
+        from prodcat.trainer import device_for
+        from prodcat.vision import backbone_norm, eval_transform
+
+        have = photos.usable.copy()
+        device = device_for(self.params.get("trainer"))
+        module = self.module.to(device).eval()
+        tf = eval_transform(self.size, *backbone_norm(module.backbone))
+        idx = np.flatnonzero(have)
+        got = predict_photos(module, [photos.paths[i] for i in idx], tf, int(self.params.get("batch_size", 64)),
+                             int(self.params.get("num_workers", 8)), device,
+                             tta=bool(self.params.get("tta_flip", True)))
+        ok = ~np.isnan(got[:, 0]) if len(got) else np.zeros(0, bool)
+        proba[idx[ok]] = got[ok]
+        have[idx[~ok]] = False  # verified but undecodable file: no prediction
+        return have
+
+    # -- save / load -----------------------------------------------------------------------------------
+    def _weights_id(self) -> str | None:
+        """The frozen backbone's weights (name and file name/size): a loaded head needs the same ones."""
+        return self.spec.cache_key() if self.mode == "frozen" else None
+
+    def save(self, folder: Path) -> None:
+        spec = self.spec
+        write_json({"mode": self.mode, "backbone": spec.name, "pretrained": spec.pretrained, "weights": spec.weights,
+                    "weights_id": self._weights_id(), "image_size": self.size,
+                    "token_grid": int(self.params.get("token_grid", 3)), "classes": len(self.classes),
+                    "in_dim": int(self.module.mean.shape[0]) if self.mode == "frozen" else None}, folder / META)
+        write_npz({"classes": self.classes}, folder / "classes.npz")
+        save_state(self.module, folder / ("head.pt" if self.mode == "frozen" else "network.pt"))
+
+    @classmethod
+    def load(cls, folder: Path, params: dict, env) -> "ImageModel":
+        from prodcat.vision import create_backbone
+
+        meta = json.loads((folder / META).read_text())
+        model = cls(params, env)
+        model._mode = meta["mode"]
+        with np.load(folder / "classes.npz") as z:
+            model.classes = z["classes"]
+        if model.mode == "frozen":
+            now = model._weights_id()  # raises WeightsError when the weights source is gone
+            if now != meta["weights_id"]:
+                raise WeightsError(f"{folder}: the image head was trained on {meta['weights_id']} embeddings, "
+                                   f"but the backbone weights are now {now}: retrain the image model")
+            model.module = load_state(HeadModule(int(meta["in_dim"]), len(model.classes), params), folder / "head.pt")
+        else:  # the whole fine-tuned network is in network.pt: no pretrained weights needed
+            backbone = create_backbone(BackboneSpec(meta["backbone"], pretrained=False))
+            model.module = load_state(FineTuneModule(backbone, len(model.classes), params), folder / "network.pt")
+        model.module.eval()
+        return model
 
 
 # -- Lightning modules -----------------------------------------------------------------------------------

@@ -42,6 +42,21 @@ def lemmas(text: str | None, limit: int | None = None) -> list[str]:
     return out
 
 
+_LEMMAS: dict[tuple[int | None, str], list[str]] = {}  # per process: (limit, text) -> lemmas
+
+
+def lemmas_many(texts, limit: int | None = None) -> list[list[str]]:
+    """`lemmas` of each text, remembered per process (lemmatising is the slow part; folds and predictions
+    ask for the same texts again)."""
+    out = []
+    for text in texts:
+        key = (limit, text)
+        if key not in _LEMMAS:
+            _LEMMAS[key] = lemmas(text, limit)
+        out.append(_LEMMAS[key])
+    return out
+
+
 @dataclass
 class Vocab:
     words: list[str]
@@ -90,11 +105,12 @@ def load_navec(path: str):
 
 def navec_matrix(vocab: Vocab, path: str | Path | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(len(vocab), 300) initial embeddings and the hit mask: navec's vector where the lemma is in navec,
-    small random vectors (navec's scale) elsewhere; <pad> is zero."""
-    navec = load_navec(str(path or default_navec_path()))
-    dim = navec.pq.dim
+    small random vectors (navec's scale) elsewhere; <pad> is zero. `path` "none": no navec, every vector
+    random (300-d)."""
+    navec = None if str(path) == "none" else load_navec(str(path or default_navec_path()))
+    dim = navec.pq.dim if navec is not None else 300
     rng = np.random.default_rng(seed)
-    hits = np.array([w not in SPECIALS and w in navec for w in vocab.words], bool)
+    hits = np.array([navec is not None and w not in SPECIALS and w in navec for w in vocab.words], bool)
     known = [navec[w] for w, h in zip(vocab.words, hits) if h]
     scale = float(np.std(known)) if known else 0.3
     matrix = rng.normal(0.0, scale, (len(vocab), dim)).astype(np.float32)

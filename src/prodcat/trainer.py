@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 DEFAULTS = {"accelerator": "auto", "devices": "auto", "num_nodes": 1, "strategy": "auto", "precision": "auto",
@@ -72,6 +73,32 @@ def set_cpu_threads(cfg: dict | None) -> None:
     n = int({**DEFAULTS, **(cfg or {})}.get("cpu_threads") or 0)
     if n > 0 and not has_gpu():
         torch.set_num_threads(n)
+
+
+@contextmanager
+def cpu_threads(cfg: dict | None):
+    """`set_cpu_threads` for the duration of a block (fit, predict, embedding), then torch's previous count:
+    a model predicting inside another program leaves its thread setting as it was. The same count in
+    training and in a later process that loads the model also keeps their numbers identical."""
+    import torch
+
+    before = torch.get_num_threads()
+    set_cpu_threads(cfg)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def device_for(cfg: dict | None):
+    """The torch device a trained network predicts on: this process's GPU when the trainer section uses
+    one, else the CPU."""
+    import torch
+
+    if has_gpu() and resolve(cfg)["accelerator"] == "gpu":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def seed(value: int) -> None:
@@ -158,3 +185,23 @@ class StepTimer:
                         "wall_s_per_step": round(self.wall / n, 4)}
 
         return _Timer()
+
+
+def save_state(module, path: Path) -> None:
+    """A network's state dict (tensors only, on the CPU), written atomically: read back with
+    `load_state(path)` (torch.load with weights_only=True: nothing is executed on load)."""
+    import torch
+
+    from prodcat.storage import atomic_path
+
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(module, path: Path):
+    """Load a state dict written by `save_state` into `module` (every key must match); returns the module."""
+    import torch
+
+    module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    return module

@@ -1,5 +1,7 @@
 """Shared image code of the image and CoCa models: torchvision/timm import, backbones with pretrained
-weights, photo loading, transforms and the per-dataset embedding cache.
+weights, photo loading, transforms and the content-keyed embedding cache.
+
+Photos come from a frame's `image_path` column (a path, or None when the product has no photo).
 
 Weights rule: when a config asks for pretrained weights and they cannot be had, `WeightsError` is raised
 (a DataError, so the CLI prints it as one clear line); a network is never silently trained from random
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,13 +57,6 @@ def ensure_torchvision():
 def import_timm():
     ensure_torchvision()
     return importlib.import_module("timm")
-
-
-def no_images_reason(ds, model: str) -> str | None:
-    """Why `model` cannot run on a dataset without photos (None when it has some)."""
-    if ds.has_images:
-        return None
-    return f"dataset {ds.name} has no images ({model} needs photos: {ds.root}/images/{{train,test}}/<id>.jpg)"
 
 
 # -- backbones -------------------------------------------------------------------------------------------
@@ -257,27 +253,68 @@ def train_transform(size: int, mean, std):
     ])
 
 
-@dataclass
-class PhotoIndex:
-    """Every product's photo path; `usable` says whether it decodes (checked once, cached per dataset)."""
+# -- photos of a frame -----------------------------------------------------------------------------------
+def photo_paths(frame) -> list[str | None]:
+    """The `image_path` column as a list (None where a product has no photo, or the column is absent)."""
+    if "image_path" not in frame.columns:
+        return [None] * len(frame)
+    return [p if isinstance(p, (str, os.PathLike)) and str(p) else None for p in frame["image_path"].tolist()]
 
-    ids: np.ndarray
-    splits: np.ndarray  # 'train' | 'test'
+
+def no_photos_reason(frame, model: str) -> str | None:
+    """Why `model` cannot be trained on these rows (None when at least one has a photo)."""
+    if any(p is not None for p in photo_paths(frame)):
+        return None
+    return (f"no product of the training rows has a photo ({model} needs photos: "
+            f"images/{{train,test}}/<id>.jpg beside the data)")
+
+
+Identity = tuple  # (absolute path, size in bytes, mtime in ns)
+
+
+def photo_identity(path) -> Identity | None:
+    """What a photo's cached results are keyed by: (absolute path, size, mtime_ns); None when there is no
+    file. A photo replaced or repaired in place (other size or mtime) is a new photo."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return os.path.abspath(path), int(st.st_size), int(st.st_mtime_ns)
+
+
+@dataclass
+class Photos:
+    """The photos of a frame's rows: path (None: no photo) and whether it decodes (`usable`)."""
+
     paths: list
     usable: np.ndarray
 
+    def __len__(self) -> int:
+        return len(self.paths)
+
     def summary(self) -> str:
-        has = np.array([p is not None for p in self.paths])
-        return (f"photos: {int(self.usable.sum())} of {len(self.ids)} products usable, "
+        has = np.array([p is not None for p in self.paths], bool)
+        return (f"photos: {int(self.usable.sum())} of {len(self.paths)} products usable, "
                 f"{int((~has).sum())} without a photo, {int((has & ~self.usable).sum())} unreadable")
 
 
-def photo_index(ds) -> PhotoIndex:
-    ids = np.concatenate([ds.train["id"].to_numpy(), ds.test["id"].to_numpy()])
-    splits = np.array(["train"] * len(ds.train) + ["test"] * len(ds.test))
-    paths = [ds.image_path(s, i) for s, i in zip(splits.tolist(), ids.tolist())]
-    usable = np.array([p is not None and _decodes(p) for p in paths], bool)
-    return PhotoIndex(ids, splits, paths, usable)
+_VERIFIED: dict[Identity, bool] = {}  # per process: photo identity -> decodes
+
+
+def check_photos(paths: list) -> Photos:
+    """Which photos decode (PIL verify; remembered per process by photo identity). For the modes that read
+    pixels while training (fine-tuning); the frozen modes learn it from embedding."""
+    usable = np.zeros(len(paths), bool)
+    for i, path in enumerate(paths):
+        ident = photo_identity(path)
+        if ident is None:
+            continue
+        if ident not in _VERIFIED:
+            _VERIFIED[ident] = _decodes(path)
+        usable[i] = _VERIFIED[ident]
+    return Photos(list(paths), usable)
 
 
 def _decodes(path) -> bool:
@@ -291,73 +328,152 @@ def _decodes(path) -> bool:
         return False
 
 
-# -- embedding cache -------------------------------------------------------------------------------------
-def embed_key(spec: BackboneSpec, size: int, grid: int, ds) -> str:
-    ids = np.concatenate([ds.train["id"].to_numpy(), ds.test["id"].to_numpy()])
-    raw = f"{spec.cache_key()}|{size}|{grid}|{ds.fingerprint}|{hashlib.sha1(ids.tobytes()).hexdigest()}"
-    return hashlib.sha1(raw.encode()).hexdigest()[:12]
-
-
+# -- content-keyed embedding cache -----------------------------------------------------------------------
 @dataclass
-class Embeddings:
-    """Frozen-backbone features of every train and test product (rows of products without a usable photo
-    are zeros, usable=False)."""
+class Embeddings(Photos):
+    """Frozen-backbone features of a frame's photos, one row per product (zeros where not usable)."""
 
-    ids: np.ndarray
-    pooled: np.ndarray  # (n, C) global average of the last feature map (the backbone's embedding)
-    tokens: np.ndarray  # (n, grid*grid, C) the feature map average-pooled to a grid (CoCa's image tokens)
-    usable: np.ndarray
+    pooled: np.ndarray | None = None  # (n, C) global average of the last feature map (the backbone's embedding)
+    tokens: np.ndarray | None = None  # (n, grid*grid, C) the feature map average-pooled to a grid (CoCa's tokens)
+    embedded: int = 0  # photos embedded by this call
+    cached: int = 0  # photos found in the cache (this process's memo or the cache folder)
 
-    def rows(self, ids) -> np.ndarray:
-        """Row of each product id (KeyError for an id without a row)."""
-        pos = {int(i): n for n, i in enumerate(np.asarray(self.ids).tolist())}
-        return np.array([pos[int(i)] for i in ids], dtype=np.int64)
+    def summary(self) -> str:
+        return super().summary() + f"; embeddings: {self.embedded} computed, {self.cached} from the cache"
 
 
-def cached_embeddings(run, spec: BackboneSpec, size: int, grid: int = 3, batch_size: int = 32,
-                      echo=print) -> Embeddings:
-    """Embed every photo of the run's dataset once with the frozen backbone; cached under cache/, keyed by
-    backbone, weights, image size, token grid and dataset, and shared by the image and CoCa models."""
+class _Store:
+    """Every embedding of one (backbone, weights, size, grid) known to this process, by photo identity."""
+
+    def __init__(self):
+        self.where: dict[Identity, tuple[int, int]] = {}  # identity -> (chunk, row)
+        self.chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (pooled f16, tokens f16, usable)
+        self.files: set[str] = set()
+
+    def add(self, idents: list, pooled, tokens, usable) -> None:
+        n = len(self.chunks)
+        self.chunks.append((pooled, tokens, usable))
+        for row, ident in enumerate(idents):
+            self.where[ident] = (n, row)
+
+    def load_files(self, folder: Path, pattern: str, echo) -> None:
+        """Read the cache files of this store not read yet (another process may have written some)."""
+        for path in sorted(folder.glob(pattern)):
+            if path.name in self.files:
+                continue
+            self.files.add(path.name)
+            try:
+                with np.load(path) as z:
+                    idents = list(zip(z["paths"].tolist(), z["sizes"].tolist(), z["mtimes"].tolist()))
+                    self.add(idents, z["pooled"], z["tokens"], z["usable"])
+            except Exception as exc:  # noqa: BLE001 - a damaged cache file is recomputed, not fatal
+                echo(f"[images] cache file {path} unreadable ({type(exc).__name__}): ignored")
+
+
+_STORES: dict[str, _Store] = {}
+
+
+def embed_group(spec: BackboneSpec, size: int, grid: int) -> str:
+    return hashlib.sha1(f"{spec.cache_key()}|{size}|{grid}".encode()).hexdigest()[:10]
+
+
+def photo_embeddings(paths: list, spec: BackboneSpec, size: int, grid: int = 3, batch_size: int = 32,
+                     cache: Path | None = None, tokens: bool = True, echo=print) -> Embeddings:
+    """Frozen-backbone embeddings of these photos (one row per path, in order), shared by the image and
+    CoCa models.
+
+    Keyed by content: a photo is (path, size, mtime_ns), looked up in a per-process memo, then in the cache
+    files under `cache` (when given; one npz per batch of newly embedded photos:
+    img-<backbone>-<weights/size/grid hash>-<hash of its photos>.npz). Only photos found in neither are
+    embedded; unreadable ones are remembered as unusable until their file changes. The backbone always runs
+    on full batches of `batch_size` (the last one padded), so a photo's embedding does not depend on which
+    photos it was embedded with: a cached and a fresh run give identical numbers.
+    """
+    group = embed_group(spec, size, grid)
+    store = _STORES.setdefault(group, _Store())
+    idents = [photo_identity(p) for p in paths]
+    if cache is not None and any(i is not None and i not in store.where for i in idents):
+        store.load_files(Path(cache), f"img-{spec.name}-{group}-*.npz", echo)
+    todo = list(dict.fromkeys(i for i in idents if i is not None and i not in store.where))
+    if todo:
+        pooled, toks, usable = _embed(todo, spec, size, grid, batch_size, echo)
+        store.add(todo, pooled, toks, usable)
+        if cache is not None and _main_process():
+            from prodcat.storage import write_npz
+
+            h = hashlib.sha1(repr(todo).encode()).hexdigest()[:12]
+            name = f"img-{spec.name}-{group}-{h}.npz"
+            write_npz({"paths": np.array([i[0] for i in todo], dtype=str),
+                       "sizes": np.array([i[1] for i in todo], np.int64),
+                       "mtimes": np.array([i[2] for i in todo], np.int64),
+                       "pooled": pooled, "tokens": toks, "usable": usable}, Path(cache) / name)
+            store.files.add(name)
+    return _assemble(store, paths, idents, tokens, len(todo), spec, grid)
+
+
+def _assemble(store: _Store, paths, idents, with_tokens: bool, embedded: int, spec, grid: int) -> Embeddings:
+    n = len(paths)
+    usable = np.zeros(n, bool)
+    rows: dict[int, tuple[list, list]] = {}
+    for i, ident in enumerate(idents):
+        if ident is None:
+            continue
+        chunk, row = store.where[ident]
+        if store.chunks[chunk][2][row]:
+            usable[i] = True
+            rows.setdefault(chunk, ([], []))[0].append(i)
+            rows[chunk][1].append(row)
+    if store.chunks:
+        c = store.chunks[0][0].shape[1]
+    else:  # nothing was ever embedded with this backbone here (no photo at all): only the width is needed
+        c = create_backbone(BackboneSpec(spec.name, pretrained=False)).num_features
+    pooled = np.zeros((n, c), np.float32)
+    tokens = np.zeros((n, grid * grid, c), np.float32) if with_tokens else None
+    for chunk, (out, src) in rows.items():
+        pooled[out] = store.chunks[chunk][0][src]
+        if with_tokens:
+            tokens[out] = store.chunks[chunk][1][src]
+    known = len({i for i in idents if i is not None})
+    return Embeddings(list(paths), usable, pooled=pooled, tokens=tokens, embedded=embedded, cached=known - embedded)
+
+
+def _embed(idents: list, spec: BackboneSpec, size: int, grid: int, batch_size: int, echo):
+    """(pooled f16, tokens f16, usable) of these photos with the frozen backbone (on the CPU)."""
     import torch
-
-    from prodcat.storage import write_npz
-
-    path = run.paths.cache / f"img-{spec.name}-{embed_key(spec, size, grid, run.ds)}.npz"
-    if path.exists():
-        with np.load(path) as z:
-            emb = Embeddings(z["ids"], z["pooled"].astype(np.float32), z["tokens"].astype(np.float32), z["usable"])
-        echo(f"[images] embeddings reused from {path} ({int(emb.usable.sum())}/{len(emb.ids)} products with a photo)")
-        return emb
-    index = photo_index(run.ds)
-    echo(f"[images] {index.summary()}")
-    model = create_backbone(spec).eval().to(memory_format=torch.channels_last)
-    mean, std = backbone_norm(model)
-    tf = eval_transform(size, mean, std)
-    n, c = len(index.ids), model.num_features
-    pooled = np.zeros((n, c), np.float16)
-    tokens = np.zeros((n, grid * grid, c), np.float16)
-    usable = index.usable.copy()
-    todo = np.flatnonzero(usable)
     from tqdm.auto import tqdm
 
+    model = create_backbone(spec).eval().to(memory_format=torch.channels_last)
+    tf = eval_transform(size, *backbone_norm(model))
+    n, c = len(idents), model.num_features
+    pooled = np.zeros((n, c), np.float16)
+    tokens = np.zeros((n, grid * grid, c), np.float16)
+    usable = np.zeros(n, bool)
     with torch.inference_mode():
-        for start in tqdm(range(0, len(todo), batch_size), desc=f"embed {spec.name}", unit="batch",
-                          mininterval=2.0, leave=False, disable=not sys.stderr.isatty()):
+        for start in tqdm(range(0, n, batch_size), desc=f"embed {spec.name}", unit="batch", mininterval=2.0,
+                          leave=False, disable=not sys.stderr.isatty()):
             rows, xs = [], []
-            for r in todo[start:start + batch_size].tolist():
-                im = load_image(index.paths[r])
-                if im is None:  # verify() passed but decoding failed (truncated file)
-                    usable[r] = False
+            for r in range(start, min(start + batch_size, n)):
+                im = load_image(idents[r][0])
+                if im is None:  # unreadable, corrupt or truncated: no photo
                     continue
                 rows.append(r)
                 xs.append(tf(im))
             if not rows:
                 continue
-            fmap = model.forward_features(torch.stack(xs).to(memory_format=torch.channels_last))
+            x = torch.stack(xs)
+            if len(xs) < batch_size:  # full batches only: results on a CPU depend on the batch size
+                x = torch.cat([x, x.new_zeros((batch_size - len(xs), *x.shape[1:]))])
+            fmap = model.forward_features(x.contiguous(memory_format=torch.channels_last))[:len(rows)]
             pooled[rows] = model.forward_head(fmap, pre_logits=True).float().numpy()
             tokens[rows] = torch.nn.functional.adaptive_avg_pool2d(fmap, grid).flatten(2).transpose(1, 2).numpy()
-    lost = int(index.usable.sum() - usable.sum())
-    if lost:
-        echo(f"[images] {lost} photo(s) failed to decode: treated as missing")
-    write_npz({"ids": index.ids, "pooled": pooled, "tokens": tokens, "usable": usable}, path)
-    return Embeddings(index.ids, pooled.astype(np.float32), tokens.astype(np.float32), usable)
+            usable[rows] = True
+    lost = int(n - usable.sum())
+    echo(f"[images] {n} photo(s) embedded with {spec.name} at {size} px"
+         + (f"; {lost} failed to decode: treated as missing" if lost else ""))
+    return pooled, tokens, usable
+
+
+def _main_process() -> bool:
+    from prodcat.cv import is_main_process
+
+    return is_main_process()
