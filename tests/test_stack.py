@@ -160,9 +160,12 @@ def test_all_stacks_and_submits(tiny, tiny_config, tmp_path):
     assert "[stack] tfidf:" in r.output and "reused" not in r.output  # another subset: recomputed
     r = CliRunner().invoke(main, ["report", *common])
     assert r.exit_code == 0, r.output
-    for name in ("scores", "top_level", "calibration"):
+    for name in ("scores", "top_level", "calibration", "coverage"):
         png = w / "reports" / "tiny" / f"{name}.png"
         assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
+    review = pd.read_csv(w / "reports" / "tiny" / "review.csv").set_index("model")
+    assert {"top1", "top3", "top5", "ECE", "cover@0.98"} <= set(review.columns)
+    assert (review["top1"] <= review["top3"]).all() and (review["top3"] <= review["top5"]).all()
 
 
 def test_lookup_priors_lift_the_stack(big_run):

@@ -221,7 +221,10 @@ class CocaModel(BaseModel):
         from prodcat.data import content_hash
 
         h = hashlib.sha1("\n".join(vocab.words).encode())
-        h.update(f"{content_hash(train)}|{config_hash(self.settings())}|{self.env.seed + fold}|"
+        import pandas as pd
+
+        rows = train.assign(image_path=pd.Series(photo_paths(train), index=train.index, dtype=object))
+        h.update(f"{content_hash(rows)}|{config_hash(self.settings())}|{self.env.seed + fold}|"
                  f"{BackboneSpec.from_config(self.enc).cache_key() if self.enc['type'] == 'timm' else 'vit'}".encode())
         return Path(self.env.cache) / "coca-stage1" / f"{h.hexdigest()[:16]}.pt"
 

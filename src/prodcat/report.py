@@ -3,6 +3,8 @@
 scores.png      hF1, weighted F1 and accuracy of every base model, the plain average and the stacker
 top_level.png   OOF hF1 per top-level category and model (heatmap)
 calibration.png reliability of the top probability: accuracy of the top class per confidence bin
+coverage.png    share of products auto-accepted at a confidence threshold vs their accuracy (review.csv:
+                top-1/3/5 accuracy, calibration error, coverage at 95/98/99 % precision)
 The notebook notebooks/compare_oof.ipynb draws the same figures with these functions.
 """
 from __future__ import annotations
@@ -97,18 +99,49 @@ def calibration_figure(table: pd.DataFrame, dataset: str = ""):
     return fig
 
 
+def coverage_table(run: Run, preds: dict[str, TopK]) -> pd.DataFrame:
+    """Per model and confidence threshold: share of products auto-accepted, their accuracy and hF1 (OOF)."""
+    from prodcat.metrics import hierarchical_counts
+    from prodcat.predict import coverage_curve
+
+    y = run.ds.train["category_id"].to_numpy()
+    parts = []
+    for name, p in preds.items():
+        conf = np.where(p.missing, -1.0, p.scores[:, 0].astype(float))
+        counts = hierarchical_counts(y, p.top1(), run.ds.tree)
+        thresholds = np.round(np.r_[np.arange(0, 0.9, 0.05), np.arange(0.9, 1.0, 0.01)], 2)
+        parts.append(coverage_curve(conf, p.top1() == y, counts, thresholds).assign(model=name))
+    return pd.concat(parts, ignore_index=True)[["model", "threshold", "coverage", "accuracy", "hF1"]]
+
+
+def coverage_figure(table: pd.DataFrame, dataset: str = ""):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for name, part in table.groupby("model", sort=False):
+        ax.plot(part["coverage"], part["accuracy"], marker="o", ms=2, label=name)
+    ax.set_xlabel("share of products auto-accepted (confidence >= threshold)")
+    ax.set_ylabel("accuracy of the accepted products")
+    ax.set_title(f"Coverage vs precision (OOF){' - ' + dataset if dataset else ''}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def figures(run: Run) -> dict:
-    """{'scores', 'top_level', 'calibration'} figures and the tables behind them."""
-    from prodcat.scores import comparison_predictions, comparison_table, top_level_table
+    """{'scores', 'top_level', 'calibration', 'coverage'} figures and the tables behind them."""
+    from prodcat.scores import comparison_predictions, comparison_table, review_table, top_level_table
 
     preds = comparison_predictions(run)
     y = run.ds.train["category_id"].to_numpy()
     table = comparison_table(run, preds)
     top = top_level_table(run, preds)
     calib = calibration_table(preds, y)
-    return {"tables": {"scores": table, "top_level": top, "calibration": calib},
+    cover = coverage_table(run, preds) if preds else pd.DataFrame(columns=["model", "coverage", "accuracy"])
+    return {"tables": {"scores": table, "top_level": top, "calibration": calib, "coverage": cover,
+                       "review": review_table(run, preds)},
             "scores": scores_figure(table, run.ds.name), "top_level": top_level_figure(top, dataset=run.ds.name),
-            "calibration": calibration_figure(calib, run.ds.name)}
+            "calibration": calibration_figure(calib, run.ds.name), "coverage": coverage_figure(cover, run.ds.name)}
 
 
 def write_report(run: Run) -> list[Path]:
@@ -125,7 +158,7 @@ def write_report(run: Run) -> list[Path]:
     out = run.paths.reports
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name in ("scores", "top_level", "calibration"):
+    for name in ("scores", "top_level", "calibration", "coverage"):
         path = out / f"{name}.png"
         with atomic_path(path) as tmp:
             figs[name].savefig(tmp, dpi=110, format="png")
