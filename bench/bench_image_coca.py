@@ -3,10 +3,11 @@
     ./run.sh python bench/bench_image_coca.py [--data data/flipkart] [--skip-full]
 
 Runs in a temporary workdir: fastText (for reference), the image model's 5 folds twice (cold: photos
-embedded; warm: embedding cache reused, --force) and CoCa's 5 folds, each as `./run.sh train` would
-(a subprocess, so imports count). Prints wall times, OOF hF1 / weighted F1 / accuracy next to the majority
-class, parameter counts, CPU seconds per training step (demo and, timed on a few small batches, the full
-configs/gpu.yaml CoCa), and the products missing a photo.
+embedded; warm: the content-keyed embedding cache reused, --force) and CoCa's 5 folds, each as
+`./run.sh train` would (a subprocess, so imports count); then, in a new process, the 5 saved fold models of
+image and CoCa load and predict the test products (their photos embedded there). Prints wall times, OOF
+hF1 / weighted F1 / accuracy next to the majority class, parameter counts, CPU seconds per training step
+(demo and, timed on a few small batches, the full configs/gpu.yaml CoCa), and the products missing a photo.
 """
 from __future__ import annotations
 
@@ -30,6 +31,18 @@ def train(model, data, workdir, *extra) -> float:
     start = time.time()
     subprocess.run([sys.executable, "-m", "prodcat", "train", model, "--data", str(data), "--workdir", str(workdir),
                     *extra], cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+    return time.time() - start
+
+
+def predict_saved(model, data, workdir) -> float:
+    """Seconds for a new process to load the saved fold models of `model` and predict the test products."""
+    code = ("import sys; from prodcat.cv import load_model; from prodcat.run import Run; "
+            "run = Run.open(sys.argv[1], None, sys.argv[2]); test = run.ds.test_with_photos(); "
+            "[load_model(run.paths.models(sys.argv[3]) / f'fold{f}').predict(test) for f in range(run.k)]")
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    start = time.time()
+    subprocess.run([sys.executable, "-c", code, str(data), str(workdir), model], cwd=REPO, env=env, check=True,
+                   stdout=subprocess.DEVNULL)
     return time.time() - start
 
 
@@ -78,6 +91,8 @@ def main():
             "image (cold: photos embedded)": train("image", args.data, work),
             "image (warm: cache reused, --force)": train("image", args.data, work, "--force"),
             "coca (cache reused)": train("coca", args.data, work)}
+    wall |= {f"{m} (predict test: load fold models, new process)": predict_saved(m, args.data, work)
+             for m in ("image", "coca")}
     run = Run.open(args.data, REPO / "configs" / "default.yaml", work)
     y = run.ds.train["category_id"].to_numpy()
     values, counts = np.unique(y, return_counts=True)
@@ -88,7 +103,7 @@ def main():
           f"{run.k} folds, workdir {work}")
     print("\nwall time (5 folds, subprocess incl. imports):")
     for name, sec in wall.items():
-        print(f"  {name:40s} {sec:6.1f} s")
+        print(f"  {name:52s} {sec:6.1f} s")
     print("\nOOF scores (on products each model predicted; `missing` = no usable photo):")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"  majority class ({values[counts.argmax()]}, {counts.max()}/{len(y)}): hF1 {majority['hF1']:.4f}, "

@@ -1,5 +1,6 @@
 """CoCa model: natasha/navec tokenizer, text-only predictions for products without a photo, fold resume
-(finished folds and the stage-1 checkpoint), the ViT image encoder and the joint stage 2."""
+(finished folds and the content-keyed stage-1 weights), the ViT image encoder and the joint stage 2, and
+save -> load in a fresh process giving the same predictions."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,8 @@ from conftest import REPO, products
 from prodcat.cli import main
 from prodcat.probs import TopK
 from prodcat.tokens import BOS, EOS, PAD, UNK, Vocab, lemmas, navec_matrix
-from test_image import write_photos
+from PIL import Image
+from test_image import assert_same, fresh_process_predict, model_params, photo_frames, with_paths, write_photos
 
 SMALL = ("    seq_len: 12\n    dim: 32\n    unimodal_depth: 1\n    multimodal_depth: 1\n    heads: 2\n"
          "    dim_head: 16\n    ff_mult: 2\n    num_img_queries: 4\n    batch_size: 32\n    stage1_epochs: 1\n"
@@ -74,7 +76,10 @@ def test_coca_text_only_products_and_fold_resume(tiny, tmp_path):
     assert r.exit_code == 0, r.output
     assert "initialised from navec" in r.output and "fold 0: trained" in r.output
     fold0 = tmp_path / "w" / "models" / "tiny" / "coca" / "fold0"
-    assert (fold0 / "stage1.pt").exists() and list(fold0.rglob("last.ckpt"))
+    stage1 = tmp_path / "w" / "cache" / "tiny" / "coca-stage1"
+    assert len(list(stage1.glob("*.pt"))) == 1
+    assert not list(fold0.rglob("*.ckpt"))  # no pickled checkpoints in a model folder
+    assert {"coca.pt", "head.pt", "vocab.json", "classes.npz", "coca.json"} <= {p.name for p in fold0.iterdir()}
     stats = json.loads((fold0 / "stats.json").read_text())
     assert stats["params"] > 0 and stats["stage1"]["steps"] > 0 and stats["stage1"]["cpu_s_per_step"] > 0
 
@@ -88,16 +93,25 @@ def test_coca_text_only_products_and_fold_resume(tiny, tmp_path):
     assert not oof.missing.any() and (oof.labels[:, 0] > 0).all()  # ... but still predicted
     y = train.set_index("id").loc[oof.ids, "category_id"].to_numpy()
     assert (oof.top1() == y).mean() > 0.6
-    test = TopK.load(out / "test.npz")
-    assert test.flags["text_only"].tolist() == [i in (9000, 9001) for i in test.ids]
 
-    # an interrupted fold (stage 1 saved, no fold json) resumes from the stage-1 checkpoint
+    from prodcat.cv import load_model  # test products: the saved fold models, as `predict` runs them
+
+    test = with_paths(products(30, seed=1, labels=False, start_id=9000), tiny, "test")
+    pred = load_model(fold0).predict(test)
+    assert pred.flags["text_only"].tolist() == [i in (9000, 9001) for i in test["id"]] and not pred.missing.any()
+
+    # an interrupted fold (no fold json) or a retrained one on the same rows resumes from stage 1's weights
     (out / "fold2.json").unlink()
     r = invoke("train", "coca", "--fold", "2", *common)
     assert "stage 1 reused" in r.output and "fold 2: trained" in r.output
-    # --force retrains everything, stage 1 included
     r = invoke("train", "coca", "--fold", "2", "--force", *common)
-    assert "stage 1 reused" not in r.output and "fold 2: trained" in r.output
+    assert "stage 1 reused" in r.output and "fold 2: trained" in r.output
+    # other content (a photo replaced: new size and mtime): that photo is embedded again, stage 1 retrained
+    photo = tiny / "images" / "train" / f"{ids[-1]}.jpg"
+    Image.new("RGB", (30, 30), (0, 0, 0)).save(photo)
+    r = invoke("train", "coca", "--fold", "2", *common)
+    assert "1 photo(s) embedded" in r.output and "stage 1 reused" not in r.output and "fold 2: trained" in r.output
+    assert len(list(stage1.glob("*.pt"))) == 4  # folds 0, 1, 2 and fold 2 on the new content
 
 
 def test_vit_encoder_and_joint_stage2(tiny, tmp_path):
@@ -112,8 +126,62 @@ def test_vit_encoder_and_joint_stage2(tiny, tmp_path):
     assert r.exit_code == 0, r.output
     valid = TopK.load(tmp_path / "w" / "oof" / "tiny" / "coca" / "fold0.valid.npz")
     assert not valid.missing.any() and valid.flags["text_only"].sum() <= 1
-    stats = json.loads((tmp_path / "w" / "models" / "tiny" / "coca" / "fold0" / "stats.json").read_text())
+    fold0 = tmp_path / "w" / "models" / "tiny" / "coca" / "fold0"
+    stats = json.loads((fold0 / "stats.json").read_text())
     assert stats["stage2"]["mode"] == "joint"
+
+    from prodcat.cv import load_model  # the saved joint network (ViT included) predicts as the trained one
+    from prodcat.run import Run
+
+    frame = Run.open(tiny, path, tmp_path / "w").ds.train_frame()
+    assert (fold0 / "joint.pt").exists() and not (fold0 / "coca.pt").exists()
+    assert_same(load_model(fold0).predict(frame[frame["id"].isin(valid.ids)]).align(valid.ids), valid)
+
+
+def test_coca_trained_timm_encoder_save_load(tmp_path):
+    """The GPU configuration's image side (the timm backbone trained inside CoCa on photos), tiny and on a
+    CPU: the whole network, backbone included, is saved and predicts as the trained one."""
+    from prodcat.coca_model import CocaModel
+    from prodcat.cv import ModelEnv, load_model, save_model
+
+    train, test = photo_frames(tmp_path / "d")
+    extra = {"seq_len": 8, "dim": 16, "unimodal_depth": 1, "multimodal_depth": 1, "heads": 2, "dim_head": 8,
+             "ff_mult": 2, "num_img_queries": 2, "batch_size": 32, "stage1_epochs": 1, "stage2_epochs": 1,
+             "image_encoder": {"frozen": False, "image_size": 32}, "trainer": {"progress_bar": False}}
+    params, text = model_params("coca", extra)
+    fitted = CocaModel(params, ModelEnv(text=text, cache=None)).fit(train.iloc[:60], tmp_path / "fold0", 0)
+    save_model(fitted, tmp_path / "saved", "coca", {})
+    state = torch.load(tmp_path / "saved" / "coca.pt", weights_only=True)
+    assert any(k.startswith("encoder.backbone.") for k in state)  # the trained backbone is saved
+    here = fitted.predict(test)
+    assert here.flags["text_only"].tolist() == [i == 9000 for i in test["id"]]
+    assert_same(load_model(tmp_path / "saved").predict(test), here)
+
+
+def test_coca_save_load_fresh_process(tmp_path):
+    """fit -> save -> load_model in a new process -> predict: the same probabilities and text-only flags,
+    bit for bit; the frozen backbone is not stored, its vocabulary is plain json."""
+    from prodcat.coca_model import CocaModel
+    from prodcat.cv import ModelEnv, load_model, save_model
+
+    train, test = photo_frames(tmp_path / "d")
+    extra = {"seq_len": 12, "dim": 32, "unimodal_depth": 1, "multimodal_depth": 1, "heads": 2, "dim_head": 16,
+             "ff_mult": 2, "num_img_queries": 4, "batch_size": 32, "stage1_epochs": 1, "stage2_epochs": 3,
+             "image_encoder": {"image_size": 64, "token_grid": 2}, "trainer": {"progress_bar": False}}
+    params, text = model_params("coca", extra)
+    model = CocaModel(params, ModelEnv(text=text, cache=tmp_path / "cache"))
+    model.prepare(train)
+    fitted = model.fit(train, tmp_path / "fold0", 0)
+    folder = tmp_path / "saved"
+    save_model(fitted, folder, "coca", {})
+    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    assert vocab[:4] == [PAD, UNK, BOS, EOS] and "milk" in vocab
+    assert sum(f.stat().st_size for f in folder.iterdir()) < 3_000_000  # no backbone inside
+
+    here = fitted.predict(test)
+    assert here.flags["text_only"].tolist() == [i == 9000 for i in test["id"]] and not here.missing.any()
+    assert_same(fresh_process_predict(folder, test, tmp_path), here)
+    assert_same(load_model(folder).predict(train.iloc[:20]), fitted.predict(train.iloc[:20]))
 
 
 def test_coca_net_shapes_and_tied_output():

@@ -1,14 +1,20 @@
 """Image model: torchvision fix, weight loading (and its failures), photo loading, missing/corrupt photos,
-the no-images dataset, and the k-fold run end to end on a tiny dataset with coloured photos."""
+the no-images dataset, the content-keyed embedding cache, the k-fold run end to end on a tiny dataset
+with coloured photos, and save -> load in a fresh process giving the same predictions."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import REPO, write_dataset
+from conftest import REPO, products, write_dataset
 from prodcat.cli import main
 from prodcat.probs import TopK
 from prodcat.vision import BackboneSpec, WeightsError, create_backbone, import_timm, load_image, package_weights
@@ -134,14 +140,100 @@ def test_load_image_formats_missing_corrupt(tmp_path):
     assert load_image(tmp_path / "g.webp").mode == "RGB"
 
 
+def with_paths(frame, root, split):
+    """The frame with its `image_path` column (None where the product has no photo), as the runner gives it."""
+    paths = []
+    for pid in frame["id"].tolist():
+        found = [p for p in (root / "images" / split / f"{pid}.jpg", root / "images" / split / f"{pid}.png")
+                 if p.exists()]
+        paths.append(str(found[0]) if found else None)
+    return frame.assign(image_path=pd.Series(paths, index=frame.index, dtype=object))
+
+
+def photo_frames(root):
+    """Train (120: 3 without a photo, 2 corrupt) and test (30: 1 without a photo) frames with image_path."""
+    train, test = products(120), products(30, seed=1, labels=False, start_id=9000)
+    ids = train["id"].tolist()
+    write_photos(root, train, "train", skip=set(ids[:3]), corrupt=set(ids[3:5]), png=set(ids[5:7]))
+    write_photos(root, test, "test", skip={9000})
+    return with_paths(train, root, "train"), with_paths(test, root, "test")
+
+
+def model_params(name, extra=None):
+    from prodcat.config import deep_merge, load_config
+
+    cfg = load_config(REPO / "configs" / "default.yaml")
+    return deep_merge(cfg["models"][name], extra or {}), cfg["text"]
+
+
+def fresh_process_predict(folder, frame, tmp_path) -> TopK:
+    """Load the saved model in a new Python process (prodcat.cv.load_model) and predict `frame` there."""
+    src, out = tmp_path / "input.parquet", tmp_path / "fresh.npz"
+    frame.to_parquet(src, index=False)
+    code = ("import sys, pandas as pd; from pathlib import Path; from prodcat.cv import load_model; "
+            "load_model(Path(sys.argv[1])).predict(pd.read_parquet(sys.argv[2])).save(Path(sys.argv[3]))")
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    done = subprocess.run([sys.executable, "-c", code, str(folder), str(src), str(out)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return TopK.load(out)
+
+
+def assert_same(a: TopK, b: TopK):
+    assert np.array_equal(a.ids, b.ids) and np.array_equal(a.missing, b.missing)
+    assert np.array_equal(a.labels, b.labels)
+    assert np.array_equal(a.scores, b.scores)  # bit for bit
+    assert a.flags.keys() == b.flags.keys() and all(np.array_equal(a.flags[k], b.flags[k]) for k in a.flags)
+
+
 def test_no_images_dataset_is_skipped(tiny, tmp_path):
     r = invoke("train", "image", "--data", tiny, "--config", config(tmp_path), "--workdir", tmp_path / "w")
-    assert r.exit_code == 0 and "[image] skipped" in r.output and "has no images" in r.output
+    assert r.exit_code == 0 and "[image] skipped" in r.output and "no product of the training rows has a photo" in r.output
+
+
+def test_embedding_cache_is_keyed_by_content(tmp_path, monkeypatch):
+    """Memo and disk cache by (path, size, mtime): only unseen photos are embedded, a repaired photo is
+    embedded again, and a photo's numbers do not depend on the photos embedded with it or on the cache."""
+    from prodcat import vision
+    from prodcat.vision import BackboneSpec, photo_embeddings
+
+    root = tmp_path / "d"
+    train, _ = photo_frames(root)
+    paths = train["image_path"].tolist()
+    spec, cache = BackboneSpec("tf_efficientnet_lite0"), tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setattr(vision, "_STORES", {})
+    log = []
+
+    def embed(p, **kw):
+        return photo_embeddings(p, spec, 64, grid=2, batch_size=16, cache=cache, echo=log.append, **kw)
+
+    some = embed(paths[:50])
+    assert some.embedded == 47 and log[-1].endswith("2 failed to decode: treated as missing")
+    full = embed(paths)
+    assert full.embedded == 70 and full.cached == 47  # only the photos not seen yet
+    assert full.summary() == ("photos: 115 of 120 products usable, 3 without a photo, 2 unreadable; "
+                              "embeddings: 70 computed, 47 from the cache")
+    assert np.array_equal(full.pooled[:50], some.pooled) and np.array_equal(full.tokens[:50], some.tokens)
+    assert full.tokens.shape == (120, 4, 1280) and not full.pooled[~full.usable].any()
+    assert len(list(cache.glob("img-tf_efficientnet_lite0-*.npz"))) == 2
+
+    monkeypatch.setattr(vision, "_STORES", {})  # a new process: everything comes from the cache files
+    again = embed(paths[::-1], tokens=False)
+    assert again.embedded == 0 and again.tokens is None
+    assert np.array_equal(again.pooled[::-1], full.pooled) and np.array_equal(again.usable[::-1], full.usable)
+    monkeypatch.setattr(vision, "_STORES", {})  # and without cache: embedded again, to the same numbers
+    alone = photo_embeddings(paths[::-1][:7], spec, 64, grid=2, batch_size=16, cache=None, echo=log.append)
+    assert np.array_equal(alone.pooled, full.pooled[::-1][:7])
+
+    fixed = paths[3]  # a corrupt photo replaced by a good one: new size and mtime, embedded again
+    Image.new("RGB", (40, 40), (220, 30, 30)).save(fixed, format="JPEG")
+    repaired = embed(paths)
+    assert repaired.embedded == 1 and repaired.usable[3] and repaired.usable.sum() == 116
+    assert not full.usable[3]
 
 
 def test_image_model_kfold_missing_and_corrupt_photos(tiny, tmp_path):
-    from conftest import products
-
     train = products(120)
     ids = train["id"].tolist()
     missing, corrupt = set(ids[:4]), set(ids[4:6])
@@ -150,7 +242,7 @@ def test_image_model_kfold_missing_and_corrupt_photos(tiny, tmp_path):
     common = ["--data", tiny, "--config", config(tmp_path), "--workdir", tmp_path / "w"]
     r = invoke("train", "image", *common)
     assert r.exit_code == 0, r.output
-    assert "143 of 150 products usable, 5 without a photo, 2 unreadable" in r.output
+    assert "114 of 120 products usable, 4 without a photo, 2 unreadable" in r.output  # training rows only
     assert "all folds finished" in r.output
     oof = TopK.load(tmp_path / "w" / "oof" / "tiny" / "image" / "oof.npz")
     no_photo = np.isin(oof.ids, list(missing | corrupt))
@@ -158,24 +250,63 @@ def test_image_model_kfold_missing_and_corrupt_photos(tiny, tmp_path):
     assert (oof.labels[no_photo] == -1).all()  # no made-up prediction
     y = train.set_index("id").loc[oof.ids[~no_photo], "category_id"].to_numpy()
     assert (oof.top1()[~no_photo] == y).mean() > 0.9  # colours tell the classes apart
-    test = TopK.load(tmp_path / "w" / "oof" / "tiny" / "image" / "test.npz")
-    assert test.missing.tolist() == [i == 9000 for i in test.ids]
     assert list((tmp_path / "w" / "cache" / "tiny").glob("img-tf_efficientnet_lite0-*.npz"))
-    assert list((tmp_path / "w" / "models" / "tiny" / "image" / "fold0").rglob("last.ckpt"))
-    assert list((tmp_path / "w" / "models" / "tiny" / "image" / "fold0" / "tb").rglob("events.out.tfevents*"))
+    fold0 = tmp_path / "w" / "models" / "tiny" / "image" / "fold0"
+    assert list((fold0 / "tb").rglob("events.out.tfevents*"))
+    assert not list(fold0.rglob("*.ckpt"))  # no pickled checkpoints in a model folder
+    assert {"head.pt", "classes.npz", "image.json", "model.json"} <= {p.name for p in fold0.iterdir()}
+
+    from prodcat.cv import load_model  # test products: the saved fold models, as `predict` runs them
+
+    test = with_paths(products(30, seed=1, labels=False, start_id=9000), tiny, "test")
+    pred = load_model(fold0).predict(test)
+    assert pred.missing.tolist() == [i == 9000 for i in test["id"]]
 
     r = invoke("scores", *common)
     row = next(line for line in r.output.splitlines() if line.split()[:1] == ["image"])
     assert row.split()[-1] == "6"  # the missing count
 
     r = invoke("train", "image", "--fold", "1", "--force", *common)
-    assert "embeddings reused" in r.output and "fold 1: trained" in r.output
+    assert "embeddings: 0 computed, 116 from the cache" in r.output and "fold 1: trained" in r.output
+    again = TopK.load(tmp_path / "w" / "oof" / "tiny" / "image" / "fold1.valid.npz")
+    assert_same(again, oof.take(np.flatnonzero(np.isin(oof.ids, again.ids))).align(again.ids))  # same numbers
+
+
+def test_image_save_load_fresh_process(tmp_path):
+    """fit -> save -> load_model in a new process -> predict: the same probabilities, bit for bit."""
+    from prodcat.cv import ModelEnv, load_model, save_model
+    from prodcat.image_model import ImageModel
+
+    train, test = photo_frames(tmp_path / "d")
+    params, text = model_params("image", {"image_size": 64, "epochs": 5, "mode": "frozen",
+                                          "trainer": {"progress_bar": False}})
+    model = ImageModel(params, ModelEnv(text=text, cache=tmp_path / "cache"))
+    assert model.skip_reason(train) is None
+    assert "no product" in model.skip_reason(train.assign(image_path=None))
+    model.prepare(train)
+    fitted = model.fit(train, tmp_path / "fold0", 0)
+    folder = tmp_path / "saved"
+    save_model(fitted, folder, "image", {})
+    assert not list(folder.glob("*.pkl")) and (folder / "head.pt").stat().st_size < 5_000_000  # no backbone
+    state = torch.load(folder / "head.pt", weights_only=True)
+    assert set(state) >= {"mean", "std"} and all(isinstance(v, torch.Tensor) for v in state.values())
+
+    here = fitted.predict(test)
+    assert here.missing.tolist() == [i == 9000 for i in test["id"]]
+    assert_same(fresh_process_predict(folder, test, tmp_path), here)
+    assert_same(load_model(folder).predict(test), here)
+    # the weights a head was trained on must still be the ones found on load
+    import json
+
+    meta = json.loads((folder / "image.json").read_text())
+    (folder / "image.json").write_text(json.dumps(meta | {"weights_id": "tf_efficientnet_lite0|other.pth:1"}))
+    with pytest.raises(WeightsError, match="retrain the image model"):
+        load_model(folder)
 
 
 def test_finetune_mode_runs_on_cpu(tiny, tmp_path):
-    """The GPU configuration's code path (whole network trained on augmented photos), tiny and on a CPU."""
-    from conftest import products
-
+    """The GPU configuration's code path (whole network trained on augmented photos), tiny and on a CPU;
+    its saved network predicts as the trained one."""
     train = products(120)
     write_photos(tiny, train, "train", skip={train["id"].iloc[0]}, corrupt={train["id"].iloc[1]})
     write_photos(tiny, products(30, seed=1, labels=False, start_id=9000), "test")
@@ -186,4 +317,13 @@ def test_finetune_mode_runs_on_cpu(tiny, tmp_path):
     valid = TopK.load(tmp_path / "w" / "oof" / "tiny" / "image" / "fold0.valid.npz")
     no_photo = np.isin(valid.ids, train["id"].iloc[:2].tolist())
     assert np.array_equal(valid.missing, no_photo) and (valid.labels[~no_photo, 0] > 0).all()
-    assert list((tmp_path / "w" / "models" / "tiny" / "image" / "fold0" / "checkpoints" / "finetune").glob("last.ckpt"))
+    fold0 = tmp_path / "w" / "models" / "tiny" / "image" / "fold0"
+    assert (fold0 / "network.pt").exists() and not list(fold0.rglob("*.ckpt"))
+
+    from prodcat.cv import load_model
+    from prodcat.run import Run
+
+    run = Run.open(tiny, cfg, tmp_path / "w")
+    frame = run.ds.train_frame()
+    rows = frame[frame["id"].isin(valid.ids)]
+    assert_same(load_model(fold0).predict(rows).align(valid.ids), valid)  # the saved network = the trained one

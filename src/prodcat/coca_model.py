@@ -371,7 +371,7 @@ class PairData:
 
         has = bool(self.has[i])
         if self.tokens is not None:
-            image = torch.from_numpy(self.tokens[i])
+            image = torch.from_numpy(self.tokens[i]).float()  # stored as float16
         else:
             im = load_image(self.paths[i]) if has else None
             has = im is not None

@@ -65,7 +65,8 @@ class ImageFolder:
 
 def with_photos(frame: pd.DataFrame, images: ImageFolder, split: str | None) -> pd.DataFrame:
     """The frame with an `image_path` column (str, or None where the product has no photo)."""
-    return frame.assign(image_path=images.paths(frame["id"].tolist(), split))
+    return frame.assign(image_path=pd.Series(images.paths(frame["id"].tolist(), split), index=frame.index,
+                                             dtype=object))
 
 
 def content_hash(frame: pd.DataFrame, photos: bool = True) -> str:
@@ -76,7 +77,7 @@ def content_hash(frame: pd.DataFrame, photos: bool = True) -> str:
     h.update(",".join(cols).encode())
     if photos and "image_path" in frame.columns:
         for p in frame["image_path"].tolist():
-            st = os.stat(p) if p else None
+            st = os.stat(p) if isinstance(p, str) and os.path.exists(p) else None
             h.update(f"{p}:{st.st_size}:{st.st_mtime_ns};".encode() if st else b"-;")
     return h.hexdigest()[:12]
 

@@ -243,16 +243,11 @@ class ShortlistSoftmax:
         """Best k shortlist classes (indices) and their softmax probabilities per row."""
         if hasattr(self, "w"):
             self.sparsify()
-        cands = self.shortlist(x)
+        cands = self.shortlist(x).astype(np.int32)
+        w = self.weights
+        proba = _predict_sparse(x.indptr, x.indices, x.data, cands, w.indptr, w.indices, w.data,
+                                self.b.astype(np.float32), np.float32(self.p["temperature"]), w.shape[1])
         n_cand = cands.shape[1]
-        proba = np.empty((x.shape[0], n_cand), np.float32)
-        step = int(self.p["chunk"])
-        for s in range(0, x.shape[0], step):
-            z = (x[s:s + step] @ self.weights).toarray()
-            z = np.take_along_axis(z, cands[s:s + step], axis=1) + self.b[cands[s:s + step]]
-            z = (z - z.max(axis=1, keepdims=True)) / float(self.p["temperature"])
-            e = np.exp(z)
-            proba[s:s + step] = e / e.sum(axis=1, keepdims=True)
         k = min(k, n_cand)
         top = np.argsort(-proba, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(cands, top, axis=1), np.take_along_axis(proba, top, axis=1)
@@ -329,3 +324,33 @@ def _train(indptr, indices, data, y, cands, w, b, epochs, lr0, l2, seed):  # pra
                         w[f, k] -= z[c] * v + lr * l2 * w[f, k]
                     else:
                         w[f, k] -= z[c] * v
+
+
+@njit(cache=True)
+def _predict_sparse(indptr, indices, data, cands, w_indptr, w_indices, w_data, b, temperature,
+                    n_classes):  # pragma: no cover - numba
+    """Softmax over each row's shortlist of x @ W + b, with W a sparse (features x classes) CSR matrix:
+    only the row's features' weight rows are read, and only their shortlist classes are added up."""
+    n, n_cand = cands.shape
+    out = np.empty((n, n_cand), np.float32)
+    slot = np.full(n_classes, -1, np.int64)
+    for i in range(n):
+        for c in range(n_cand):
+            slot[cands[i, c]] = c
+            out[i, c] = b[cands[i, c]]
+        for j in range(indptr[i], indptr[i + 1]):
+            f = indices[j]
+            v = data[j]
+            for q in range(w_indptr[f], w_indptr[f + 1]):
+                c = slot[w_indices[q]]
+                if c >= 0:
+                    out[i, c] += v * w_data[q]
+        m = out[i].max()
+        s = 0.0
+        for c in range(n_cand):
+            out[i, c] = np.exp((out[i, c] - m) / temperature)
+            s += out[i, c]
+        for c in range(n_cand):
+            out[i, c] /= s
+            slot[cands[i, c]] = -1
+    return out

@@ -108,21 +108,18 @@ def seed(value: int) -> None:
 
 def make_trainer(cfg: dict | None, workdir: Path, max_epochs: int, name: str = "", monitor: str | None = None,
                  callbacks: list | None = None, **extra):
-    """A pl.Trainer logging to TensorBoard and checkpointing under `workdir`."""
+    """A pl.Trainer logging to TensorBoard under `workdir`/tb. No Lightning checkpoints: they are pickles,
+    and a model folder holds only data (the fitted weights are saved as state dicts by the model)."""
     pl = lightning()
-    from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.loggers import TensorBoardLogger
 
     quiet_lightning()
     workdir = Path(workdir)
     settings = resolve(cfg)
     logger = TensorBoardLogger(save_dir=str(workdir), name="tb", version=name or "", default_hp_metric=False)
-    ckpt = ModelCheckpoint(dirpath=str(workdir / "checkpoints" / (name or "model")), filename="{epoch}",
-                           save_last=True, save_top_k=1 if monitor else 0, monitor=monitor,
-                           enable_version_counter=False, every_n_epochs=max(int(max_epochs), 1))
-    return pl.Trainer(max_epochs=max_epochs, logger=logger, callbacks=[ckpt, *(callbacks or [])], default_root_dir=str(workdir),
-                      enable_model_summary=False, deterministic=False, num_sanity_val_steps=0,
-                      **settings, **extra)
+    return pl.Trainer(max_epochs=max_epochs, logger=logger, callbacks=list(callbacks or []),
+                      enable_checkpointing=False, default_root_dir=str(workdir), enable_model_summary=False,
+                      deterministic=False, num_sanity_val_steps=0, **settings, **extra)
 
 
 def quiet_lightning() -> None:

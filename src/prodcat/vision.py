@@ -333,8 +333,8 @@ def _decodes(path) -> bool:
 class Embeddings(Photos):
     """Frozen-backbone features of a frame's photos, one row per product (zeros where not usable)."""
 
-    pooled: np.ndarray | None = None  # (n, C) global average of the last feature map (the backbone's embedding)
-    tokens: np.ndarray | None = None  # (n, grid*grid, C) the feature map average-pooled to a grid (CoCa's tokens)
+    pooled: np.ndarray | None = None  # (n, C) float32: global average of the last feature map (the embedding)
+    tokens: np.ndarray | None = None  # (n, grid*grid, C) float16: the feature map average-pooled to a grid
     embedded: int = 0  # photos embedded by this call
     cached: int = 0  # photos found in the cache (this process's memo or the cache folder)
 
@@ -428,7 +428,7 @@ def _assemble(store: _Store, paths, idents, with_tokens: bool, embedded: int, sp
     else:  # nothing was ever embedded with this backbone here (no photo at all): only the width is needed
         c = create_backbone(BackboneSpec(spec.name, pretrained=False)).num_features
     pooled = np.zeros((n, c), np.float32)
-    tokens = np.zeros((n, grid * grid, c), np.float32) if with_tokens else None
+    tokens = np.zeros((n, grid * grid, c), np.float16) if with_tokens else None  # as stored: half the memory
     for chunk, (out, src) in rows.items():
         pooled[out] = store.chunks[chunk][0][src]
         if with_tokens:
