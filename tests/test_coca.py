@@ -121,7 +121,7 @@ def test_vit_encoder_and_joint_stage2(tiny, tmp_path):
     extra = ("    image_encoder: {type: vit, image_size: 32, patch: 8, dim: 32, depth: 1, heads: 2}\n"
              "    stage2: joint\n    stage2_epochs: 2\n")
     path = tmp_path / "vit.yaml"
-    path.write_text(config(tmp_path).read_text() + extra)
+    path.write_text(f"extends: {config(tmp_path)}\nmodels:\n  coca:\n" + extra)
     r = invoke("train", "coca", "--fold", "0", "--data", tiny, "--config", path, "--workdir", tmp_path / "w")
     assert r.exit_code == 0, r.output
     valid = TopK.load(tmp_path / "w" / "oof" / "tiny" / "coca" / "fold0.valid.npz")
@@ -187,9 +187,10 @@ def test_coca_save_load_fresh_process(tmp_path):
 def test_coca_net_shapes_and_tied_output():
     from prodcat.coca_model import CocaNet, TinyViT
 
-    net = CocaNet(torch.randn(50, 300), 16, TinyViT(16, 8, 16, 1, 2), {"dim": 24, "heads": 2, "dim_head": 8,
-                                                                       "num_img_queries": 3, "unimodal_depth": 1,
-                                                                       "multimodal_depth": 1})
+    from prodcat.settings import CocaSettings, complete
+
+    small = {"dim": 24, "heads": 2, "dim_head": 8, "num_img_queries": 3, "unimodal_depth": 1, "multimodal_depth": 1}
+    net = CocaNet(torch.randn(50, 300), 16, TinyViT(16, 8, 16, 1, 2), complete(CocaSettings, small))
     text = torch.randint(1, 50, (4, 7))
     text[:, -2:] = 0
     image = torch.randn(4, 3, 16, 16)

@@ -47,7 +47,11 @@ def config(tmp_path, extra=""):
     path = tmp_path / "img.yaml"
     path.write_text(f"extends: {REPO / 'configs' / 'default.yaml'}\nfolds:\n  k: 3\npipeline: [image]\n"
                     "models:\n  image:\n    image_size: 64\n    epochs: 25\n    embed_batch_size: 64\n"
-                    "    trainer: {progress_bar: false}\n" + extra)
+                    "    trainer: {progress_bar: false}\n")
+    if extra:  # the extra settings in a file of their own: a YAML mapping may not repeat a key
+        over = tmp_path / "img_extra.yaml"
+        over.write_text(f"extends: {path}\nmodels:\n  image:\n" + extra)
+        return over
     return path
 
 
@@ -160,7 +164,8 @@ def photo_frames(root):
 
 
 def model_params(name, extra=None):
-    from prodcat.config import deep_merge, load_config
+    from prodcat.config import load_config
+    from prodcat.settings import deep_merge
 
     cfg = load_config(REPO / "configs" / "default.yaml")
     return deep_merge(cfg["models"][name], extra or {}), cfg["text"]

@@ -63,7 +63,7 @@ def test_tfidf_trains_folds_and_writes_oof(tiny, tiny_config, tmp_path):
 def test_sparse_weights_predict_like_the_dense_ones():
     """The saved (sparse) weights give the probabilities the dense training weights give."""
     x, y = synthetic_sparse(3000, n_classes=40)
-    clf = ShortlistSoftmax(DEFAULTS | {"shortlist": 10, "epochs": 3}, seed=0)
+    clf = ShortlistSoftmax(DEFAULTS | {"shortlist": 10, "epochs": 3, "prune": 0.0}, seed=0)
     clf.sparsify = lambda: None  # keep the dense weights to compare with
     clf.fit(x[:2500], y[:2500], 40)
     dense = clf.w
@@ -75,4 +75,4 @@ def test_sparse_weights_predict_like_the_dense_ones():
     labels, scores = clf.predict_top(x[2500:], 10)
     assert not hasattr(clf, "w") and clf.weights.nnz < dense.size / 2
     got = np.take_along_axis(want, np.argsort(-want, axis=1, kind="stable"), axis=1)
-    assert np.allclose(scores, got, atol=1e-5)
+    assert np.allclose(scores, got, atol=1e-3)  # the weights are kept at float16 precision

@@ -11,8 +11,6 @@ import click
 
 from prodcat.errors import DataError
 
-DEFAULT_PIPELINE = ("fasttext", "tfidf")
-
 
 def run_options(fn):
     """--data, --config and --workdir for every command; opens the Run and reports bad input cleanly."""
@@ -23,16 +21,21 @@ def run_options(fn):
                   help="YAML config (default: configs/default.yaml).")
     @click.option("--workdir", type=click.Path(), default=None,
                   help="Where folds/, oof/, models/, submissions/ and cache/ go (default: the config's, '.').")
+    @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                  help="Override a setting, e.g. --set models.fasttext.epoch=10 (repeatable).")
     @functools.wraps(fn)
-    def wrapper(data, config, workdir, **kwargs):
+    def wrapper(data, config, workdir, sets, **kwargs):
         from prodcat.run import Run
+        from prodcat.settings import parse_sets
 
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             try:
-                run = Run.open(data, config, workdir)
+                run = Run.open(data, config, workdir, parse_sets(sets) if sets else None)
             except DataError as exc:
                 raise click.ClickException(str(exc)) from None
+        if fn.__name__ in ("train", "all_", "stack") and run.settings is not None:
+            click.echo(f"[settings] {run.settings.note} (./run.sh config shows every setting)")
         try:
             return fn(run, **kwargs)
         except DataError as exc:
@@ -174,6 +177,17 @@ def report(run):
         click.echo(str(path))
 
 
+@main.command()
+@run_options
+def config(run):
+    """Every setting, resolved: its value and where it came from (default, size rule, a file, --set)."""
+    rows = run.settings.table()
+    width = max(len(k) for k, _, _ in rows)
+    click.echo(f"# {run.settings.note}")
+    for key, value, source in rows:
+        click.echo(f"{key:<{width}}  {value!r:<40}  # {source}")
+
+
 @main.command(name="all")
 @run_options
 @click.option("--force", is_flag=True, help="Retrain finished folds.")
@@ -186,9 +200,9 @@ def all_(run, force):
 
     start = time.time()
     run.folds  # noqa: B018 - made once, reused by every model
-    for model in run.cfg.get("pipeline", DEFAULT_PIPELINE):
+    for model in run.cfg["pipeline"]:
         train_model(run, model, force=force, echo=click.echo)
-    pipeline = [m for m in run.cfg.get("pipeline", DEFAULT_PIPELINE) if m in base_models(run)]
+    pipeline = [m for m in run.cfg["pipeline"] if m in base_models(run)]
     if not pipeline:
         raise click.ClickException("no base model finished: nothing to stack or submit")
     run_stack(run, pipeline, echo=click.echo, force=force)

@@ -67,8 +67,7 @@ class CocaModel(BaseModel):
     # -- inputs ----------------------------------------------------------------------------------------
     @property
     def enc(self) -> dict:
-        return {"type": "timm", "backbone": "tf_efficientnet_lite0", "pretrained": True, "weights": "auto",
-                "frozen": True, "image_size": 192, "token_grid": 3} | dict(self.params.get("image_encoder", {}))
+        return dict(self.params["image_encoder"])
 
     @property
     def _uses_cache(self) -> bool:
@@ -76,18 +75,18 @@ class CocaModel(BaseModel):
 
     @property
     def stage2(self) -> str:
-        mode = self.params.get("stage2", "mlp")
+        mode = self.params["stage2"]
         if mode not in ("mlp", "joint"):
             raise ValueError(f"models.coca.stage2 must be mlp or joint (got {mode!r})")
         return mode
 
     def _threads(self):
-        return cpu_threads(self.params.get("trainer"))
+        return cpu_threads(self.params["trainer"])
 
     def docs(self, frame) -> list[list[str]]:
         """Lemmas of each product's text (first seq_len of them), in row order; remembered per process."""
-        texts = self.env.texts(frame, self.params.get("text"))
-        return lemmas_many(texts.tolist(), int(self.params.get("seq_len", 48)))
+        texts = self.env.texts(frame, self.params["text"])
+        return lemmas_many(texts.tolist(), int(self.params["seq_len"]))
 
     def image_inputs(self, frame):
         """('tokens', Embeddings) for a frozen timm backbone, else ('pixels', Photos)."""
@@ -95,17 +94,17 @@ class CocaModel(BaseModel):
         if self._uses_cache:
             spec = BackboneSpec.from_config(self.enc)
             return "tokens", photo_embeddings(paths, spec, int(self.enc["image_size"]), int(self.enc["token_grid"]),
-                                              batch_size=int(self.enc.get("embed_batch_size", 32)),
+                                              batch_size=int(self.enc["embed_batch_size"]),
                                               cache=self.env.cache)
         return "pixels", check_photos(paths)
 
     def _pairs(self, frame, vocab: Vocab, labels=None, train: bool = False, inputs=None) -> "PairData":
-        seq_len = int(self.params.get("seq_len", 48))
+        seq_len = int(self.params["seq_len"])
         text = vocab.encode_many(self.docs(frame), seq_len)
         kind, src = inputs or self.image_inputs(frame)
         if kind == "tokens":
             return PairData(text, src.usable, labels, tokens=src.tokens)
-        size = int(self.enc.get("image_size", 64))
+        size = int(self.enc["image_size"])
         return PairData(text, src.usable, labels, paths=src.paths, transform=self._transform(size, train),
                         blank=(3, size, size))
 
@@ -137,8 +136,8 @@ class CocaModel(BaseModel):
         if self._uses_cache:
             return None, image_dim
         if self.enc["type"] == "vit":
-            encoder = TinyViT(int(self.enc.get("image_size", 64)), int(self.enc.get("patch", 8)),
-                              int(self.enc.get("dim", 192)), int(self.enc.get("depth", 4)), int(self.enc.get("heads", 3)))
+            encoder = TinyViT(int(self.enc["image_size"]), int(self.enc["patch"]),
+                              int(self.enc["dim"]), int(self.enc["depth"]), int(self.enc["heads"]))
             return encoder, encoder.dim
         from prodcat.vision import create_backbone
 
@@ -149,7 +148,7 @@ class CocaModel(BaseModel):
     def build(self, vocab: Vocab, fold: int, inputs):
         import torch
 
-        navec = self.params.get("navec", "auto")
+        navec = self.params["navec"]
         matrix, hits = navec_matrix(vocab, None if navec == "auto" else navec, seed=self.env.seed + fold)
         kind, src = inputs
         encoder, image_dim = self._encoder(src.tokens.shape[-1] if kind == "tokens" else None)
@@ -180,7 +179,7 @@ class CocaModel(BaseModel):
 
         workdir.mkdir(parents=True, exist_ok=True)
         cfg = self.params
-        vocab = Vocab.build(self.docs(train), int(cfg.get("vocab_size", 30000)), int(cfg.get("min_count", 1)))
+        vocab = Vocab.build(self.docs(train), int(cfg["vocab_size"]), int(cfg["min_count"]))
         net, hits = self.build(vocab, fold, inputs)
         stats = {"vocab": len(vocab), "navec_hits": int(hits.sum()), "params": count_params(net)}
         print(f"[coca] fold {fold}: vocabulary {len(vocab)} lemmas, {int(hits.sum())} initialised from navec; "
@@ -230,16 +229,16 @@ class CocaModel(BaseModel):
 
     def _stage1(self, net, data, workdir) -> dict:
         cfg = self.params
-        epochs = int(cfg.get("stage1_epochs", 8))
+        epochs = int(cfg["stage1_epochs"])
         if epochs <= 0 or len(data) < 2:
             return {"steps": 0}
-        loader = data.loader(int(cfg.get("batch_size", 64)), shuffle=True, drop_last=len(data) > 2 * int(
-            cfg.get("batch_size", 64)), workers=int(cfg.get("num_workers", 0)))
+        loader = data.loader(int(cfg["batch_size"]), shuffle=True, drop_last=len(data) > 2 * int(
+            cfg["batch_size"]), workers=int(cfg["num_workers"]))
         module = Stage1Module(net, cfg)
         module.total_steps = epochs * len(loader)
         timer = StepTimer()
-        trainer = make_trainer(cfg.get("trainer"), workdir, epochs, "stage1", callbacks=[timer],
-                               gradient_clip_val=float(cfg.get("grad_clip", 1.0)))
+        trainer = make_trainer(cfg["trainer"], workdir, epochs, "stage1", callbacks=[timer],
+                               gradient_clip_val=float(cfg["grad_clip"]))
         trainer.fit(module, loader)
         return timer.summary() | {"final_loss": round(float(trainer.callback_metrics.get("loss", float("nan"))), 4)}
 
@@ -249,12 +248,12 @@ class CocaModel(BaseModel):
 
         from prodcat.trainer import device_for
 
-        device = device_for(self.params.get("trainer"))
+        device = device_for(self.params["trainer"])
         net = net.to(device).eval()
         out = []
         with torch.inference_mode():
-            for batch in data.loader(int(self.params.get("batch_size", 64)) * 2, workers=int(
-                    self.params.get("num_workers", 0))):
+            for batch in data.loader(int(self.params["batch_size"]) * 2, workers=int(
+                    self.params["num_workers"])):
                 batch = {k: v.to(device) for k, v in batch.items()}
                 out.append(net.features(batch["text"], batch["image"], batch["has"]).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 2 * net.dim + 1), np.float32)
@@ -266,23 +265,23 @@ class CocaModel(BaseModel):
         net.cpu()
         head = PairHead(net.dim, n_classes, self.params, mean=feats.mean(0), std=robust_std(feats))
         loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(feats, torch.from_numpy(data.labels)),
-                                             batch_size=int(self.params.get("stage2_batch_size", 128)), shuffle=True)
-        epochs = int(self.params.get("stage2_epochs", 25))
+                                             batch_size=int(self.params["stage2_batch_size"]), shuffle=True)
+        epochs = int(self.params["stage2_epochs"])
         head.total_steps = epochs * len(loader)
         timer = StepTimer()
-        trainer = make_trainer(self.params.get("trainer"), workdir, epochs, "stage2", callbacks=[timer])
+        trainer = make_trainer(self.params["trainer"], workdir, epochs, "stage2", callbacks=[timer])
         trainer.fit(head, loader)
         return head.cpu().eval(), timer.summary()
 
     def _stage2_joint(self, net, data, n_classes, workdir):
         cfg = self.params
         module = JointModule(net, n_classes, cfg)
-        loader = data.loader(int(cfg.get("batch_size", 64)), shuffle=True, workers=int(cfg.get("num_workers", 0)))
-        epochs = int(cfg.get("stage2_epochs", 6))
+        loader = data.loader(int(cfg["batch_size"]), shuffle=True, workers=int(cfg["num_workers"]))
+        epochs = int(cfg["stage2_epochs"])
         module.total_steps = epochs * len(loader)
         timer = StepTimer()
-        trainer = make_trainer(cfg.get("trainer"), workdir, epochs, "stage2", callbacks=[timer],
-                               gradient_clip_val=float(cfg.get("grad_clip", 1.0)))
+        trainer = make_trainer(cfg["trainer"], workdir, epochs, "stage2", callbacks=[timer],
+                               gradient_clip_val=float(cfg["grad_clip"]))
         trainer.fit(module, loader)
         return module.cpu().eval(), timer.summary()
 
@@ -295,7 +294,7 @@ class CocaModel(BaseModel):
             if self.stage2 == "mlp":
                 proba = self.head.predict_proba(self._embed(self.net, data))
             else:
-                proba = self.head.predict_proba(data, int(self.params.get("batch_size", 64)),
+                proba = self.head.predict_proba(data, int(self.params["batch_size"]),
                                                 self._device())
         return TopK.from_dense(frame["id"].to_numpy(), proba, self.classes, self.env.top_k,
                                flags={"text_only": ~data.has})
@@ -303,7 +302,7 @@ class CocaModel(BaseModel):
     def _device(self):
         from prodcat.trainer import device_for
 
-        return device_for(self.params.get("trainer"))
+        return device_for(self.params["trainer"])
 
     # -- save / load -----------------------------------------------------------------------------------
     def save(self, folder: Path) -> None:
@@ -465,18 +464,18 @@ class CocaNet(_nn().Module):
         from coca_pytorch import CoCa
 
         super().__init__()
-        dim = int(cfg.get("dim", 256))
+        dim = int(cfg["dim"])
         self.dim = dim
         self.image_dim = image_dim  # width of the image tokens (saved with the model)
-        self.coca = CoCa(dim=dim, num_tokens=2, unimodal_depth=int(cfg.get("unimodal_depth", 2)),
-                         multimodal_depth=int(cfg.get("multimodal_depth", 2)), dim_latents=int(cfg.get("dim_latents", dim)),
-                         image_dim=image_dim, num_img_queries=int(cfg.get("num_img_queries", 16)),
-                         dim_head=int(cfg.get("dim_head", 64)), heads=int(cfg.get("heads", 4)),
-                         ff_mult=int(cfg.get("ff_mult", 4)), caption_loss_weight=float(cfg.get("caption_loss_weight", 1.0)),
-                         contrastive_loss_weight=float(cfg.get("contrastive_loss_weight", 1.0)), pad_id=0)
+        self.coca = CoCa(dim=dim, num_tokens=2, unimodal_depth=int(cfg["unimodal_depth"]),
+                         multimodal_depth=int(cfg["multimodal_depth"]), dim_latents=int((cfg["dim_latents"] or dim)),
+                         image_dim=image_dim, num_img_queries=int(cfg["num_img_queries"]),
+                         dim_head=int(cfg["dim_head"]), heads=int(cfg["heads"]),
+                         ff_mult=int(cfg["ff_mult"]), caption_loss_weight=float(cfg["caption_loss_weight"]),
+                         contrastive_loss_weight=float(cfg["contrastive_loss_weight"]), pad_id=0)
         self.coca.token_emb = NavecEmbedding(matrix, dim)
         n_tokens = matrix.shape[0]
-        self.coca.to_logits[-1] = (TiedOutput(self.coca.token_emb) if cfg.get("tied_output", True)
+        self.coca.to_logits[-1] = (TiedOutput(self.coca.token_emb) if cfg["tied_output"]
                                    else _nn().Linear(dim, n_tokens, bias=False))
         self.coca.is_distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.encoder = encoder
@@ -510,14 +509,14 @@ class Stage1Module(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return adamw_cosine(self, self.params, [{"params": self.parameters(), "lr": float(self.params.get("lr", 1e-3))}])
+        return adamw_cosine(self, self.params, [{"params": self.parameters(), "lr": float(self.params["lr"])}])
 
 
 def _head(in_dim, n_classes, params):
     nn = _nn()
-    hidden = int(params.get("head", {}).get("hidden", 512))
-    drop = float(params.get("head", {}).get("dropout", 0.3))
-    return nn.Sequential(nn.Dropout(float(params.get("head", {}).get("input_dropout", 0.1))), nn.Linear(in_dim, hidden),
+    hidden = int(params["head"]["hidden"])
+    drop = float(params["head"]["dropout"])
+    return nn.Sequential(nn.Dropout(float(params["head"]["input_dropout"])), nn.Linear(in_dim, hidden),
                          nn.GELU(), nn.Dropout(drop), nn.Linear(hidden, n_classes))
 
 
@@ -544,10 +543,10 @@ class PairHead(pl.LightningModule):
         self.register_buffer("mean", mean.float() if mean is not None else torch.zeros(2 * dim + 1))
         self.register_buffer("std", std.float() if std is not None else torch.ones(2 * dim + 1))
         self.net = _head(2 * dim + 1, n_classes, params)
-        self.loss = _nn().CrossEntropyLoss(label_smoothing=float(params.get("label_smoothing", 0.1)))
+        self.loss = _nn().CrossEntropyLoss(label_smoothing=float(params["label_smoothing"]))
 
     def forward(self, feats):
-        feats = _drop_image(feats, self.dim, float(self.params.get("image_dropout", 0.15)), self.training)
+        feats = _drop_image(feats, self.dim, float(self.params["image_dropout"]), self.training)
         # a missing image part stays exactly zero after standardising, as in training
         z = (feats - self.mean) / self.std
         z[:, self.dim:] = z[:, self.dim:] * feats[:, -1:].gt(0)
@@ -568,7 +567,7 @@ class PairHead(pl.LightningModule):
 
     def configure_optimizers(self):
         return adamw_cosine(self, self.params, [{"params": self.parameters(),
-                                                 "lr": float(self.params.get("head_lr", 2e-3))}])
+                                                 "lr": float(self.params["head_lr"])}])
 
 
 class JointModule(pl.LightningModule):
@@ -580,16 +579,16 @@ class JointModule(pl.LightningModule):
         self.net, self.params, self.total_steps = net, params, 1
         self.head = _head(2 * net.dim + 1, n_classes, params)
         self.norm = _nn().LayerNorm(2 * net.dim + 1)
-        self.loss = _nn().CrossEntropyLoss(label_smoothing=float(params.get("label_smoothing", 0.1)))
+        self.loss = _nn().CrossEntropyLoss(label_smoothing=float(params["label_smoothing"]))
 
     def forward(self, text, image, has):
         feats = self.net.features(text, image, has)
-        feats = _drop_image(feats, self.net.dim, float(self.params.get("image_dropout", 0.15)), self.training)
+        feats = _drop_image(feats, self.net.dim, float(self.params["image_dropout"]), self.training)
         return self.head(self.norm(feats))
 
     def training_step(self, batch, _):
         loss = self.loss(self(batch["text"], batch["image"], batch["has"]), batch["label"])
-        w = float(self.params.get("joint_coca_weight", 0.0))
+        w = float(self.params["joint_coca_weight"])
         if w > 0 and int(batch["has"].sum()) > 1:
             h = batch["has"]
             loss = loss + w * self.net.loss(batch["text"][h], batch["image"][h])
@@ -609,7 +608,7 @@ class JointModule(pl.LightningModule):
         return np.concatenate(out) if out else np.zeros((0, self.head[-1].out_features), np.float32)
 
     def configure_optimizers(self):
-        lr = float(self.params.get("lr", 1e-3))
+        lr = float(self.params["lr"])
         return adamw_cosine(self, self.params, [
-            {"params": self.net.parameters(), "lr": lr * float(self.params.get("joint_coca_lr_mult", 0.3))},
+            {"params": self.net.parameters(), "lr": lr * float(self.params["joint_coca_lr_mult"])},
             {"params": list(self.head.parameters()) + list(self.norm.parameters()), "lr": lr}])

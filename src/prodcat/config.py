@@ -1,44 +1,26 @@
 """Configuration files (YAML under configs/) and the output layout of a run."""
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from prodcat.errors import DataError
 
 DEFAULT_CONFIG = Path("configs/default.yaml")
 
 
-def load_config(path: str | Path | None = None) -> dict:
-    """Read a YAML config; `extends: other.yaml` (relative to the file) is merged underneath it."""
-    path = Path(path or DEFAULT_CONFIG)
-    if not path.exists():
-        raise DataError(f"{path}: config file not found")
-    try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise DataError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(cfg, dict):
-        raise DataError(f"{path}: a config must be a mapping of sections")
-    base = cfg.pop("extends", None)
-    if base:
-        cfg = deep_merge(load_config(path.parent / base), cfg)
-    return cfg
+def load_config(path: str | Path | None = None, sets: dict | None = None, n_products: int | None = None) -> dict:
+    """Every setting, resolved (prodcat.settings): declared defaults, size rules for `n_products`, the
+    YAML file (and what it `extends:`), then `sets` (--set values); bad keys and values fail here."""
+    return resolve_config(path, sets, n_products).values
 
 
-def deep_merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+def resolve_config(path: str | Path | None = None, sets: dict | None = None, n_products: int | None = None):
+    from prodcat.settings import load_layers, resolve
+
+    layers = load_layers(path or DEFAULT_CONFIG) + ([("--set", sets)] if sets else [])
+    return resolve(layers, n_products)
 
 
 def config_hash(section) -> str:

@@ -24,9 +24,10 @@ import numpy as np
 import pandas as pd
 
 import prodcat
-from prodcat.config import config_hash, deep_merge
+from prodcat.config import config_hash
 from prodcat.errors import DataError
 from prodcat.probs import TopK
+from prodcat.settings import MODEL_SETTINGS, complete, deep_merge
 from prodcat.storage import write_json
 
 MODELS = {  # name -> "module:Class"; imported only when used (torch is not loaded for fastText)
@@ -72,7 +73,8 @@ class BaseModel:
     name = "base"
 
     def __init__(self, params: dict, env: ModelEnv):
-        self.params = params
+        schema = MODEL_SETTINGS.get(type(self).name)
+        self.params = complete(schema, params) if schema else params  # every declared key present
         self.env = env
 
     def skip_reason(self, train: pd.DataFrame) -> str | None:
@@ -134,17 +136,15 @@ def load_model(folder: Path) -> BaseModel:
 # -- the k-fold runner ------------------------------------------------------------------------------------
 def known_models(run) -> list[str]:
     """The registry's models plus the config's variants (a `models:` section with `model: <registered>`)."""
-    variants = [n for n, p in run.cfg.get("models", {}).items() if isinstance(p, dict) and p.get("model") in MODELS]
+    variants = [n for n, p in run.cfg["models"].items() if isinstance(p, dict) and p.get("model") in MODELS]
     return list(MODELS) + [n for n in variants if n not in MODELS]
 
 
 def make_model(run, name: str) -> tuple[BaseModel, str]:
     """The configured (unfitted) model `name` and its registered base name (a variant: the base model's
     settings, overridden by the variant's)."""
-    params = run.model_params(name)
+    params = run.model_params(name)  # resolved: a variant holds its base's settings under its own
     base = params.pop("model", name)
-    if base != name:
-        params = deep_merge(run.model_params(base), params)
     model = model_class(base)(params, run.env)
     model.name = name
     return model, base

@@ -53,7 +53,7 @@ class ImageModel(BaseModel):
 
         if self._mode is not None:
             return self._mode
-        mode = self.params.get("mode", "auto")
+        mode = self.params["mode"]
         if mode == "auto":
             return "finetune" if has_gpu() else "frozen"
         if mode not in ("frozen", "finetune"):
@@ -66,16 +66,16 @@ class ImageModel(BaseModel):
 
     @property
     def size(self) -> int:
-        return int(self.params.get("image_size", 224 if self.mode == "frozen" else 300))
+        return int(self.params["image_size"])
 
     def _threads(self):
-        return cpu_threads(self.params.get("trainer"))
+        return cpu_threads(self.params["trainer"])
 
     # -- photos ----------------------------------------------------------------------------------------
     def embeddings(self, frame) -> Embeddings:
         """Frozen-backbone embeddings of the frame's photos (content-keyed cache, shared with CoCa)."""
-        return photo_embeddings(photo_paths(frame), self.spec, self.size, grid=int(self.params.get("token_grid", 3)),
-                                batch_size=int(self.params.get("embed_batch_size", 32)), cache=self.env.cache,
+        return photo_embeddings(photo_paths(frame), self.spec, self.size, grid=int(self.params["token_grid"]),
+                                batch_size=int(self.params["embed_batch_size"]), cache=self.env.cache,
                                 tokens=False)
 
     def photos(self, frame) -> Photos:
@@ -117,9 +117,9 @@ class ImageModel(BaseModel):
         module = HeadModule(x.shape[1], len(self.classes), self.params, mean=x.mean(0), std=robust_std(x))
         loader = torch.utils.data.DataLoader(
             torch.utils.data.TensorDataset(x, torch.from_numpy(np.searchsorted(self.classes, y))),
-            batch_size=int(self.params.get("batch_size", 64)), shuffle=True)
-        module.total_steps = int(self.params.get("epochs", 40)) * len(loader)
-        trainer = make_trainer(self.params.get("trainer"), workdir, int(self.params.get("epochs", 40)), "head")
+            batch_size=int(self.params["batch_size"]), shuffle=True)
+        module.total_steps = int(self.params["epochs"]) * len(loader)
+        trainer = make_trainer(self.params["trainer"], workdir, int(self.params["epochs"]), "head")
         trainer.fit(module, loader)
         self.module = module.cpu().eval()
 
@@ -132,22 +132,22 @@ class ImageModel(BaseModel):
         keep = photos.usable
         y = train["category_id"].to_numpy()[keep]
         self.classes = np.unique(y)
-        backbone = create_backbone(self.spec, drop_path_rate=float(self.params.get("drop_path", 0.1)))
+        backbone = create_backbone(self.spec, drop_path_rate=float(self.params["drop_path"]))
         mean, std = backbone_norm(backbone)
         module = FineTuneModule(backbone, len(self.classes), self.params)
-        bs = int(self.params.get("batch_size", 64))
-        workers = int(self.params.get("num_workers", 8))
+        bs = int(self.params["batch_size"])
+        workers = int(self.params["num_workers"])
         paths = [p for p, k in zip(photos.paths, keep) if k]
         loader = torch.utils.data.DataLoader(
             PhotoDataset(paths, np.searchsorted(self.classes, y), train_transform(self.size, mean, std)),
             batch_size=bs, shuffle=True, drop_last=len(paths) > bs, num_workers=workers,
             pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
-        epochs = int(self.params.get("epochs", 10))
-        settings = resolve(self.params.get("trainer"))
+        epochs = int(self.params["epochs"])
+        settings = resolve(self.params["trainer"])
         world = (settings["devices"] if isinstance(settings["devices"], int) else max(torch.cuda.device_count(), 1))
         module.total_steps = epochs * max(len(loader) // max(world * settings["num_nodes"], 1), 1)
-        trainer = make_trainer(self.params.get("trainer"), workdir, epochs, "finetune",
-                               gradient_clip_val=float(self.params.get("grad_clip", 1.0)))
+        trainer = make_trainer(self.params["trainer"], workdir, epochs, "finetune",
+                               gradient_clip_val=float(self.params["grad_clip"]))
         trainer.fit(module, loader)
         self.module = module.eval()
 
@@ -174,13 +174,13 @@ class ImageModel(BaseModel):
         from prodcat.vision import backbone_norm, eval_transform
 
         have = photos.usable.copy()
-        device = device_for(self.params.get("trainer"))
+        device = device_for(self.params["trainer"])
         module = self.module.to(device).eval()
         tf = eval_transform(self.size, *backbone_norm(module.backbone))
         idx = np.flatnonzero(have)
-        got = predict_photos(module, [photos.paths[i] for i in idx], tf, int(self.params.get("batch_size", 64)),
-                             int(self.params.get("num_workers", 8)), device,
-                             tta=bool(self.params.get("tta_flip", True)))
+        got = predict_photos(module, [photos.paths[i] for i in idx], tf, int(self.params["batch_size"]),
+                             int(self.params["num_workers"]), device,
+                             tta=bool(self.params["tta_flip"]))
         ok = ~np.isnan(got[:, 0]) if len(got) else np.zeros(0, bool)
         proba[idx[ok]] = got[ok]
         have[idx[~ok]] = False  # verified but undecodable file: no prediction
@@ -195,7 +195,7 @@ class ImageModel(BaseModel):
         spec = self.spec
         write_json({"mode": self.mode, "backbone": spec.name, "pretrained": spec.pretrained, "weights": spec.weights,
                     "weights_id": self._weights_id(), "image_size": self.size,
-                    "token_grid": int(self.params.get("token_grid", 3)), "classes": len(self.classes),
+                    "token_grid": int(self.params["token_grid"]), "classes": len(self.classes),
                     "in_dim": int(self.module.mean.shape[0]) if self.mode == "frozen" else None}, folder / META)
         write_npz({"classes": self.classes}, folder / "classes.npz")
         save_state(self.module, folder / ("head.pt" if self.mode == "frozen" else "network.pt"))
@@ -232,15 +232,15 @@ class HeadModule(lightning().LightningModule):
 
         super().__init__()
         self.params = params
-        hidden = int(params.get("head", {}).get("hidden", 512))
-        drop = float(params.get("head", {}).get("dropout", 0.3))
+        hidden = int(params["head"]["hidden"])
+        drop = float(params["head"]["dropout"])
         self.register_buffer("mean", torch.zeros(in_dim) if mean is None else mean.float())
         self.register_buffer("std", torch.ones(in_dim) if std is None else std.float())
-        layers = [nn.Dropout(float(params.get("head", {}).get("input_dropout", 0.2)))]
+        layers = [nn.Dropout(float(params["head"]["input_dropout"]))]
         layers += [nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(drop), nn.Linear(hidden, n_classes)] if hidden \
             else [nn.Linear(in_dim, n_classes)]
         self.net = nn.Sequential(*layers)
-        self.loss = nn.CrossEntropyLoss(label_smoothing=float(params.get("label_smoothing", 0.1)))
+        self.loss = nn.CrossEntropyLoss(label_smoothing=float(params["label_smoothing"]))
         self.total_steps = 1
 
     def forward(self, x):
@@ -255,7 +255,7 @@ class HeadModule(lightning().LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return adamw_cosine(self, self.params, [{"params": self.parameters(), "lr": float(self.params.get("lr", 2e-3))}])
+        return adamw_cosine(self, self.params, [{"params": self.parameters(), "lr": float(self.params["lr"])}])
 
 
 class FineTuneModule(lightning().LightningModule):
@@ -267,9 +267,9 @@ class FineTuneModule(lightning().LightningModule):
         super().__init__()
         self.params = params
         self.backbone = backbone
-        self.head = nn.Sequential(nn.Dropout(float(params.get("head", {}).get("dropout", 0.3))),
+        self.head = nn.Sequential(nn.Dropout(float(params["head"]["dropout"])),
                                   nn.Linear(backbone.num_features, n_classes))
-        self.loss = nn.CrossEntropyLoss(label_smoothing=float(params.get("label_smoothing", 0.1)))
+        self.loss = nn.CrossEntropyLoss(label_smoothing=float(params["label_smoothing"]))
         self.total_steps = 1
 
     def forward(self, x):
@@ -284,9 +284,9 @@ class FineTuneModule(lightning().LightningModule):
         return loss
 
     def configure_optimizers(self):
-        lr = float(self.params.get("lr", 1e-3))
+        lr = float(self.params["lr"])
         return adamw_cosine(self, self.params, [
-            {"params": self.backbone.parameters(), "lr": lr * float(self.params.get("backbone_lr_mult", 0.1))},
+            {"params": self.backbone.parameters(), "lr": lr * float(self.params["backbone_lr_mult"])},
             {"params": self.head.parameters(), "lr": lr}])
 
 

@@ -1,4 +1,4 @@
-"""A run: one dataset, one config and the workdir its outputs go to; shared by every command."""
+"""A run: one dataset, its resolved settings and the workdir its outputs go to; shared by every command."""
 from __future__ import annotations
 
 import os
@@ -8,39 +8,45 @@ from pathlib import Path
 
 import pandas as pd
 
-from prodcat.config import Paths, deep_merge, load_config
+from prodcat.config import Paths, resolve_config
 from prodcat.data import Dataset, load_dataset
 from prodcat.folds import load_or_make_folds
+from prodcat.settings import Resolved
 
 
 @dataclass
 class Run:
-    cfg: dict
+    cfg: dict  # every setting, resolved (prodcat.settings)
     ds: Dataset
     paths: Paths
+    settings: Resolved | None = None
 
     @classmethod
     def open(cls, data: str | Path | None = None, config: str | Path | None = None,
-             workdir: str | Path | None = None, overrides: dict | None = None) -> "Run":
-        cfg = load_config(config)
-        if overrides:
-            cfg = deep_merge(cfg, overrides)
-        data = Path(data or cfg.get("data", "data/flipkart"))
-        ds = load_dataset(data, name=cfg.get("dataset_name"))
-        workdir = Path(workdir or os.environ.get("PRODCAT_WORKDIR") or cfg.get("workdir", "."))
-        return cls(cfg=cfg, ds=ds, paths=Paths(workdir, ds.name))
+             workdir: str | Path | None = None, sets: dict | None = None) -> "Run":
+        """Check the config (before any data is read), load the dataset, then resolve the settings with
+        the size rules for its number of training products."""
+        first = resolve_config(config, sets)
+        ds = load_dataset(Path(data or first.values["data"]), name=first.values["dataset_name"])
+        settings = resolve_config(config, sets, len(ds.train))
+        cfg = settings.values
+        workdir = Path(workdir or os.environ.get("PRODCAT_WORKDIR") or cfg["workdir"])
+        for key, value, source in (("data", data, "--data"), ("workdir", workdir, "--workdir")):
+            if value is not None and str(value) != str(cfg[key]):
+                cfg[key], settings.sources[key] = str(value), source
+        return cls(cfg=cfg, ds=ds, paths=Paths(workdir, ds.name), settings=settings)
 
     @property
     def seed(self) -> int:
-        return int(self.cfg.get("seed", 42))
+        return int(self.cfg["seed"])
 
     @property
     def k(self) -> int:
-        return int(self.cfg.get("folds", {}).get("k", 5))
+        return int(self.cfg["folds"]["k"])
 
     @property
     def top_k(self) -> int:
-        return int(self.cfg.get("top_k", 20))
+        return int(self.cfg["top_k"])
 
     @cached_property
     def folds(self) -> pd.DataFrame:
@@ -51,21 +57,20 @@ class Run:
         """What every model shares: text settings, top_k, seed and the content-keyed cache folder."""
         from prodcat.cv import ModelEnv
 
-        return ModelEnv(text=dict(self.cfg.get("text", {})), top_k=self.top_k, seed=self.seed,
-                        cache=self.paths.cache)
+        return ModelEnv(text=dict(self.cfg["text"]), top_k=self.top_k, seed=self.seed, cache=self.paths.cache)
 
     def texts(self, frame: pd.DataFrame) -> pd.Series:
         """Product texts of `frame` (index: ids) with the shared text settings."""
         return self.env.texts(frame)
 
     def model_params(self, name: str) -> dict:
-        return dict(self.cfg.get("models", {}).get(name, {}))
+        return dict(self.cfg["models"].get(name, {}))
 
 
-def models_root(data=None, config=None, workdir=None) -> Path:
+def models_root(data=None, config=None, workdir=None, sets: dict | None = None) -> Path:
     """models/<dataset>/ of a config and data folder, without reading the training data."""
-    cfg = load_config(config)
-    data = Path(data or cfg.get("data", "data/flipkart"))
-    name = cfg.get("dataset_name") or data.resolve().name
-    workdir = Path(workdir or os.environ.get("PRODCAT_WORKDIR") or cfg.get("workdir", "."))
+    cfg = resolve_config(config, sets).values
+    data = Path(data or cfg["data"])
+    name = cfg["dataset_name"] or data.resolve().name
+    workdir = Path(workdir or os.environ.get("PRODCAT_WORKDIR") or cfg["workdir"])
     return Paths(workdir, name).models_root

@@ -33,29 +33,11 @@ import pandas as pd
 from prodcat.metrics import hierarchical_f1
 from prodcat.probs import NO_LABEL, TopK
 from prodcat.run import Run
+from prodcat.settings import StackSettings, defaults_of
 from prodcat.storage import write_json
 
 STACK = "stack"
-DEFAULTS = {
-    "models": None,            # base models to stack (default: every finished base model)
-    "candidates": 10,          # each model's best classes that become candidates
-    "objective": "lambdarank",  # or rank_xendcg, binary
-    "num_boost_round": 100,
-    "learning_rate": 0.1,
-    "num_leaves": 7,
-    "min_data_in_leaf": 20,
-    "feature_fraction": 0.9,
-    "bagging_fraction": 0.8,
-    "lambda_l2": 1.0,
-    "max_train_products": 60_000,  # products (queries) per fold ranker, sampled (speed)
-    "num_threads": 1,          # 0: LightGBM's default (all cores)
-    "decoding": "expected_hf1",  # or argmax
-    "folds": None,             # the ranker's cross-validation folds (default: the run's k)
-    "product_features": True,  # the product's text length, has description/characteristics
-    "monotone": True,          # monotone constraints on the candidate's probability/rank features
-    "exclude_features": [],    # feature names or suffixes left out (e.g. entropy, freq)
-    "priors": [],              # lookup-prior keys (prodcat.priors), e.g. [word1, word1+word2, char:Brand]
-}
+DEFAULTS = defaults_of(StackSettings)  # declared (with their docs) in prodcat.settings
 
 
 # -- candidates and features ---------------------------------------------------------------------
@@ -267,7 +249,7 @@ def base_models(run: Run) -> list[str]:
 
 
 def stack_params(run: Run) -> dict:
-    return DEFAULTS | dict(run.cfg.get("stack", {}) or {})
+    return DEFAULTS | dict(run.cfg["stack"])
 
 
 def inputs_key(run: Run, names: list[str], p: dict) -> str:

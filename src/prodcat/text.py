@@ -14,6 +14,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from prodcat.config import config_hash
+from prodcat.settings import TextSettings, defaults_of
 from prodcat.storage import write_parquet
 
 UNITS = ("мл", "л", "гр", "г", "кг", "мг", "см", "мм", "м", "шт", "уп", "пак", "таб", "капс", "%", "ml", "l",
@@ -27,13 +28,7 @@ _NON_WORD = re.compile(r"[^\w.%]+|(?<!\d)\.|\.(?!\d)")
 _SPACES = re.compile(r"\s+")
 _CHAR_SPLIT = re.compile(r"\s*/\s*(?=[^/|:]{1,80}:)")
 
-DEFAULT_TEXT = {
-    "fields": ["title", "short_description", "name_value_characteristics"],
-    "title_repeat": 1,
-    "description_chars": 1000,
-    "characteristic_names": True,
-    "lemmatize": False,
-}
+DEFAULT_TEXT = defaults_of(TextSettings)  # declared (with their docs) in prodcat.settings
 
 
 def parse_characteristics(value: str | None) -> list[tuple[str, list[str]]]:

@@ -29,25 +29,9 @@ import scipy.sparse as sp
 
 from prodcat.cv import BaseModel
 from prodcat.probs import TopK
+from prodcat.settings import TfidfSettings, defaults_of
 
-DEFAULTS = {
-    "word_ngrams": [1, 2],
-    "word_min_df": 2,
-    "word_max_features": 150_000,
-    "char_ngrams": [2, 5],
-    "char_min_df": 2,
-    "char_max_features": 150_000,
-    "char_weight": 1.0,        # weight of the char block relative to the word block (both L2-normalised)
-    "shortlist": 60,           # candidate classes per product (all classes when there are fewer)
-    "epochs": 8,
-    "lr": 3.0,                 # initial SGD step (rows are L2-normalised), decays linearly to 0
-    "l2": 0.0,                 # weight decay per update on the weights touched (0: none)
-    "temperature": 1.0,        # softmax temperature of the output probabilities
-    "centroid_prune": 0.0,     # centroid weights below this are dropped before the shortlist product
-    "chunk": 4096,             # rows per centroid-similarity chunk (memory: chunk x classes floats)
-    "threads": 2,              # threads for the shortlist product
-    "prune": 0.0,              # saved weights below this magnitude are dropped (0: keep every non-zero)
-}
+DEFAULTS = defaults_of(TfidfSettings)  # declared (with their docs) in prodcat.settings
 
 
 class TfidfModel(BaseModel):
@@ -65,7 +49,7 @@ class TfidfModel(BaseModel):
 
     @property
     def p(self) -> dict:
-        return DEFAULTS | {k: v for k, v in self.params.items() if k != "text"}
+        return {k: v for k, v in self.params.items() if k != "text"}
 
     def prepare(self, train) -> None:
         """Vocabulary and IDF from every training row (no labels), shared by the k folds: fitted once."""
@@ -231,12 +215,11 @@ class ShortlistSoftmax:
     def sparsify(self) -> None:
         """Keep the weights as a sparse (features x classes) matrix: only shortlist classes are ever
         updated, so most entries are zeros (dense float32 would be ~2.4 GB per fold on uhtt_ke). Weights
-        below `prune` in magnitude are dropped too."""
-        w = self.w
-        prune = float(self.p.get("prune", 0.0))
-        if prune > 0:
-            w = np.where(np.abs(w) >= prune, w, 0)
-        self.weights = sp.csr_matrix(w)
+        below `prune` in magnitude are dropped, and the rest rounded to float16 precision (how they are
+        saved: the fitted model and the loaded one predict identically)."""
+        indptr, indices, data = _prune_dense(self.w, np.float32(self.p["prune"]))
+        data = data.astype(np.float16).astype(np.float32)
+        self.weights = sp.csr_matrix((data, indices, indptr), shape=self.w.shape)
         del self.w
 
     def predict_top(self, x: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -260,8 +243,8 @@ class ShortlistSoftmax:
             self.sparsify()
         arrays = {"classes": classes, "b": self.b}
         for name, m in (("w", self.weights), ("centroids", self.centroids)):
-            arrays |= {f"{name}_data": m.data, f"{name}_indices": m.indices, f"{name}_indptr": m.indptr,
-                       f"{name}_shape": np.array(m.shape)}
+            arrays |= {f"{name}_data": m.data.astype(np.float16 if name == "w" else np.float32),
+                       f"{name}_indices": m.indices, f"{name}_indptr": m.indptr, f"{name}_shape": np.array(m.shape)}
         write_npz(arrays, path)
 
     @classmethod
@@ -269,8 +252,8 @@ class ShortlistSoftmax:
         clf = cls(p)
         with np.load(path) as z:
             def csr(name):
-                return sp.csr_matrix((z[f"{name}_data"], z[f"{name}_indices"], z[f"{name}_indptr"]),
-                                     shape=tuple(z[f"{name}_shape"]))
+                return sp.csr_matrix((z[f"{name}_data"].astype(np.float32), z[f"{name}_indices"],
+                                      z[f"{name}_indptr"]), shape=tuple(z[f"{name}_shape"]))
 
             clf.weights, clf.centroids, clf.b, classes = csr("w"), csr("centroids"), z["b"], z["classes"]
         clf.n_classes = len(classes)
@@ -354,3 +337,28 @@ def _predict_sparse(indptr, indices, data, cands, w_indptr, w_indices, w_data, b
             out[i, c] /= s
             slot[cands[i, c]] = -1
     return out
+
+
+@njit(cache=True)
+def _prune_dense(w, prune):  # pragma: no cover - numba
+    """CSR arrays of the entries of a dense matrix with |w| >= prune (and != 0), without dense temporaries."""
+    n, m = w.shape
+    indptr = np.zeros(n + 1, np.int64)
+    for i in range(n):
+        c = 0
+        for j in range(m):
+            v = w[i, j]
+            if v != 0 and abs(v) >= prune:
+                c += 1
+        indptr[i + 1] = indptr[i] + c
+    indices = np.empty(indptr[n], np.int32)
+    data = np.empty(indptr[n], np.float32)
+    for i in range(n):
+        q = indptr[i]
+        for j in range(m):
+            v = w[i, j]
+            if v != 0 and abs(v) >= prune:
+                indices[q] = j
+                data[q] = v
+                q += 1
+    return indptr, indices, data

@@ -21,8 +21,9 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-DEFAULTS = {"accelerator": "auto", "devices": "auto", "num_nodes": 1, "strategy": "auto", "precision": "auto",
-            "progress_bar": "auto", "log_every_n_steps": 10, "cpu_threads": 0}
+from prodcat.settings import TrainerSettings, defaults_of
+
+DEFAULTS = defaults_of(TrainerSettings)  # declared (with their docs) in prodcat.settings
 
 
 def has_gpu() -> bool:
@@ -141,9 +142,10 @@ def adamw_cosine(module, params: dict, groups: list[dict]) -> dict:
 
     import torch
 
-    opt = torch.optim.AdamW(groups, weight_decay=float(params.get("weight_decay", 1e-4)))
+    opt = torch.optim.AdamW(groups, weight_decay=float(params["weight_decay"]))
     total = max(int(getattr(module, "total_steps", 1)), 1)
-    warm = min(int(params.get("warmup_steps", total // 20)), total - 1)
+    warm = int(params["warmup_steps"])
+    warm = min(total // 20 if warm < 0 else warm, total - 1)  # -1: 5 % of the steps
 
     def factor(step):
         if step < warm:

@@ -87,8 +87,7 @@ class BackboneSpec:
 
     @classmethod
     def from_config(cls, cfg: dict) -> "BackboneSpec":
-        return cls(cfg.get("backbone", "tf_efficientnet_lite0"), bool(cfg.get("pretrained", True)),
-                   cfg.get("weights", "auto"))
+        return cls(cfg["backbone"], bool(cfg["pretrained"]), cfg["weights"])
 
     def source(self) -> str | None:
         """Resolved weight source: a file path, 'timm', or None (random init, not pretrained)."""

@@ -1,0 +1,495 @@
+"""Typed settings: every key of every component declared once, with its type, allowed values and a
+one-line doc; YAML files and `--set` overrides are checked against these declarations.
+
+Layers, lowest first: the declared defaults -> the size rules (`size_rules`: settings that depend on the
+number of training products, e.g. fastText epochs) -> the config file(s) (`extends:` chains) ->
+`--set key.path=value`. An unknown key is an error naming the file, the key and the closest valid one; a
+value of the wrong type or outside its range is an error naming the key and what is allowed. The result is
+a plain dict with every key, so the settings hash of a model is taken over resolved values: writing a
+default explicitly changes nothing.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Union
+
+from prodcat.errors import DataError
+
+
+def setting(default, doc: str, *, choices: tuple | None = None, min: float | None = None,
+            max: float | None = None):
+    """A declared setting: its default, a one-line doc and the allowed values."""
+    meta = {"doc": doc, "choices": choices, "min": min, "max": max}
+    if isinstance(default, (list, dict)) or is_dataclass(default):
+        value = default
+        return field(default_factory=lambda: _copy(value), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _copy(value):
+    import copy
+
+    return copy.deepcopy(value)
+
+
+# -- text ----------------------------------------------------------------------------------------------
+@dataclass
+class TextSettings:
+    fields: list[str] = setting(["title", "short_description", "name_value_characteristics"],
+                                "product fields that make the text",
+                                choices=("title", "short_description", "name_value_characteristics"))
+    title_repeat: int = setting(1, "times the title is repeated (weights it)", min=1, max=10)
+    description_chars: int = setting(1000, "characters of the description kept", min=0)
+    characteristic_names: bool = setting(True, "include characteristic names, not only their values")
+    lemmatize: bool = setting(False, "natasha/pymorphy2 lemmas (Russian); cached per dataset")
+
+
+# -- base models ---------------------------------------------------------------------------------------
+@dataclass
+class FastTextSettings:
+    loss: str = setting("softmax", "fastText loss", choices=("softmax", "hs", "ns", "ova"))
+    epoch: int = setting(100, "training epochs", min=1)
+    lr: float = setting(0.5, "learning rate", min=0.0)
+    dim: int = setting(50, "word vector size", min=1)
+    wordNgrams: int = setting(2, "word n-gram length (2: bigrams)", min=1, max=6)
+    minCount: int = setting(1, "minimal word count", min=1)
+    minn: int = setting(0, "shortest char n-gram (0: none)", min=0)
+    maxn: int = setting(0, "longest char n-gram (0: none)", min=0)
+    bucket: int = setting(200_000, "hash buckets for n-grams", min=1)
+    neg: int = setting(5, "negatives sampled (loss ns)", min=1)
+    ws: int = setting(5, "context window", min=1)
+    thread: Union[int, str] = setting(1, "threads; 'auto' = all cores (1 is deterministic)", min=1,
+                                      choices=("auto",))
+    text: dict = setting({}, "text settings for this model only (keys of `text`)")
+
+
+@dataclass
+class TfidfSettings:
+    word_ngrams: list[int] = setting([1, 2], "word n-gram range [min, max]", min=1)
+    word_min_df: int = setting(2, "minimal document count of a word n-gram", min=1)
+    word_max_features: int = setting(150_000, "most frequent word n-grams kept", min=1)
+    char_ngrams: list[int] = setting([2, 5], "char_wb n-gram range [min, max]", min=1)
+    char_min_df: int = setting(2, "minimal document count of a char n-gram", min=1)
+    char_max_features: int = setting(150_000, "most frequent char n-grams kept", min=1)
+    char_weight: float = setting(1.0, "weight of the char block relative to the word block", min=0.0)
+    shortlist: int = setting(60, "candidate classes per product (every class when there are fewer)", min=1)
+    epochs: int = setting(8, "SGD passes", min=1)
+    lr: float = setting(3.0, "initial SGD step, decays linearly to 0", min=0.0)
+    l2: float = setting(0.0, "weight decay per update (0: none)", min=0.0)
+    temperature: float = setting(1.0, "softmax temperature of the output probabilities", min=1e-6)
+    centroid_prune: float = setting(0.0, "centroid weights below this are dropped", min=0.0)
+    prune: float = setting(0.05, "weights below this magnitude are dropped after training (0: keep all)", min=0.0)
+    chunk: int = setting(4096, "rows per centroid-similarity chunk", min=1)
+    threads: int = setting(2, "threads for the shortlist product", min=1)
+    text: dict = setting({}, "text settings for this model only (keys of `text`)")
+
+
+@dataclass
+class TrainerSettings:
+    accelerator: str = setting("auto", "Lightning accelerator", choices=("auto", "cpu", "gpu", "cuda"))
+    devices: Union[int, str] = setting("auto", "devices per node ('auto': all GPUs)", min=1, choices=("auto",))
+    num_nodes: int = setting(1, "nodes (DDP)", min=1)
+    strategy: str = setting("auto", "Lightning strategy", choices=("auto", "ddp", "ddp_spawn", "fsdp"))
+    precision: str = setting("auto", "precision ('auto': bf16/16-mixed on a GPU, 32 on a CPU)",
+                             choices=("auto", "32-true", "32", "16-mixed", "bf16-mixed", "64-true"))
+    progress_bar: Union[bool, str] = setting("auto", "progress bar ('auto': on a terminal)", choices=("auto",))
+    log_every_n_steps: int = setting(10, "logging interval (steps)", min=1)
+    cpu_threads: int = setting(1, "torch CPU threads (0: all cores; 1 was fastest on the shared 2-core machine)", min=0)
+
+
+@dataclass
+class HeadSettings:
+    hidden: int = setting(512, "hidden units of the MLP head (0: linear)", min=0)
+    dropout: float = setting(0.3, "dropout before the output layer", min=0.0, max=1.0)
+    input_dropout: float = setting(0.2, "dropout on the input features", min=0.0, max=1.0)
+
+
+@dataclass
+class ImageSettings:
+    backbone: str = setting("tf_efficientnet_lite0", "timm model name")
+    pretrained: bool = setting(True, "start from pretrained weights (missing weights stop with an error)")
+    weights: str = setting("auto", "a .pth file | package:<module> | timm | auto")
+    mode: str = setting("auto", "frozen (cached embeddings + head) | finetune | auto (finetune on a GPU)",
+                        choices=("auto", "frozen", "finetune"))
+    image_size: int = setting(192, "input size in pixels", min=16)
+    token_grid: int = setting(3, "grid of feature-map tokens kept in the embedding cache", min=1)
+    embed_batch_size: int = setting(32, "photos per embedding batch", min=1)
+    head: HeadSettings = setting(HeadSettings(), "the MLP head (frozen mode)")
+    epochs: int = setting(30, "training epochs", min=1)
+    batch_size: int = setting(64, "batch size (per GPU)", min=1)
+    lr: float = setting(0.002, "learning rate (head; the backbone gets lr * backbone_lr_mult)", min=0.0)
+    backbone_lr_mult: float = setting(0.1, "backbone learning rate factor (finetune)", min=0.0)
+    weight_decay: float = setting(0.0001, "AdamW weight decay", min=0.0)
+    warmup_steps: int = setting(-1, "warm-up steps (-1: 5 % of the steps)", min=-1)
+    drop_path: float = setting(0.1, "stochastic depth (finetune)", min=0.0, max=1.0)
+    label_smoothing: float = setting(0.1, "label smoothing", min=0.0, max=1.0)
+    grad_clip: float = setting(1.0, "gradient clipping norm", min=0.0)
+    tta_flip: bool = setting(True, "horizontal-flip test-time augmentation (finetune)")
+    num_workers: int = setting(0, "data-loader workers", min=0)
+    trainer: TrainerSettings = setting(TrainerSettings(), "Lightning trainer")
+
+
+@dataclass
+class ImageEncoderSettings:
+    type: str = setting("timm", "timm backbone feature map | vit (small ViT from scratch)", choices=("timm", "vit"))
+    backbone: str = setting("tf_efficientnet_lite0", "timm model name (type timm)")
+    pretrained: bool = setting(True, "pretrained backbone (same rules as models.image)")
+    weights: str = setting("auto", "a .pth file | package:<module> | timm | auto")
+    frozen: bool = setting(True, "tokens from the shared embedding cache (false: trained inside CoCa)")
+    image_size: int = setting(192, "input size in pixels", min=16)
+    token_grid: int = setting(3, "feature map pooled to a grid of this many tokens per side", min=1)
+    embed_batch_size: int = setting(32, "photos per embedding batch", min=1)
+    patch: int = setting(8, "ViT patch size (type vit)", min=1)
+    dim: int = setting(192, "ViT width (type vit)", min=1)
+    depth: int = setting(4, "ViT layers (type vit)", min=1)
+    heads: int = setting(3, "ViT heads (type vit)", min=1)
+
+
+@dataclass
+class CocaSettings:
+    seq_len: int = setting(24, "lemmas per product, plus <bos>/<eos>", min=1)
+    vocab_size: int = setting(30_000, "most frequent lemmas of the training folds", min=10)
+    min_count: int = setting(1, "minimal lemma count", min=1)
+    navec: str = setting("auto", "navec .tar for the token embedding init (auto: natasha's; none: random)")
+    image_encoder: ImageEncoderSettings = setting(ImageEncoderSettings(), "the image side")
+    dim: int = setting(128, "model width", min=8)
+    dim_latents: int = setting(0, "contrastive latent size (0: dim)", min=0)
+    unimodal_depth: int = setting(2, "text-only layers", min=1)
+    multimodal_depth: int = setting(1, "text+image layers", min=1)
+    heads: int = setting(4, "attention heads", min=1)
+    dim_head: int = setting(32, "size per attention head", min=1)
+    ff_mult: int = setting(2, "feed-forward width factor", min=1)
+    num_img_queries: int = setting(8, "image queries of the attention pooler", min=1)
+    tied_output: bool = setting(True, "caption logits tied to the token embedding")
+    caption_loss_weight: float = setting(1.0, "stage 1: weight of the caption loss", min=0.0)
+    contrastive_loss_weight: float = setting(1.0, "stage 1: weight of the contrastive loss", min=0.0)
+    batch_size: int = setting(64, "batch size (per GPU)", min=1)
+    lr: float = setting(0.001, "stage-1 learning rate", min=0.0)
+    weight_decay: float = setting(0.01, "AdamW weight decay", min=0.0)
+    warmup_steps: int = setting(-1, "warm-up steps (-1: 5 % of the steps)", min=-1)
+    grad_clip: float = setting(1.0, "gradient clipping norm", min=0.0)
+    stage1_epochs: int = setting(8, "contrastive + caption epochs", min=0)
+    stage2: str = setting("mlp", "mlp (CoCa frozen) | joint (CoCa + classifier)", choices=("mlp", "joint"))
+    stage2_epochs: int = setting(25, "classifier epochs", min=1)
+    stage2_batch_size: int = setting(128, "classifier batch size", min=1)
+    head_lr: float = setting(0.002, "classifier learning rate", min=0.0)
+    joint_coca_lr_mult: float = setting(0.3, "joint: CoCa's learning rate factor", min=0.0)
+    joint_coca_weight: float = setting(0.0, "joint: weight of CoCa's own loss", min=0.0)
+    head: HeadSettings = setting(HeadSettings(input_dropout=0.1), "the classifier head")
+    image_dropout: float = setting(0.15, "photos dropped in training (trains the text-only path)",
+                                   min=0.0, max=1.0)
+    label_smoothing: float = setting(0.1, "label smoothing", min=0.0, max=1.0)
+    num_workers: int = setting(0, "data-loader workers", min=0)
+    trainer: TrainerSettings = setting(TrainerSettings(), "Lightning trainer")
+    text: dict = setting({}, "text settings for this model only (keys of `text`)")
+
+
+MODEL_SETTINGS = {"fasttext": FastTextSettings, "tfidf": TfidfSettings, "image": ImageSettings,
+                  "coca": CocaSettings}
+
+
+# -- stacker and run -----------------------------------------------------------------------------------
+@dataclass
+class StackSettings:
+    models: Union[list[str], None] = setting(None, "base models to stack (null: every finished one)")
+    candidates: int = setting(10, "each model's best classes that become candidates", min=1)
+    objective: str = setting("lambdarank", "LightGBM objective", choices=("lambdarank", "rank_xendcg", "binary"))
+    num_boost_round: int = setting(100, "boosting rounds", min=1)
+    learning_rate: float = setting(0.1, "LightGBM learning rate", min=0.0)
+    num_leaves: int = setting(7, "leaves per tree", min=2)
+    min_data_in_leaf: int = setting(20, "minimal pairs per leaf", min=1)
+    feature_fraction: float = setting(0.9, "features per tree", min=0.0, max=1.0)
+    bagging_fraction: float = setting(0.8, "pairs per tree", min=0.0, max=1.0)
+    lambda_l2: float = setting(1.0, "L2 regularisation", min=0.0)
+    max_train_products: int = setting(60_000, "products (queries) sampled per fold ranker", min=1)
+    num_threads: int = setting(1, "LightGBM threads (0: all cores)", min=0)
+    decoding: str = setting("expected_hf1", "leaf choice", choices=("expected_hf1", "argmax"))
+    folds: Union[int, None] = setting(None, "the ranker's cross-validation folds (null: the run's k)", min=2)
+    product_features: bool = setting(True, "the product's text length, has description/characteristics")
+    monotone: bool = setting(True, "monotone constraints on the probability/rank features")
+    exclude_features: list[str] = setting([], "feature names or suffixes left out")
+    priors: list[str] = setting([], "lookup-prior keys (prodcat.priors), e.g. word1, word1+word2, char:Brand")
+
+
+@dataclass
+class FoldSettings:
+    k: int = setting(5, "number of folds", min=2)
+
+
+@dataclass
+class RunSettings:
+    data: str = setting("data/flipkart", "dataset folder in the task's layout (--data overrides)")
+    dataset_name: Union[str, None] = setting(None, "name of the outputs' folders (null: the data folder's)")
+    workdir: str = setting(".", "where folds/, oof/, models/, ... go (--workdir overrides)")
+    seed: int = setting(42, "seed of folds and models")
+    top_k: int = setting(20, "classes stored per product", min=1)
+    folds: FoldSettings = setting(FoldSettings(), "cross-validation")
+    pipeline: list[str] = setting(["fasttext", "tfidf", "image", "coca"],
+                                  "base models run by `all`, in order (a model its data cannot support is skipped)")
+    text: TextSettings = setting(TextSettings(), "how a product's text is built")
+    models: dict = setting({}, "per-model settings; a variant: NAME: {model: BASE, ...}")
+    stack: StackSettings = setting(StackSettings(), "the LightGBM stacker")
+
+
+# -- size rules: settings that depend on how many training products there are ---------------------------
+LARGE = 50_000  # products; measured: the demo (800) and uhtt_ke (283,452) want opposite settings
+PRIOR_KEYS = ["word1", "word1+word2", "word1+word2+word3", "word2", "last_word", "char:Бренд|Brand",
+              "char:Бренд|Brand+word1"]
+
+
+def size_rules(n_products: int) -> tuple[dict, str]:
+    """Settings for a training set of this size, under any config file, and a line saying which rule.
+
+    Below LARGE products the declared defaults hold (tuned on the 800-product demo: many fastText epochs on
+    one deterministic thread, a small stacker, no lookup priors - they cost hF1 on few products). From LARGE
+    products on (tuned on uhtt_ke, 283k): fastText 5 epochs of a small softmax on all cores, a leaner
+    TF-IDF, a bigger stacker trained on up to 250k products, and the lookup priors on."""
+    if n_products < LARGE:
+        return {}, f"size rule: {n_products:,} training products < {LARGE:,}: the declared defaults"
+    rules = {
+        "models": {
+            "fasttext": {"epoch": 5, "lr": 0.8, "dim": 30, "bucket": 1_000_000, "thread": "auto"},
+            "tfidf": {"char_ngrams": [3, 5], "shortlist": 40, "epochs": 5, "lr": 4.0},
+        },
+        "stack": {"candidates": 8, "num_leaves": 31, "min_data_in_leaf": 100, "max_train_products": 250_000,
+                  "num_boost_round": 300, "num_threads": 2, "priors": list(PRIOR_KEYS)},
+    }
+    return rules, (f"size rule: {n_products:,} training products >= {LARGE:,}: fastText 5 epochs on all cores, "
+                   "TF-IDF char 3-5-grams, shortlist 40, 5 epochs, a 300-round stacker with lookup priors")
+
+
+# -- checking and resolving -----------------------------------------------------------------------------
+def defaults_of(schema) -> dict:
+    """The declared defaults of a settings class, as a plain dict (nested classes as dicts)."""
+    out = {}
+    for f in fields(schema):
+        value = f.default if f.default is not MISSING else f.default_factory()
+        out[f.name] = defaults_of(type(value)) | _as_dict(value) if is_dataclass(value) else value
+    return out
+
+
+def _as_dict(value) -> dict:
+    return {f.name: (_as_dict(getattr(value, f.name)) if is_dataclass(getattr(value, f.name))
+                     else getattr(value, f.name)) for f in fields(value)}
+
+
+def complete(schema, params: dict | None) -> dict:
+    """Declared defaults with `params` over them (no checking): what code reads, never a missing key."""
+    return deep_merge(defaults_of(schema), params or {})
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """`over` merged into a copy of `base`, section by section (OmegaConf's merge of plain containers)."""
+    from omegaconf import OmegaConf
+
+    if not over:
+        return _copy(base)
+    if not base:
+        return _copy(over)
+    merged = OmegaConf.merge(OmegaConf.create(base), OmegaConf.create(over))
+    return OmegaConf.to_container(merged)
+
+
+def _fail(where: str, key: str, problem: str) -> None:
+    raise DataError(f"{where}: {key}: {problem}")
+
+
+def _suggest(key: str, valid) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else f" (valid: {', '.join(sorted(valid))})"
+
+
+def check(schema, raw, where: str, prefix: str) -> dict:
+    """`raw` (one layer: a file's section or --set values) checked against `schema`: unknown keys, types and
+    ranges fail with a message naming `where` (the file) and the key path."""
+    if not isinstance(raw, dict):
+        _fail(where, prefix, f"expected a mapping of settings, got {raw!r}")
+    valid = {f.name: f for f in fields(schema)}
+    out = {}
+    for key, value in raw.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in valid:
+            _fail(where, path, "unknown key" + _suggest(str(key), valid))
+        f = valid[key]
+        nested = _nested(f)
+        out[key] = check(nested, value, where, path) if nested is not None else _check_value(f, value, where, path)
+    return out
+
+
+def _nested(f):
+    """The settings class of a nested section (e.g. `head`, `trainer`), else None."""
+    cls = globals().get(f.type) if isinstance(f.type, str) else f.type
+    return cls if isinstance(cls, type) and is_dataclass(cls) else None
+
+
+def _allowed_types(annotation) -> tuple:
+    """Python types a YAML value may have for a declared annotation (given as a string)."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    kinds = []
+    for name, kind in (("bool", bool), ("int", int), ("float", float), ("str", str), ("list", list),
+                       ("dict", dict), ("None", type(None))):
+        if name in text:
+            kinds.append(kind)
+    return tuple(kinds)
+
+
+def _check_value(f, value, where: str, path: str):
+    kinds = _allowed_types(f.type)
+    meta = f.metadata
+    ok = any(_is(value, k) for k in kinds)
+    if not ok:
+        names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+        _fail(where, path, f"expected {names}, got {value!r} ({type(value).__name__})")
+    items = value if isinstance(value, list) else [value]
+    elem = _list_element(f.type) if isinstance(value, list) else None
+    for v in items:
+        if elem is not None and not _is(v, elem):
+            _fail(where, path, f"expected a list of {elem.__name__}, got {value!r}")
+        if isinstance(v, str) and meta.get("choices") is not None and v not in meta["choices"]:
+            _fail(where, path, f"{v!r} is not allowed (allowed: {', '.join(map(str, meta['choices']))})"
+                  + ("" if not isinstance(v, str) else _suggest(v, meta["choices"]).replace("; ", " - ")))
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if meta.get("min") is not None and v < meta["min"]:
+                _fail(where, path, f"{v!r} is below the minimum {meta['min']}")
+            if meta.get("max") is not None and v > meta["max"]:
+                _fail(where, path, f"{v!r} is above the maximum {meta['max']}")
+    return value
+
+
+def _list_element(annotation):
+    text = str(annotation)
+    for name, kind in (("list[str]", str), ("list[int]", int), ("list[float]", float)):
+        if name in text:
+            return kind
+    return None
+
+
+def _is(value, kind) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def check_models(raw, where: str) -> dict:
+    """The `models:` section of one layer: registered models, or variants `NAME: {model: BASE, ...}`."""
+    if not isinstance(raw, dict):
+        _fail(where, "models", f"expected a mapping of model names, got {raw!r}")
+    out = {}
+    for name, section in raw.items():
+        path = f"models.{name}"
+        if isinstance(section, dict) and "model" in section:
+            base = section["model"]
+            if base not in MODEL_SETTINGS:
+                _fail(where, f"{path}.model", f"unknown base model {base!r}" + _suggest(str(base), MODEL_SETTINGS))
+            rest = {k: v for k, v in section.items() if k != "model"}
+            out[name] = {"model": base} | check(MODEL_SETTINGS[base], rest, where, path)
+        elif name in MODEL_SETTINGS:
+            out[name] = check(MODEL_SETTINGS[name], section if section is not None else {}, where, path)
+        else:
+            _fail(where, path, "unknown model (a variant needs `model: BASE`)" + _suggest(str(name), MODEL_SETTINGS))
+    return out
+
+
+def check_layer(raw, where: str) -> dict:
+    """One layer of settings (a config file, the size rules, --set values), checked."""
+    if not isinstance(raw, dict):
+        _fail(where, "(top)", "a config must be a mapping of sections")
+    raw = dict(raw)
+    models = raw.pop("models", None)
+    out = check(RunSettings, raw, where, "")
+    if models is not None:
+        out["models"] = check_models(models, where)
+    return out
+
+
+def _leaves(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            out |= _leaves(value, path)
+        else:
+            out[path] = value
+    return out
+
+
+@dataclass
+class Resolved:
+    """Every setting with its value, where each value came from, and the size rule applied."""
+
+    values: dict
+    sources: dict
+    note: str
+
+    def table(self) -> list[tuple[str, object, str]]:
+        return [(key, value, self.sources.get(key, "default")) for key, value in _leaves(self.values).items()]
+
+
+def resolve(layers: list[tuple[str, dict]], n_products: int | None = None) -> Resolved:
+    """Declared defaults <- size rules <- the layers (files base first, then --set), all checked."""
+    values = defaults_of(RunSettings)
+    values["models"] = {name: defaults_of(schema) for name, schema in MODEL_SETTINGS.items()}
+    note = ""
+    all_layers = list(layers)
+    if n_products is not None:
+        rules, note = size_rules(n_products)
+        all_layers.insert(0, ("size rule", rules))
+    sources: dict = {}
+    variants: dict = {}
+    for where, raw in all_layers:
+        checked = check_layer(raw, where)
+        models = checked.pop("models", {})
+        for name, section in models.items():
+            if name in MODEL_SETTINGS and "model" not in section:
+                values["models"][name] = deep_merge(values["models"][name], section)
+            else:
+                variants[name] = deep_merge(variants.get(name, {}), section)
+            sources |= {k: where for k in _leaves(section, f"models.{name}")}
+        values = deep_merge(values, checked)
+        sources |= {k: where for k in _leaves(checked)}
+    for name, section in variants.items():
+        base = section.get("model", name)
+        values["models"][name] = deep_merge(values["models"][base], section)
+    known = set(values["models"])
+    for model in values["pipeline"]:
+        if model not in known:
+            where = sources.get("pipeline", "default")
+            _fail(where, "pipeline", f"unknown model {model!r}" + _suggest(str(model), known))
+    return Resolved(values, sources, note)
+
+
+def load_layers(path: str | Path) -> list[tuple[str, dict]]:
+    """A YAML config and the files it `extends:` (relative to it), base first."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path.resolve()}: config file not found")
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path)) or {}
+    except (OmegaConfBaseException, Exception) as exc:  # noqa: BLE001 - YAML errors of any kind
+        raise DataError(f"{path}: not a valid YAML config: {exc}") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: a config must be a mapping of sections")
+    base = raw.pop("extends", None)
+    return (load_layers(path.parent / base) if base else []) + [(str(path), raw)]
+
+
+def parse_sets(items: list[str] | tuple[str, ...]) -> dict:
+    """`--set models.fasttext.epoch=10` (YAML values) as a nested dict."""
+    from omegaconf import OmegaConf
+
+    bad = [s for s in items if "=" not in s or not s.split("=", 1)[0].strip()]
+    if bad:
+        raise DataError(f"--set {bad[0]!r}: expected KEY.PATH=VALUE, e.g. --set models.fasttext.epoch=10")
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist(list(items)))
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"--set: {exc}") from None
