@@ -82,4 +82,3 @@ def test_tree_problems_surface_from_dataset(tmp_path):
     root = write_dataset(tmp_path / "d", tree=tree)
     with pytest.raises(DataError, match="categories_tree.csv.*cycle"):
         load_dataset(root)
-    assert TREE is not None

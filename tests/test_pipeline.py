@@ -23,13 +23,20 @@ def test_fasttext_fold_resume_scores_submit(tiny, tiny_config, tmp_path):
     oof = tmp_path / "w" / "oof" / "tiny" / "fasttext"
     assert (oof / "fold1.json").exists() and not (oof / "oof.npz").exists()
 
+    fold1 = (oof / "fold1.json").read_bytes()
+    model1 = tmp_path / "w" / "models" / "tiny" / "fasttext" / "fold1" / "model.bin"
+    mtime1 = model1.stat().st_mtime_ns
     r = invoke("train", "fasttext", *common)
-    assert "fold 1: finished earlier, reused" in r.output and "fold 0: trained" in r.output
-    assert "all folds finished" in r.output
-    assert json.loads((oof / "fold0.json").read_text())["data"]
+    assert r.exit_code == 0 and "all folds finished" in r.output
+    assert (oof / "fold1.json").read_bytes() == fold1 and model1.stat().st_mtime_ns == mtime1  # reused
+    assert (oof / "oof.npz").exists() and len(list(oof.glob("fold*.json"))) == 3
 
+    fold2 = json.loads((oof / "fold2.json").read_text())
+    model2 = tmp_path / "w" / "models" / "tiny" / "fasttext" / "fold2" / "model.bin"
+    mtime2 = model2.stat().st_mtime_ns
     r = invoke("train", "fasttext", "--fold", "2", "--force", *common)
-    assert "fold 2: trained" in r.output
+    assert r.exit_code == 0 and model2.stat().st_mtime_ns != mtime2  # --force refits the fold model
+    assert json.loads((oof / "fold2.json").read_text())["settings"] == fold2["settings"]
 
     r = invoke("scores", *common)
     assert r.exit_code == 0 and "fasttext" in r.output
@@ -46,11 +53,13 @@ def test_fasttext_fold_resume_scores_submit(tiny, tiny_config, tmp_path):
 
 def test_changed_settings_retrain_instead_of_reuse(tiny, tiny_config, tmp_path):
     common = ["--data", tiny, "--workdir", tmp_path / "w"]
-    invoke("train", "fasttext", "--fold", "0", "--config", tiny_config, *common)
+    assert invoke("train", "fasttext", "--fold", "0", "--config", tiny_config, *common).exit_code == 0
+    meta = tmp_path / "w" / "oof" / "tiny" / "fasttext" / "fold0.json"
+    before = json.loads(meta.read_text())["settings"]
     other = tmp_path / "other.yaml"
     other.write_text(f"extends: {tiny_config}\nmodels:\n  fasttext:\n    dim: 8\n")
     r = invoke("train", "fasttext", "--fold", "0", "--config", other, *common)
-    assert "fold 0: trained" in r.output
+    assert r.exit_code == 0 and json.loads(meta.read_text())["settings"] != before  # retrained
 
 
 def test_all_runs_pipeline_and_prints_table(tiny, tiny_config, tmp_path):
@@ -80,7 +89,8 @@ def test_unknown_model_and_fold(tiny, tiny_config, tmp_path):
 
 def test_only_rank_zero_writes_under_ddp(tiny, tiny_config, tmp_path, monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")  # what Lightning sets in the extra processes of a DDP run
-    invoke("train", "fasttext", "--fold", "0", "--data", tiny, "--config", tiny_config, "--workdir", tmp_path)
+    r = invoke("train", "fasttext", "--fold", "0", "--data", tiny, "--config", tiny_config, "--workdir", tmp_path)
+    assert r.exit_code == 0, r.output
     assert not (tmp_path / "oof" / "tiny" / "fasttext" / "fold0.json").exists()
 
 
@@ -90,7 +100,7 @@ def test_config_variant_of_a_model_has_its_own_outputs(tiny, tiny_config, tmp_pa
                        "    epoch: 5\n")
     common = ["--data", tiny, "--config", variant, "--workdir", tmp_path / "w"]
     r = invoke("train", "ft_small", *common)
-    assert "[ft_small] all folds finished" in r.output
+    assert r.exit_code == 0 and "[ft_small] all folds finished" in r.output
     assert (tmp_path / "w" / "oof" / "tiny" / "ft_small" / "oof.npz").exists()
     assert not (tmp_path / "w" / "oof" / "tiny" / "fasttext").exists()
     assert "ft_small" in invoke("scores", *common).output
