@@ -36,7 +36,7 @@ def train(model, data, workdir, *extra) -> float:
 
 def predict_saved(model, data, workdir) -> float:
     """Seconds for a new process to load the saved fold models of `model` and predict the test products."""
-    code = ("import sys; from prodcat.cv import load_model; from prodcat.run import Run; "
+    code = ("import sys; from prodcat.models.base import load_model; from prodcat.run import Run; "
             "run = Run.open(sys.argv[1], None, sys.argv[2]); test = run.ds.test_with_photos(); "
             "[load_model(run.paths.models(sys.argv[3]) / f'fold{f}').predict(test) for f in range(run.k)]")
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
@@ -50,9 +50,9 @@ def full_coca_step(batch: int = 4, steps: int = 2) -> dict:
     """CPU seconds per CoCa training step for the configs/gpu.yaml model (random weights: timing only)."""
     import torch
 
-    from prodcat.coca_model import CocaNet, TimmTokens
-    from prodcat.config import load_config
-    from prodcat.vision import import_timm
+    from prodcat.models.coca import CocaNet, TimmTokens
+    from prodcat.settings import load_config
+    from prodcat.models.nn.vision import import_timm
 
     cfg = load_config(REPO / "configs" / "gpu.yaml")["models"]["coca"]
     enc = cfg["image_encoder"]
@@ -82,9 +82,9 @@ def main():
     ap.add_argument("--skip-full", action="store_true", help="skip timing the full (GPU) CoCa config on the CPU")
     args = ap.parse_args()
 
-    from prodcat.metrics import score
+    from prodcat.evaluation.metrics import score
     from prodcat.run import Run
-    from prodcat.scores import score_table
+    from prodcat.evaluation.scores import score_table
 
     work = Path(tempfile.mkdtemp(prefix="bench_image_coca_"))
     wall = {"fasttext": train("fasttext", args.data, work),
@@ -109,10 +109,10 @@ def main():
     print(f"  majority class ({values[counts.argmax()]}, {counts.max()}/{len(y)}): hF1 {majority['hF1']:.4f}, "
           f"weighted F1 {majority['weighted_F1']:.4f}, accuracy {majority['accuracy']:.4f}")
 
-    from prodcat.image_model import HeadModule
-    from prodcat.trainer import count_params
+    from prodcat.models.image import HeadModule
+    from prodcat.models.nn.trainer import count_params
 
-    from prodcat.vision import BackboneSpec, create_backbone
+    from prodcat.models.nn.vision import BackboneSpec, create_backbone
 
     p = run.model_params("image")
     backbone = create_backbone(BackboneSpec.from_config(p))

@@ -55,7 +55,7 @@ def main() -> int:
     import pandas as pd
 
     from prodcat.run import Run
-    from prodcat.scores import review_table
+    from prodcat.evaluation.scores import review_table
 
     run = Run.open(args.data, args.config, args.workdir)
     models = run.paths.models_root

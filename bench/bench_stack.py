@@ -50,8 +50,8 @@ def main() -> int:
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 
     from prodcat.run import Run
-    from prodcat.scores import comparison_table
-    from prodcat.submit import validate_submission
+    from prodcat.evaluation.scores import comparison_table
+    from prodcat.evaluation.submission import validate_submission
 
     import pandas as pd
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from conftest import REPO, products
 from prodcat.cli import main
 from prodcat.probs import TopK
-from prodcat.tokens import BOS, EOS, PAD, UNK, Vocab, lemmas, navec_matrix
+from prodcat.data.tokens import BOS, EOS, PAD, UNK, Vocab, lemmas, navec_matrix
 from PIL import Image
 from test_image import assert_same, fresh_process_predict, model_params, photo_frames, with_paths, write_photos
 
@@ -56,7 +56,7 @@ def test_vocab_encode_and_navec_hits_and_misses():
     hit = dict(zip(vocab.words, hits))
     assert hit["кошка"] and hit["молоко"] and hit["dog"] and hit["food"]  # Russian and English navec hits
     assert not hit["qzxwvplk"] and not hit[UNK]  # misses are learned from a random start
-    from prodcat.tokens import default_navec_path, load_navec
+    from prodcat.data.tokens import default_navec_path, load_navec
 
     navec = load_navec(str(default_navec_path()))
     assert np.allclose(matrix[vocab.index["кошка"]], navec["кошка"])
@@ -94,7 +94,7 @@ def test_coca_text_only_products_and_fold_resume(tiny, tmp_path):
     y = train.set_index("id").loc[oof.ids, "category_id"].to_numpy()
     assert (oof.top1() == y).mean() > 0.6
 
-    from prodcat.cv import load_model  # test products: the saved fold models, as `predict` runs them
+    from prodcat.models.base import load_model  # test products: the saved fold models, as `predict` runs them
 
     test = with_paths(products(30, seed=1, labels=False, start_id=9000), tiny, "test")
     pred = load_model(fold0).predict(test)
@@ -130,7 +130,7 @@ def test_vit_encoder_and_joint_stage2(tiny, tmp_path):
     stats = json.loads((fold0 / "stats.json").read_text())
     assert stats["stage2"]["mode"] == "joint"
 
-    from prodcat.cv import load_model  # the saved joint network (ViT included) predicts as the trained one
+    from prodcat.models.base import load_model  # the saved joint network (ViT included) predicts as the trained one
     from prodcat.run import Run
 
     frame = Run.open(tiny, path, tmp_path / "w").ds.train_frame()
@@ -141,8 +141,8 @@ def test_vit_encoder_and_joint_stage2(tiny, tmp_path):
 def test_coca_trained_timm_encoder_save_load(tmp_path):
     """The GPU configuration's image side (the timm backbone trained inside CoCa on photos), tiny and on a
     CPU: the whole network, backbone included, is saved and predicts as the trained one."""
-    from prodcat.coca_model import CocaModel
-    from prodcat.cv import ModelEnv, load_model, save_model
+    from prodcat.models.coca import CocaModel
+    from prodcat.models.base import ModelEnv, load_model, save_model
 
     train, test = photo_frames(tmp_path / "d")
     extra = {"seq_len": 8, "dim": 16, "unimodal_depth": 1, "multimodal_depth": 1, "heads": 2, "dim_head": 8,
@@ -161,8 +161,8 @@ def test_coca_trained_timm_encoder_save_load(tmp_path):
 def test_coca_save_load_fresh_process(tmp_path):
     """fit -> save -> load_model in a new process -> predict: the same probabilities and text-only flags,
     bit for bit; the frozen backbone is not stored, its vocabulary is plain json."""
-    from prodcat.coca_model import CocaModel
-    from prodcat.cv import ModelEnv, load_model, save_model
+    from prodcat.models.coca import CocaModel
+    from prodcat.models.base import ModelEnv, load_model, save_model
 
     train, test = photo_frames(tmp_path / "d")
     extra = {"seq_len": 12, "dim": 32, "unimodal_depth": 1, "multimodal_depth": 1, "heads": 2, "dim_head": 16,
@@ -185,7 +185,7 @@ def test_coca_save_load_fresh_process(tmp_path):
 
 
 def test_coca_net_shapes_and_tied_output():
-    from prodcat.coca_model import CocaNet, TinyViT
+    from prodcat.models.coca import CocaNet, TinyViT
 
     from prodcat.settings import CocaSettings, complete
 

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from conftest import TREE, products, write_dataset
-from prodcat.data import load_dataset
+from prodcat.data.dataset import load_dataset
 from prodcat.errors import DataError
 
 

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from prodcat.data import load_dataset
-from prodcat.text import product_texts
+from prodcat.data.dataset import load_dataset
+from prodcat.data.text import product_texts
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

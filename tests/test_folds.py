@@ -3,8 +3,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from prodcat.data import load_dataset
-from prodcat.folds import assign_folds, load_or_make_folds
+from prodcat.data.dataset import load_dataset
+from prodcat.data.folds import assign_folds, load_or_make_folds
 
 
 def test_stratified_balanced_and_seeded():

@@ -17,7 +17,7 @@ from PIL import Image
 from conftest import REPO, products, write_dataset
 from prodcat.cli import main
 from prodcat.probs import TopK
-from prodcat.vision import BackboneSpec, WeightsError, create_backbone, import_timm, load_image, package_weights
+from prodcat.models.nn.vision import BackboneSpec, WeightsError, create_backbone, import_timm, load_image, package_weights
 
 COLOURS = {11: (220, 30, 30), 12: (30, 200, 40), 21: (40, 60, 220), 23: (230, 220, 40), 24: (200, 40, 200)}
 
@@ -79,7 +79,7 @@ def test_lite0_package_weights_mapped_by_order(lite0):
     assert torch.equal(state["bn2.running_var"], src["_bn1.running_var"])  # the last backbone tensor
     assert lite0.num_features == 1280
     # ImageNet-quality features: a red and a green square are far apart, two reds close
-    from prodcat.vision import backbone_norm, eval_transform
+    from prodcat.models.nn.vision import backbone_norm, eval_transform
 
     tf = eval_transform(96, *backbone_norm(lite0))
     ims = [Image.new("RGB", (60, 60), c) for c in [(220, 20, 20), (210, 30, 25), (20, 200, 30)]]
@@ -164,7 +164,7 @@ def photo_frames(root):
 
 
 def model_params(name, extra=None):
-    from prodcat.config import load_config
+    from prodcat.settings import load_config
     from prodcat.settings import deep_merge
 
     cfg = load_config(REPO / "configs" / "default.yaml")
@@ -172,10 +172,10 @@ def model_params(name, extra=None):
 
 
 def fresh_process_predict(folder, frame, tmp_path) -> TopK:
-    """Load the saved model in a new Python process (prodcat.cv.load_model) and predict `frame` there."""
+    """Load the saved model in a new Python process (prodcat.models.base.load_model) and predict `frame` there."""
     src, out = tmp_path / "input.parquet", tmp_path / "fresh.npz"
     frame.to_parquet(src, index=False)
-    code = ("import sys, pandas as pd; from pathlib import Path; from prodcat.cv import load_model; "
+    code = ("import sys, pandas as pd; from pathlib import Path; from prodcat.models.base import load_model; "
             "load_model(Path(sys.argv[1])).predict(pd.read_parquet(sys.argv[2])).save(Path(sys.argv[3]))")
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     done = subprocess.run([sys.executable, "-c", code, str(folder), str(src), str(out)], env=env,
@@ -199,8 +199,8 @@ def test_no_images_dataset_is_skipped(tiny, tmp_path):
 def test_embedding_cache_is_keyed_by_content(tmp_path, monkeypatch):
     """Memo and disk cache by (path, size, mtime): only unseen photos are embedded, a repaired photo is
     embedded again, and a photo's numbers do not depend on the photos embedded with it or on the cache."""
-    from prodcat import vision
-    from prodcat.vision import BackboneSpec, photo_embeddings
+    from prodcat.models.nn import vision
+    from prodcat.models.nn.vision import BackboneSpec, photo_embeddings
 
     root = tmp_path / "d"
     train, _ = photo_frames(root)
@@ -261,7 +261,7 @@ def test_image_model_kfold_missing_and_corrupt_photos(tiny, tmp_path):
     assert not list(fold0.rglob("*.ckpt"))  # no pickled checkpoints in a model folder
     assert {"head.pt", "classes.npz", "image.json", "model.json"} <= {p.name for p in fold0.iterdir()}
 
-    from prodcat.cv import load_model  # test products: the saved fold models, as `predict` runs them
+    from prodcat.models.base import load_model  # test products: the saved fold models, as `predict` runs them
 
     test = with_paths(products(30, seed=1, labels=False, start_id=9000), tiny, "test")
     pred = load_model(fold0).predict(test)
@@ -279,8 +279,8 @@ def test_image_model_kfold_missing_and_corrupt_photos(tiny, tmp_path):
 
 def test_image_save_load_fresh_process(tmp_path):
     """fit -> save -> load_model in a new process -> predict: the same probabilities, bit for bit."""
-    from prodcat.cv import ModelEnv, load_model, save_model
-    from prodcat.image_model import ImageModel
+    from prodcat.models.base import ModelEnv, load_model, save_model
+    from prodcat.models.image import ImageModel
 
     train, test = photo_frames(tmp_path / "d")
     params, text = model_params("image", {"image_size": 64, "epochs": 5, "mode": "frozen",
@@ -325,7 +325,7 @@ def test_finetune_mode_runs_on_cpu(tiny, tmp_path):
     fold0 = tmp_path / "w" / "models" / "tiny" / "image" / "fold0"
     assert (fold0 / "network.pt").exists() and not list(fold0.rglob("*.ckpt"))
 
-    from prodcat.cv import load_model
+    from prodcat.models.base import load_model
     from prodcat.run import Run
 
     run = Run.open(tiny, cfg, tmp_path / "w")

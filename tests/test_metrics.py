@@ -3,8 +3,8 @@ import math
 import pytest
 
 from conftest import TREE
-from prodcat.metrics import hf1_by_top_level, hierarchical_f1, score
-from prodcat.tree import CategoryTree
+from prodcat.evaluation.metrics import hf1_by_top_level, hierarchical_f1, score
+from prodcat.data.tree import CategoryTree
 
 TREE_ = CategoryTree.from_frame(TREE)
 

@@ -4,11 +4,11 @@ import numpy as np
 from nbclient import NotebookClient
 
 from conftest import REPO
-from prodcat.cv import train_model
+from prodcat.models.runner import train_model
 from prodcat.probs import TopK
 from prodcat.run import Run
-from prodcat.stack import run_stack
-from prodcat.storage import write_json
+from prodcat.stacking.stacker import run_stack
+from prodcat.outputs import write_json
 
 
 def test_compare_notebook_executes(tiny, tiny_config, tmp_path, monkeypatch):

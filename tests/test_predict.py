@@ -49,7 +49,7 @@ def test_fold_models_predict_their_oof_rows_identically_in_a_fresh_process(train
     common, models, tmp = trained
     code = f"""
 import pandas as pd
-from prodcat.cv import load_model
+from prodcat.models.base import load_model
 from prodcat.run import Run
 run = Run.open({str(common[1])!r}, {str(common[3])!r}, {str(common[5])!r})
 train = run.ds.train_frame()
@@ -70,7 +70,7 @@ for m in ("fasttext", "tfidf"):
 
 def test_stacker_predicts_identically_after_loading_in_a_fresh_process(trained):
     from prodcat.run import Run
-    from prodcat.stack import Stacker, fit_stacker, stack_params
+    from prodcat.stacking.stacker import Stacker, fit_stacker, stack_params
 
     common, models, tmp = trained
     run = Run.open(common[1], common[3], common[5])
@@ -83,9 +83,9 @@ def test_stacker_predicts_identically_after_loading_in_a_fresh_process(trained):
             p.save(tmp / f"part_{m}_{f}.npz")
     code = f"""
 import pandas as pd
-from prodcat.data import load_dataset
+from prodcat.data.dataset import load_dataset
 from prodcat.probs import TopK
-from prodcat.stack import Stacker
+from prodcat.stacking.stacker import Stacker
 ds = load_dataset({str(common[1])!r})
 st = Stacker.load(__import__("pathlib").Path({str(tmp / "st")!r}), ds.tree)
 parts = {{m: [TopK.load({str(tmp)!r} + f"/part_{{m}}_{{f}}.npz") for f in range(3)] for m in ("fasttext", "tfidf")}}

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from prodcat.errors import DataError
-from prodcat.priors import LookupPriors, feature_name, product_keys
+from prodcat.stacking.priors import LookupPriors, feature_name, product_keys
 
 
 def frame(titles, chars=None):

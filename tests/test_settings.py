@@ -5,7 +5,7 @@ from click.testing import CliRunner
 
 from conftest import REPO
 from prodcat.cli import main
-from prodcat.config import config_hash
+from prodcat.settings import config_hash
 from prodcat.errors import DataError
 from prodcat.settings import (LARGE, MODEL_SETTINGS, RunSettings, defaults_of, load_layers, parse_sets,
                               resolve)

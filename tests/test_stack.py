@@ -8,10 +8,13 @@ import pytest
 from conftest import REPO, TREE, products, write_dataset
 from prodcat.probs import TopK
 from prodcat.run import Run
-from prodcat.scores import comparison_table, load_oof
-from prodcat.stack import NodeIndex, Stacker, candidate_pairs, decode, group_softmax, run_stack
-from prodcat.storage import write_json
-from prodcat.tree import CategoryTree
+from prodcat.evaluation.scores import comparison_table
+from prodcat.outputs import load_oof
+from prodcat.stacking.features import NodeIndex, candidate_pairs
+from prodcat.stacking.stacker import Stacker, run_stack
+from prodcat.stacking.decoding import decode, group_softmax
+from prodcat.outputs import write_json
+from prodcat.data.tree import CategoryTree
 
 LEAVES = np.array([11, 12, 21, 23, 24])
 

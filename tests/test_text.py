@@ -1,4 +1,4 @@
-from prodcat.text import build_text, lemmatize, normalize, parse_characteristics, product_texts, tokenize
+from prodcat.data.text import build_text, lemmatize, normalize, parse_characteristics, product_texts, tokenize
 
 
 def test_parse_characteristics():
@@ -27,9 +27,8 @@ def test_lemmatize_russian_keeps_other_tokens():
 
 
 def test_product_texts_cached(tiny, tmp_path):
-    from prodcat.data import load_dataset
-
-    from prodcat import text
+    from prodcat.data import text
+    from prodcat.data.dataset import load_dataset
 
     ds = load_dataset(tiny)
     texts = product_texts(ds.train, {"lemmatize": True}, tmp_path)

@@ -5,7 +5,7 @@ from click.testing import CliRunner
 
 from prodcat.cli import main
 from prodcat.probs import TopK
-from prodcat.tfidf_model import DEFAULTS, ShortlistSoftmax
+from prodcat.models.tfidf import DEFAULTS, ShortlistSoftmax
 
 
 def synthetic_sparse(n, n_classes=120, n_features=3000, seed=0):
@@ -51,7 +51,8 @@ def test_tfidf_trains_folds_and_writes_oof(tiny, tiny_config, tmp_path):
     assert len(oof) == 120 and not oof.missing.any()
     assert sorted(p.name for p in (w / "models" / "tiny" / "tfidf").glob("fold*")) == ["fold0", "fold1", "fold2"]
     from prodcat.run import Run
-    from prodcat.scores import load_oof, score_oof
+    from prodcat.outputs import load_oof
+    from prodcat.evaluation.scores import score_oof
 
     run = Run.open(tiny, tiny_config, w)
     assert score_oof(run, load_oof(run, "tfidf"))["hF1"] > 0.95  # the titles name their category

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import TREE
 from prodcat.errors import DataError
-from prodcat.tree import CategoryTree
+from prodcat.data.tree import CategoryTree
 
 KE_TREE = Path(__file__).resolve().parents[2] / "shared" / "data" / "kazanexpress" / "categories_tree.csv"
 

@@ -55,7 +55,7 @@ def main():
 @click.option("--force", is_flag=True, help="Make new folds even if saved ones match.")
 def folds(run, force):
     """Make (or reuse) the stratified folds of the dataset."""
-    from prodcat.folds import load_or_make_folds
+    from prodcat.data.folds import load_or_make_folds
 
     table = load_or_make_folds(run.ds, run.paths.folds, run.k, run.seed, force=force)
     sizes = table["fold"].value_counts().sort_index()
@@ -69,7 +69,7 @@ def folds(run, force):
 @click.option("--force", is_flag=True, help="Retrain folds that are already finished.")
 def train(run, model, fold, force):
     """Train MODEL on one fold or all folds: saves each fold model and its held-out (OOF) probabilities."""
-    from prodcat.cv import known_models, train_model
+    from prodcat.models.runner import known_models, train_model
 
     if model not in known_models(run):
         raise click.BadParameter(f"unknown model '{model}' (known: {', '.join(known_models(run))})",
@@ -89,7 +89,7 @@ def train(run, model, fold, force):
 @click.option("--name", default=None, help="Bare file name under submissions/<dataset>/ (default: the model's).")
 def submit(run, model, name):
     """Predict test.parquet with the saved models; write and validate submissions/<dataset>/<name>.parquet."""
-    from prodcat.submit import write_submission
+    from prodcat.evaluation.submission import write_submission
 
     path, used = write_submission(run, model, name)
     click.echo(f"submission from {used}: {path}")
@@ -136,13 +136,13 @@ def scores(run, top_levels):
 
 
 def echo_scores(run, top_levels: int = 15) -> None:
-    from prodcat.scores import comparison_predictions, comparison_table, format_table, top_level_table
+    from prodcat.evaluation.scores import comparison_predictions, comparison_table, format_table, top_level_table
 
     preds = comparison_predictions(run)
     click.echo(f"OOF scores on {run.ds.name} ({len(run.ds.train)} products, {run.k} folds)")
     click.echo(format_table(comparison_table(run, preds)))
     if preds:
-        from prodcat.scores import review_table
+        from prodcat.evaluation.scores import review_table
 
         click.echo("\nReview: top-k accuracy, calibration (ECE) and the share auto-accepted at a target precision")
         click.echo(review_table(run, preds).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -162,7 +162,7 @@ def echo_scores(run, top_levels: int = 15) -> None:
 @click.option("--force", is_flag=True, help="Recompute even if the settings and inputs are unchanged.")
 def stack(run, models, force):
     """LightGBM ranking stacker over the base models' OOF probabilities -> oof/<dataset>/stack/."""
-    from prodcat.stack import run_stack
+    from prodcat.stacking.stacker import run_stack
 
     run_stack(run, models.split(",") if models else None, echo=click.echo, force=force)
 
@@ -171,7 +171,7 @@ def stack(run, models, force):
 @run_options
 def report(run):
     """PNG plots under reports/<dataset>/: scores per model, hF1 per top-level category, calibration."""
-    from prodcat.report import write_report
+    from prodcat.evaluation.report import write_report
 
     for path in write_report(run):
         click.echo(str(path))
@@ -194,9 +194,9 @@ def config(run):
 def all_(run, force):
     """Folds, every base model of the pipeline its data supports (fold models saved), the stacker, then
     the saved models predict test.parquet into the validated submission; the score table."""
-    from prodcat.cv import train_model
-    from prodcat.stack import STACK, base_models, run_stack
-    from prodcat.submit import write_submission
+    from prodcat.models.runner import train_model
+    from prodcat.stacking.stacker import STACK, base_models, run_stack
+    from prodcat.evaluation.submission import write_submission
 
     start = time.time()
     run.folds  # noqa: B018 - made once, reused by every model

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from prodcat.cv import MODEL_FILE, load_model
+from prodcat.models.base import MODEL_FILE, load_model
 from prodcat.errors import DataError
+from prodcat.outputs import STACK
 from prodcat.probs import NO_LABEL, TopK, average
-from prodcat.tree import CategoryTree
+from prodcat.data.tree import CategoryTree
 
-STACK = "stack"
 AVERAGE = "average"
 
 
@@ -104,7 +104,7 @@ class Predictor:
 
     def stacker(self):
         if self._stacker is None:
-            from prodcat.stack import Stacker
+            from prodcat.stacking.stacker import Stacker
 
             self._stacker = Stacker.load(self.root / STACK, self.tree)
         return self._stacker
@@ -213,8 +213,8 @@ def predict_file(root: Path, input_path: Path, out_path: Path, images: Path | No
                  model: str | None = None, top: int = 3, threshold: float | None = None,
                  min_precision: float | None = None, echo=print) -> pd.DataFrame:
     """`./run.sh predict`: read and validate the input, predict, write the output parquet."""
-    from prodcat.data import ImageFolder, read_input, with_photos
-    from prodcat.storage import write_parquet
+    from prodcat.data.dataset import ImageFolder, read_input, with_photos
+    from prodcat.outputs import write_parquet
 
     if top < 1:
         raise DataError(f"--top must be at least 1 (got {top})")

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from prodcat.config import Paths, resolve_config
-from prodcat.data import Dataset, load_dataset
-from prodcat.folds import load_or_make_folds
+from prodcat.outputs import Paths
+from prodcat.settings import resolve_config
+from prodcat.data.dataset import Dataset, load_dataset
+from prodcat.data.folds import load_or_make_folds
 from prodcat.settings import Resolved
 
 
@@ -55,7 +56,7 @@ class Run:
     @cached_property
     def env(self):
         """What every model shares: text settings, top_k, seed and the content-keyed cache folder."""
-        from prodcat.cv import ModelEnv
+        from prodcat.models.base import ModelEnv
 
         return ModelEnv(text=dict(self.cfg["text"]), top_k=self.top_k, seed=self.seed, cache=self.paths.cache)
 

@@ -11,11 +11,15 @@ default explicitly changes nothing.
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Union
 
 from prodcat.errors import DataError
+
+DEFAULT_CONFIG = Path("configs/default.yaml")
 
 
 def setting(default, doc: str, *, choices: tuple | None = None, min: float | None = None,
@@ -210,7 +214,7 @@ class StackSettings:
     product_features: bool = setting(True, "the product's text length, has description/characteristics")
     monotone: bool = setting(True, "monotone constraints on the probability/rank features")
     exclude_features: list[str] = setting([], "feature names or suffixes left out")
-    priors: list[str] = setting([], "lookup-prior keys (prodcat.priors), e.g. word1, word1+word2, char:Brand")
+    priors: list[str] = setting([], "lookup-prior keys (prodcat.stacking.priors), e.g. word1, word1+word2, char:Brand")
 
 
 @dataclass
@@ -493,3 +497,19 @@ def parse_sets(items: list[str] | tuple[str, ...]) -> dict:
         return OmegaConf.to_container(OmegaConf.from_dotlist(list(items)))
     except Exception as exc:  # noqa: BLE001
         raise DataError(f"--set: {exc}") from None
+
+
+def load_config(path: str | Path | None = None, sets: dict | None = None, n_products: int | None = None) -> dict:
+    """Every setting, resolved (prodcat.settings): declared defaults, size rules for `n_products`, the
+    YAML file (and what it `extends:`), then `sets` (--set values); bad keys and values fail here."""
+    return resolve_config(path, sets, n_products).values
+
+
+def resolve_config(path: str | Path | None = None, sets: dict | None = None, n_products: int | None = None):
+    layers = load_layers(path or DEFAULT_CONFIG) + ([("--set", sets)] if sets else [])
+    return resolve(layers, n_products)
+
+
+def config_hash(section) -> str:
+    """Stable short hash of a config section: outputs made with other settings are not reused."""
+    return hashlib.sha1(json.dumps(section, sort_keys=True, default=str).encode()).hexdigest()[:10]

@@ -8,7 +8,7 @@ import pandas as pd
 
 from prodcat.errors import DataError
 from prodcat.run import Run
-from prodcat.storage import write_parquet
+from prodcat.outputs import write_parquet
 
 
 def build_submission(run: Run, model: str | None = None) -> tuple[pd.DataFrame, str]:

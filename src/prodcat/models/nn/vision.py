@@ -398,7 +398,7 @@ def photo_embeddings(paths: list, spec: BackboneSpec, size: int, grid: int = 3, 
         pooled, toks, usable = _embed(todo, spec, size, grid, batch_size, echo)
         store.add(todo, pooled, toks, usable)
         if cache is not None and _main_process():
-            from prodcat.storage import write_npz
+            from prodcat.outputs import write_npz
 
             h = hashlib.sha1(repr(todo).encode()).hexdigest()[:12]
             name = f"img-{spec.name}-{group}-{h}.npz"
@@ -473,6 +473,6 @@ def _embed(idents: list, spec: BackboneSpec, size: int, grid: int, batch_size: i
 
 
 def _main_process() -> bool:
-    from prodcat.cv import is_main_process
+    from prodcat.models.runner import is_main_process
 
     return is_main_process()

@@ -101,7 +101,7 @@ def calibration_figure(table: pd.DataFrame, dataset: str = ""):
 
 def coverage_table(run: Run, preds: dict[str, TopK]) -> pd.DataFrame:
     """Per model and confidence threshold: share of products auto-accepted, their accuracy and hF1 (OOF)."""
-    from prodcat.metrics import hierarchical_counts
+    from prodcat.evaluation.metrics import hierarchical_counts
     from prodcat.predict import coverage_curve
 
     y = run.ds.train["category_id"].to_numpy()
@@ -130,7 +130,7 @@ def coverage_figure(table: pd.DataFrame, dataset: str = ""):
 
 def figures(run: Run) -> dict:
     """{'scores', 'top_level', 'calibration', 'coverage'} figures and the tables behind them."""
-    from prodcat.scores import comparison_predictions, comparison_table, review_table, top_level_table
+    from prodcat.evaluation.scores import comparison_predictions, comparison_table, review_table, top_level_table
 
     preds = comparison_predictions(run)
     y = run.ds.train["category_id"].to_numpy()
@@ -148,7 +148,7 @@ def write_report(run: Run) -> list[Path]:
     import matplotlib
 
     from prodcat.errors import DataError
-    from prodcat.storage import atomic_path
+    from prodcat.outputs import atomic_path
 
     matplotlib.use("Agg")  # files only, no display needed
     plt = _plt()

@@ -6,7 +6,7 @@ rank of the candidate, probability mass on the candidate's parent and grandparen
 model's top probability, the model's top probability and entropy, whether it ranks the candidate first,
 whether the model is missing for the product (no photo) and its flags; shared: how many models rank the
 candidate first, the mean and max probability, the candidate's training frequency and depth, the number of
-candidates; optionally lookup priors (prodcat.priors: how often the candidate goes with the product's first
+candidates; optionally lookup priors (prodcat.stacking.priors: how often the candidate goes with the product's first
 title words or brand in the other folds' labels). A LightGBM ranker (lambdarank by default, one query per
 product, the true leaf relevant) scores the pairs; a softmax per product with a temperature fitted on the OOF
 rows turns scores into probabilities.
@@ -30,222 +30,16 @@ import time
 import numpy as np
 import pandas as pd
 
-from prodcat.metrics import hierarchical_f1
-from prodcat.probs import NO_LABEL, TopK
+from prodcat.evaluation.metrics import hierarchical_f1
+from prodcat.outputs import STACK, base_models, load_oof, write_json
+from prodcat.probs import TopK
 from prodcat.run import Run
 from prodcat.settings import StackSettings, defaults_of
-from prodcat.storage import write_json
+from prodcat.stacking.decoding import _average_test, _to_topk, decode, fit_temperature, group_softmax
+from prodcat.stacking.features import (NodeIndex, candidate_pairs, monotone_constraints, pair_features,
+                                       product_features)
 
-STACK = "stack"
 DEFAULTS = defaults_of(StackSettings)  # declared (with their docs) in prodcat.settings
-
-
-# -- candidates and features ---------------------------------------------------------------------
-class NodeIndex:
-    """Tree nodes as dense indices, with each node's parent/grandparent and depth per index."""
-
-    def __init__(self, tree):
-        self.tree = tree
-        self.ids = np.array(sorted(tree.parent), dtype=np.int64)
-        self.depth = np.array([tree.depth(n) for n in self.ids], np.int32)
-        self.anc1 = self.index(np.array([tree.ancestor_at(n, 1) if self.depth[i] > 1 else -1
-                                         for i, n in enumerate(self.ids)]))
-        self.anc2 = self.index(np.array([tree.ancestor_at(n, 2) if self.depth[i] > 2 else -1
-                                         for i, n in enumerate(self.ids)]))
-        self.max_depth = int(self.depth.max())
-        # path[i, d] = index of the node's ancestor at depth d+1 (-1 past its depth)
-        self.path = np.full((len(self.ids), self.max_depth), -1, np.int32)
-        for i, n in enumerate(self.ids):
-            p = self.index(np.array(tree.path(n)))
-            self.path[i, :len(p)] = p
-
-    def category(self, idx: np.ndarray) -> np.ndarray:
-        """Node indices -> category ids (NO_LABEL for -1)."""
-        idx = np.asarray(idx)
-        return np.where(idx >= 0, self.ids[np.maximum(idx, 0)], NO_LABEL)
-
-    def index(self, node_ids: np.ndarray) -> np.ndarray:
-        """Category ids -> node indices (-1 for NO_LABEL and ids not in the tree)."""
-        node_ids = np.asarray(node_ids, dtype=np.int64)
-        pos = np.clip(np.searchsorted(self.ids, node_ids), 0, len(self.ids) - 1)
-        return np.where(self.ids[pos] == node_ids, pos, -1).astype(np.int32)
-
-
-def candidate_pairs(parts: list[TopK], nodes: NodeIndex, per_model: int) -> tuple[np.ndarray, np.ndarray]:
-    """(row, node index) of every candidate, sorted by row then node: the union of the models' tops."""
-    n = len(parts[0])
-    labs = np.concatenate([nodes.index(p.labels[:, :per_model]) for p in parts], axis=1)
-    rows = np.repeat(np.arange(n, dtype=np.int64), labs.shape[1])
-    labs = labs.ravel().astype(np.int64)
-    ok = labs >= 0
-    keys = np.unique(rows[ok] * len(nodes.ids) + labs[ok])
-    return (keys // len(nodes.ids)).astype(np.int64), (keys % len(nodes.ids)).astype(np.int32)
-
-
-def pair_features(parts: dict[str, TopK], nodes: NodeIndex, rows: np.ndarray, cls: np.ndarray,
-                  freq: np.ndarray, freq_index: np.ndarray, product: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Feature frame of the (row, class) pairs. `freq` (m, n_nodes): training counts per class as the base
-    models saw them, `freq_index` (n_rows,): each product's row of it; `product`: per-product features."""
-    feats = {}
-    firsts = []
-    probs = []
-    for name, p in parts.items():
-        lab = nodes.index(p.labels)
-        sc = p.scores.astype(np.float32)
-        f = _model_pair_features(lab, sc, rows, cls, nodes.anc1, nodes.anc2)
-        miss = p.missing[rows]
-        top = sc[:, 0].astype(np.float32)
-        ent = _entropy(sc)
-        nan = np.float32(np.nan)
-        feats[f"{name}_prob"] = np.where(miss, nan, f[:, 0])
-        feats[f"{name}_rank"] = np.where(miss, nan, f[:, 1])
-        feats[f"{name}_mass_parent"] = np.where(miss, nan, f[:, 2])
-        feats[f"{name}_mass_grand"] = np.where(miss, nan, f[:, 3])
-        feats[f"{name}_ratio"] = np.where(miss, nan, f[:, 0] / np.maximum(top[rows], 1e-6))
-        feats[f"{name}_top"] = np.where(miss, nan, top[rows])
-        feats[f"{name}_entropy"] = np.where(miss, nan, ent[rows])
-        first = (f[:, 1] == 1) & ~miss
-        feats[f"{name}_first"] = first.astype(np.float32)
-        if p.missing.any():
-            feats[f"{name}_missing"] = miss.astype(np.float32)
-        for flag, values in p.flags.items():
-            feats[f"{name}_{flag}"] = np.asarray(values, np.float32)[rows]
-        firsts.append(first)
-        probs.append(np.where(miss, np.nan, f[:, 0]))
-    probs = np.vstack(probs)
-    feats["n_first"] = np.sum(firsts, axis=0).astype(np.float32)
-    with np.errstate(all="ignore"):
-        feats["mean_prob"] = np.nan_to_num(np.nanmean(probs, axis=0)).astype(np.float32)
-        feats["max_prob"] = np.nan_to_num(np.nanmax(probs, axis=0)).astype(np.float32)
-    feats["freq"] = freq[freq_index[rows], cls].astype(np.float32)
-    feats["depth"] = nodes.depth[cls].astype(np.float32)
-    feats["n_candidates"] = np.bincount(rows, minlength=int(rows.max()) + 1 if len(rows) else 0)[rows].astype(
-        np.float32)
-    for col in (product.columns if product is not None else []):
-        feats[col] = product[col].to_numpy(np.float32)[rows]
-    return pd.DataFrame(feats)
-
-
-def product_features(frame: pd.DataFrame, text_cfg: dict) -> pd.DataFrame:
-    """Per product, the same for every candidate: how much text it has (models differ in how they cope)."""
-    from prodcat.text import product_texts
-
-    texts = product_texts(frame, text_cfg)
-    return pd.DataFrame({
-        "text_words": texts.str.count(" ").to_numpy() + 1,
-        "title_chars": frame["title"].fillna("").str.len().to_numpy(),
-        "has_description": frame["short_description"].notna().to_numpy(),
-        "has_characteristics": frame["name_value_characteristics"].notna().to_numpy(),
-    }).astype(np.float32)
-
-
-def monotone_constraints(columns: list[str]) -> list[int]:
-    """+1 for the candidate's probability-like features, -1 for its ranks, 0 otherwise."""
-    up = ("_prob", "_mass_parent", "_mass_grand", "_ratio", "_first", "n_first")
-    return [1 if c.endswith(up) else -1 if c.endswith("_rank") else 0 for c in columns]
-
-
-def _entropy(scores: np.ndarray) -> np.ndarray:
-    s = np.clip(scores.astype(np.float32), 1e-9, None)
-    s = s / s.sum(axis=1, keepdims=True)
-    return -(s * np.log(s)).sum(axis=1).astype(np.float32)
-
-
-try:
-    from numba import njit
-except ImportError:  # pragma: no cover
-    def njit(*args, **kwargs):
-        return (lambda f: f) if not args or not callable(args[0]) else args[0]
-
-
-@njit(cache=True)
-def _model_pair_features(lab, sc, rows, cls, anc1, anc2):  # pragma: no cover - numba
-    """Per pair: probability, rank (K+1 when absent), mass on the parent and the grandparent subtree."""
-    n_pairs = len(rows)
-    k = lab.shape[1]
-    out = np.zeros((n_pairs, 4), np.float32)
-    for i in range(n_pairs):
-        r = rows[i]
-        c = cls[i]
-        a1 = anc1[c]
-        a2 = anc2[c]
-        out[i, 1] = k + 1
-        for j in range(k):
-            lj = lab[r, j]
-            if lj < 0:
-                continue
-            s = sc[r, j]
-            if lj == c:
-                out[i, 0] = s
-                out[i, 1] = j + 1
-            if a1 >= 0 and anc1[lj] == a1:
-                out[i, 2] += s
-            if a2 >= 0 and anc2[lj] == a2:
-                out[i, 3] += s
-    return out
-
-
-# -- probabilities and decoding ------------------------------------------------------------------
-def group_softmax(rows: np.ndarray, scores: np.ndarray, temperature: float) -> np.ndarray:
-    """Softmax of the pair scores within each product (rows sorted)."""
-    z = scores / temperature
-    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
-    mx = np.maximum.reduceat(z, starts) if len(z) else z
-    e = np.exp(z - np.repeat(mx, np.diff(np.r_[starts, len(z)])))
-    tot = np.add.reduceat(e, starts) if len(z) else e
-    return e / np.repeat(tot, np.diff(np.r_[starts, len(z)]))
-
-
-def fit_temperature(rows, scores, is_true) -> float:
-    """Temperature minimising the NLL of the true candidate (products whose truth is a candidate)."""
-    has = np.zeros(int(rows.max()) + 1, bool)
-    has[rows[is_true]] = True
-    keep = has[rows]
-    r, s, t = rows[keep], scores[keep], is_true[keep]
-    best, best_nll = 1.0, np.inf
-    for temp in np.exp(np.linspace(np.log(0.05), np.log(20), 41)):
-        p = group_softmax(r, s, temp)[t]
-        nll = -np.log(np.clip(p, 1e-12, None)).mean()
-        if nll < best_nll:
-            best, best_nll = float(temp), nll
-    return best
-
-
-def decode(rows, cls, proba, nodes: NodeIndex, n_rows: int, method: str, f_level: float = 0.9) -> np.ndarray:
-    """Chosen node index per product (-1 for products without candidates)."""
-    out = np.full(n_rows, -1, np.int64)
-    if len(rows) == 0:
-        return out
-    if method == "argmax":
-        order = np.lexsort((-proba, rows))
-        first = np.r_[True, rows[order][1:] != rows[order][:-1]]
-        out[rows[order][first]] = cls[order][first]
-        return out
-    if method != "expected_hf1":
-        raise ValueError(f"unknown decoding '{method}' (argmax, expected_hf1)")
-    # node mass per product: P(subtree a) = sum of candidate probabilities below a
-    path = nodes.path[cls]  # (pairs, D)
-    n_nodes = len(nodes.ids)
-    masses = []
-    for d in range(path.shape[1]):
-        a = path[:, d].astype(np.int64)
-        ok = a >= 0
-        key = rows * n_nodes + np.where(ok, a, 0)
-        uniq, inv = np.unique(key, return_inverse=True)
-        mass = np.bincount(inv, weights=proba * ok, minlength=len(uniq))[inv]
-        masses.append((mass, ok))
-    gain = np.zeros(len(rows))
-    for mass, ok in masses:
-        gain += np.where(ok, mass - f_level / 2, 0.0)
-    return decode(rows, cls, gain, nodes, n_rows, "argmax")
-
-
-# -- the stacker -----------------------------------------------------------------------------------------
-def base_models(run: Run) -> list[str]:
-    """Finished base models (the stacker's own output is not a base model)."""
-    from prodcat.cv import finished_models
-
-    return [m for m in finished_models(run) if m != STACK]
 
 
 def stack_params(run: Run) -> dict:
@@ -254,7 +48,7 @@ def stack_params(run: Run) -> dict:
 
 def inputs_key(run: Run, names: list[str], p: dict) -> str:
     """Hash of the stacker's settings and of its inputs' files: an unchanged stack is reused."""
-    from prodcat.config import config_hash
+    from prodcat.settings import config_hash
 
     files = []
     for m in names:
@@ -318,7 +112,7 @@ class Stacker:
                         int(self.meta["top_k"]))
 
     def save(self, folder) -> None:
-        from prodcat.storage import atomic_path, write_npz
+        from prodcat.outputs import atomic_path, write_npz
 
         (folder / "stacker.json").unlink(missing_ok=True)
         for f, booster in enumerate(self.boosters):
@@ -345,7 +139,7 @@ class Stacker:
             freq, counts = z["freq"], z["counts"]
         priors = None
         if meta["params"]["priors"]:
-            from prodcat.priors import LookupPriors
+            from prodcat.stacking.priors import LookupPriors
 
             priors = LookupPriors.load(folder, meta["params"]["priors"], meta["k"], len(NodeIndex(tree).ids))
         return cls(tree, meta, boosters, freq, counts, priors)
@@ -379,7 +173,7 @@ def run_stack(run: Run, models: list[str] | None = None, echo=print, force: bool
     folder.mkdir(parents=True, exist_ok=True)
     stacker.save(folder)
     oof_top.save(out / "oof.npz")
-    from prodcat.cv import save_confidence
+    from prodcat.models.runner import save_confidence
 
     save_confidence(run, oof_top, folder)
     write_json(info, out / "stack.json")
@@ -390,7 +184,7 @@ def run_stack(run: Run, models: list[str] | None = None, echo=print, force: bool
 
 def fit_stacker(run: Run, names: list[str], p: dict, echo=print):
     """Cross-validate the ranker over the OOF rows; returns the Stacker, its OOF TopK and a summary."""
-    from prodcat.scores import load_oof
+    from prodcat.outputs import load_oof
 
     start = time.time()
     nodes = NodeIndex(run.ds.tree)
@@ -412,7 +206,7 @@ def fit_stacker(run: Run, names: list[str], p: dict, echo=print):
     x = pair_features(oof, nodes, rows, cls, freq_oof, folds, prod)
     priors = None
     if p["priors"]:
-        from prodcat.priors import LookupPriors
+        from prodcat.stacking.priors import LookupPriors
 
         priors = LookupPriors.fit(p["priors"], run.ds.train, y, folds, run.k, len(nodes.ids))
         x = pd.concat([x, priors.features(priors.codes(run.ds.train), rows, cls, folds[rows])], axis=1)
@@ -489,30 +283,3 @@ def _fit_rankers(run, p, x, rows, is_true, has_truth, stack_folds, n_folds, echo
         boosters.append(booster)
         echo(f"[stack] fold {f}: ranker on {len(train_prod)} products ({time.time() - start:.0f}s)")
     return boosters, score_oof, importance
-
-
-def _average_test(parts, temperature: float, n_nodes: int):
-    """Mean over rankers of the per-product softmax of their pair scores, on the union of candidates."""
-    keys = np.concatenate([r * n_nodes + c for r, c, _ in parts])
-    proba = np.concatenate([group_softmax(r, s, temperature) for r, _, s in parts]) / len(parts)
-    uniq, inv = np.unique(keys, return_inverse=True)
-    total = np.bincount(inv, weights=proba, minlength=len(uniq))
-    return (uniq // n_nodes).astype(np.int64), (uniq % n_nodes).astype(np.int32), total
-
-
-def _to_topk(ids, rows, cls, proba, decided, nodes: NodeIndex, k: int) -> TopK:
-    """Stacked probabilities as TopK: the decided leaf first, then the others by probability."""
-    n = len(ids)
-    labels = np.full((n, k), NO_LABEL, np.int64)
-    scores = np.zeros((n, k), np.float32)
-    # rank key: decided leaf first, then probability
-    first = cls == decided[rows]
-    order = np.lexsort((-proba, ~first, rows))
-    r, c, pr = rows[order], cls[order], proba[order]
-    starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]]) if len(r) else np.array([], int)
-    pos = np.arange(len(r)) - np.repeat(starts, np.diff(np.r_[starts, len(r)]))
-    keep = pos < k
-    labels[r[keep], pos[keep]] = nodes.ids[c[keep]]
-    scores[r[keep], pos[keep]] = pr[keep]
-    missing = labels[:, 0] == NO_LABEL
-    return TopK(ids, labels, scores, missing)

@@ -1,7 +1,7 @@
 """Image base model: a timm backbone (EfficientNet) per fold, trained with PyTorch Lightning.
 
 Two modes (`models.image.mode`):
-- frozen: the pretrained backbone embeds every photo once (prodcat.vision's content-keyed cache, shared
+- frozen: the pretrained backbone embeds every photo once (prodcat.models.nn.vision's content-keyed cache, shared
   with CoCa); a small MLP head is trained per fold on the embeddings. The CPU configuration.
 - finetune: the whole network is trained per fold on augmented photos (AMP, DDP as the trainer section
   says). The GPU configuration.
@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from prodcat.cv import BaseModel
+from prodcat.models.base import BaseModel
 from prodcat.errors import DataError
 from prodcat.probs import TopK
-from prodcat.storage import write_json, write_npz
-from prodcat.trainer import adamw_cosine, cpu_threads, lightning, load_state, save_state
-from prodcat.vision import (BackboneSpec, Embeddings, Photos, WeightsError, check_photos, no_photos_reason,
+from prodcat.outputs import write_json, write_npz
+from prodcat.models.nn.trainer import adamw_cosine, cpu_threads, lightning, load_state, save_state
+from prodcat.models.nn.vision import (BackboneSpec, Embeddings, Photos, WeightsError, check_photos, no_photos_reason,
                             photo_embeddings, photo_paths)
 
 META = "image.json"
@@ -49,7 +49,7 @@ class ImageModel(BaseModel):
 
     @property
     def mode(self) -> str:
-        from prodcat.trainer import has_gpu
+        from prodcat.models.nn.trainer import has_gpu
 
         if self._mode is not None:
             return self._mode
@@ -89,7 +89,7 @@ class ImageModel(BaseModel):
 
     # -- fit -------------------------------------------------------------------------------------------
     def fit(self, train, workdir: Path, fold: int = 0) -> "ImageModel":
-        from prodcat.trainer import seed
+        from prodcat.models.nn.trainer import seed
 
         fitted = type(self)(self.params, self.env)
         fitted.name, fitted._mode = self.name, self.mode
@@ -108,7 +108,7 @@ class ImageModel(BaseModel):
     def _fit_frozen(self, train, emb: Embeddings, workdir: Path) -> None:
         import torch
 
-        from prodcat.trainer import make_trainer
+        from prodcat.models.nn.trainer import make_trainer
 
         keep = emb.usable
         y = train["category_id"].to_numpy()[keep]
@@ -126,8 +126,8 @@ class ImageModel(BaseModel):
     def _fit_finetune(self, train, photos: Photos, workdir: Path) -> None:
         import torch
 
-        from prodcat.trainer import make_trainer, resolve
-        from prodcat.vision import backbone_norm, create_backbone, train_transform
+        from prodcat.models.nn.trainer import make_trainer, resolve
+        from prodcat.models.nn.vision import backbone_norm, create_backbone, train_transform
 
         keep = photos.usable
         y = train["category_id"].to_numpy()[keep]
@@ -170,8 +170,8 @@ class ImageModel(BaseModel):
         return TopK.from_dense(ids, proba, self.classes, self.env.top_k, missing=~have)
 
     def _predict_finetune(self, photos: Photos, proba: np.ndarray) -> np.ndarray:
-        from prodcat.trainer import device_for
-        from prodcat.vision import backbone_norm, eval_transform
+        from prodcat.models.nn.trainer import device_for
+        from prodcat.models.nn.vision import backbone_norm, eval_transform
 
         have = photos.usable.copy()
         device = device_for(self.params["trainer"])
@@ -202,7 +202,7 @@ class ImageModel(BaseModel):
 
     @classmethod
     def load(cls, folder: Path, params: dict, env) -> "ImageModel":
-        from prodcat.vision import create_backbone
+        from prodcat.models.nn.vision import create_backbone
 
         meta = json.loads((folder / META).read_text())
         model = cls(params, env)
@@ -302,7 +302,7 @@ class PhotoDataset:
     def __getitem__(self, i):
         import torch
 
-        from prodcat.vision import load_image
+        from prodcat.models.nn.vision import load_image
 
         im = load_image(self.paths[i])
         if im is None:

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
-from prodcat.tree import CategoryTree
+from prodcat.data.tree import CategoryTree
 
 
 def hierarchical_counts(y_true, y_pred, tree: CategoryTree) -> np.ndarray:

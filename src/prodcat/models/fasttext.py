@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prodcat.cv import BaseModel
+from prodcat.models.base import BaseModel
 from prodcat.probs import TopK
 
 # fastText's own hyper-parameter names; everything else in the config section is ours
@@ -91,13 +91,13 @@ class FastTextModel(BaseModel):
 
 
 def train_in_fresh_process(train_file: str, args: dict, save_to: str) -> None:
-    """`train_with_retries` + save_model in a new Python process (`python -m prodcat.fasttext_model JOB`)."""
+    """`train_with_retries` + save_model in a new Python process (`python -m prodcat.models.fasttext JOB`)."""
     job = Path(train_file).with_suffix(".job.json")
     try:
         job.write_text(json.dumps({"train_file": train_file, "args": args, "save_to": save_to}))
-        package_root = str(Path(__file__).resolve().parents[1])
+        package_root = str(Path(__file__).resolve().parents[2])  # src/
         env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-        done = subprocess.run([sys.executable, "-m", "prodcat.fasttext_model", str(job)], env=env)
+        done = subprocess.run([sys.executable, "-m", "prodcat.models.fasttext", str(job)], env=env)
         if done.returncode != 0 or not Path(save_to).exists():
             raise RuntimeError(f"fastText worker failed (exit code {done.returncode}); see its output above")
     finally:

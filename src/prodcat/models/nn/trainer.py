@@ -54,7 +54,7 @@ def resolve(cfg: dict | None) -> dict:
 
 def lightning():
     """pytorch_lightning, imported after the torchvision fix (Lightning imports torchvision)."""
-    from prodcat.vision import ensure_torchvision
+    from prodcat.models.nn.vision import ensure_torchvision
 
     ensure_torchvision()
     import pytorch_lightning as pl
@@ -191,7 +191,7 @@ def save_state(module, path: Path) -> None:
     `load_state(path)` (torch.load with weights_only=True: nothing is executed on load)."""
     import torch
 
-    from prodcat.storage import atomic_path
+    from prodcat.outputs import atomic_path
 
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     with atomic_path(path) as tmp:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from prodcat.errors import DataError
-from prodcat.text import normalize, parse_characteristics
+from prodcat.data.text import normalize, parse_characteristics
 
 _WORD = re.compile(r"^word([1-9]\d*)$")
 
@@ -140,7 +140,7 @@ class LookupPriors:
         return pd.DataFrame(out)
 
     def save(self, folder) -> None:
-        from prodcat.storage import write_npz, write_parquet
+        from prodcat.outputs import write_npz, write_parquet
 
         arrays = {}
         for i, vocab in enumerate(self.vocab):

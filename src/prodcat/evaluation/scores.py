@@ -4,14 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from prodcat.cv import finished_models
-from prodcat.metrics import score
+from prodcat.outputs import STACK, base_models, finished_models, load_oof
+from prodcat.evaluation.metrics import score
 from prodcat.probs import TopK
 from prodcat.run import Run
-
-
-def load_oof(run: Run, name: str) -> TopK:
-    return TopK.load(run.paths.oof(name) / "oof.npz").align(run.ds.train["id"].to_numpy())
 
 
 def score_oof(run: Run, oof: TopK) -> dict:
@@ -43,7 +39,6 @@ def comparison_predictions(run: Run) -> dict[str, TopK]:
     """OOF TopK of every finished base model, their plain probability average (two or more base models)
     and the stacker (when finished), in that order."""
     from prodcat.probs import average
-    from prodcat.stack import STACK, base_models
 
     names = base_models(run)
     preds = {name: load_oof(run, name) for name in names}
@@ -63,7 +58,7 @@ def comparison_table(run: Run, preds: dict[str, TopK] | None = None) -> pd.DataF
 
 def top_level_table(run: Run, preds: dict[str, TopK] | None = None) -> pd.DataFrame:
     """OOF hF1 per top-level category (rows, largest first) and model (columns)."""
-    from prodcat.metrics import hf1_by_top_level
+    from prodcat.evaluation.metrics import hf1_by_top_level
 
     preds = comparison_predictions(run) if preds is None else preds
     y = run.ds.train["category_id"].to_numpy()

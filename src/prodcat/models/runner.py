@@ -1,139 +1,27 @@
-"""The base-model contract (fit / predict / save / load) and the k-fold runner every base model plugs into.
+"""The k-fold runner every base model plugs into.
 
-A base model fits on training rows, predicts any frame of products into the TopK format, saves itself to a
-folder in formats that execute nothing on load (npz, json, parquet, LightGBM/fastText files, torch state
-dicts read with weights_only=True) and loads back in a fresh process.
-
-The runner, per fold: fits on the other folds, saves the fold model to models/<dataset>/<model>/fold<K>/,
-predicts the held-out fold into oof/<dataset>/<model>/fold<K>.valid.npz and writes fold<K>.json last (a fold
-is finished only when its json matches the training rows' content and the settings). When all folds are
-finished: oof.npz (every held-out row, in train order). Test products are never seen while training:
+Per fold: fit on the other folds, save the fold model to models/<dataset>/<model>/fold<K>/, predict the
+held-out fold into oof/<dataset>/<model>/fold<K>.valid.npz and write fold<K>.json last (a fold is finished
+only when its json matches the training rows' content and the settings). When all folds are finished:
+oof.npz (every held-out row, in train order). Test products are never seen while training:
 `prodcat.predict` runs the saved fold models on any file.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-import prodcat
-from prodcat.config import config_hash
 from prodcat.errors import DataError
+from prodcat.models.base import MODEL_FILE, MODELS, BaseModel, model_class, save_model
+from prodcat.outputs import finished_models, write_json
 from prodcat.probs import TopK
-from prodcat.settings import MODEL_SETTINGS, complete, deep_merge
-from prodcat.storage import write_json
+from prodcat.settings import config_hash
 
-MODELS = {  # name -> "module:Class"; imported only when used (torch is not loaded for fastText)
-    "fasttext": "prodcat.fasttext_model:FastTextModel",
-    "tfidf": "prodcat.tfidf_model:TfidfModel",
-    "image": "prodcat.image_model:ImageModel",
-    "coca": "prodcat.coca_model:CocaModel",
-}
-MODEL_FILE = "model.json"  # written last by save_model: a folder without it holds no finished model
-
-
-@dataclass(frozen=True)
-class ModelEnv:
-    """What every model needs besides its own settings: the shared text settings, how many classes to keep
-    per product, the seed and (optional) a cache folder for content-keyed caches."""
-
-    text: dict
-    top_k: int = 20
-    seed: int = 42
-    cache: Path | None = None
-
-    def texts(self, frame: pd.DataFrame, overrides: dict | None = None) -> pd.Series:
-        """Product texts of `frame` (index: ids) for the shared text settings plus a model's overrides."""
-        from prodcat.text import product_texts
-
-        return product_texts(frame, deep_merge(self.text, overrides or {}), self.cache)
-
-    def to_json(self) -> dict:
-        return {"text": self.text, "top_k": self.top_k, "seed": self.seed}
-
-
-class BaseModel:
-    """What a base model implements (scikit-learn / AutoGluon style).
-
-    - `fit(train, workdir, fold)`: train on these rows (with category_id, the text columns and
-      `image_path`); `workdir` is the fold's model folder (checkpoints, logs).
-    - `predict(frame)`: TopK for every row of `frame`, in its row order.
-    - `save(folder)` / `load(folder, params, env)`: everything `predict` needs, as plain data files.
-    - `prepare(train)`: optional, once per k-fold run before the folds (work shared by the folds that
-      involves no labels, e.g. a vocabulary or photo embeddings).
-    """
-
-    name = "base"
-
-    def __init__(self, params: dict, env: ModelEnv):
-        schema = MODEL_SETTINGS.get(type(self).name)
-        self.params = complete(schema, params) if schema else params  # every declared key present
-        self.env = env
-
-    def skip_reason(self, train: pd.DataFrame) -> str | None:
-        """Why this model cannot run on these training rows (e.g. no photos), or None."""
-        return None
-
-    def settings(self) -> dict:
-        """Everything that changes this model's output: finished folds with other settings are redone."""
-        return {"params": self.params, "text": deep_merge(self.env.text, self.params.get("text", {})),
-                "top_k": self.env.top_k, "seed": self.env.seed}
-
-    def prepare(self, train: pd.DataFrame) -> None:
-        return None
-
-    def fit(self, train: pd.DataFrame, workdir: Path, fold: int = 0) -> "BaseModel":
-        raise NotImplementedError
-
-    def predict(self, frame: pd.DataFrame) -> TopK:
-        raise NotImplementedError
-
-    def save(self, folder: Path) -> None:
-        raise NotImplementedError
-
-    @classmethod
-    def load(cls, folder: Path, params: dict, env: ModelEnv) -> "BaseModel":
-        raise NotImplementedError
-
-
-def model_class(name: str) -> type[BaseModel]:
-    """The class of a registered model."""
-    if name not in MODELS:
-        raise DataError(f"unknown model '{name}' (known: {', '.join(MODELS)})")
-    module, cls = MODELS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
-
-
-def save_model(model: BaseModel, folder: Path, base: str, meta: dict) -> None:
-    """`model.save(folder)`, then model.json (written last): which class, settings and provenance."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / MODEL_FILE).unlink(missing_ok=True)
-    model.save(folder)
-    write_json({"model": base, "name": model.name, "params": model.params, "env": model.env.to_json(),
-                "prodcat_version": prodcat.__version__, "settings": config_hash(model.settings())} | meta,
-               folder / MODEL_FILE)
-
-
-def load_model(folder: Path) -> BaseModel:
-    """A saved model, ready to predict (in any process)."""
-    meta_path = folder / MODEL_FILE
-    if not meta_path.exists():
-        raise DataError(f"{folder}: no saved model here ({MODEL_FILE} missing; train it first)")
-    meta = json.loads(meta_path.read_text())
-    env = ModelEnv(**meta["env"])
-    model = model_class(meta["model"]).load(folder, meta["params"], env)
-    model.name = meta["name"]
-    return model
-
-
-# -- the k-fold runner ------------------------------------------------------------------------------------
 def known_models(run) -> list[str]:
     """The registry's models plus the config's variants (a `models:` section with `model: <registered>`)."""
     variants = [n for n, p in run.cfg["models"].items() if isinstance(p, dict) and p.get("model") in MODELS]
@@ -219,7 +107,7 @@ def collected(run, model: BaseModel) -> bool:
 
 def _save_tree(run) -> None:
     """The category tree beside the saved models, so that they predict without the training data."""
-    from prodcat.storage import atomic_path
+    from prodcat.outputs import atomic_path
 
     target = run.paths.models_root / "categories_tree.csv"
     source = run.ds.root / "categories_tree.csv"
@@ -250,8 +138,8 @@ def collect(run, name: str, settings: str = "") -> None:
 def save_confidence(run, oof: TopK, folder: Path) -> None:
     """OOF confidence and correctness beside the saved model: `predict --min-precision` picks its threshold
     from them without the training data."""
-    from prodcat.metrics import hierarchical_counts
-    from prodcat.storage import write_npz
+    from prodcat.evaluation.metrics import hierarchical_counts
+    from prodcat.outputs import write_npz
 
     y = run.ds.train["category_id"].to_numpy()
     pred = oof.top1()
@@ -261,17 +149,3 @@ def save_confidence(run, oof: TopK, folder: Path) -> None:
         counts[have] = hierarchical_counts(y[have], pred[have], run.ds.tree)
     write_npz({"confidence": oof.scores[:, 0].astype(np.float32), "correct": (pred == y) & have,
                "missing": ~have, "hcounts": counts}, folder / "oof_confidence.npz")
-
-
-def finished_models(run) -> list[str]:
-    """Models whose OOF probabilities are complete for this dataset's training rows, in registry order."""
-    names = []
-    root = run.paths.oof_root
-    if not root.exists():
-        return names
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        meta = d / "complete.json"
-        if meta.exists() and json.loads(meta.read_text()).get("data") == run.ds.fingerprint:
-            names.append(d.name)
-    order = list(MODELS)
-    return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))

@@ -15,9 +15,9 @@ import json
 import numpy as np
 import pandas as pd
 
-from prodcat.data import Dataset
+from prodcat.data.dataset import Dataset
 from prodcat.errors import DataError
-from prodcat.storage import write_json, write_parquet
+from prodcat.outputs import write_json, write_parquet
 
 
 def assign_folds(labels, k: int, seed: int) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Token ids for neural text models: natasha (razdel) tokens -> lemmas -> a vocabulary built on the
 training rows, with an embedding matrix initialised from navec vectors where the lemma is known.
 
-Lemmas come from prodcat.text.lemma (natasha's MorphVocab, pymorphy2 underneath) for Cyrillic tokens;
+Lemmas come from prodcat.data.text.lemma (natasha's MorphVocab, pymorphy2 underneath) for Cyrillic tokens;
 other tokens (English, numbers with units) are kept as they are, so English or mixed text also works.
 """
 from __future__ import annotations
@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from prodcat.errors import DataError
-from prodcat.text import lemma, normalize, tokenize
+from prodcat.data.text import lemma, normalize, tokenize
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIALS = (PAD, UNK, BOS, EOS)  # ids 0..3; PAD is 0 (CoCa's pad_id)
 _WORDLIKE = re.compile(r"\w")
-_NUM_UNIT = re.compile(r"\d+(?:\.\d+)?[a-zа-я%]+")  # prodcat.text.normalize glues '1,5 л' into '1.5л'
+_NUM_UNIT = re.compile(r"\d+(?:\.\d+)?[a-zа-я%]+")  # prodcat.data.text.normalize glues '1,5 л' into '1.5л'
 
 
 def lemmas(text: str | None, limit: int | None = None) -> list[str]:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from prodcat.errors import fail
-from prodcat.tree import CategoryTree
+from prodcat.data.tree import CategoryTree
 
 TEXT_COLUMNS = ("title", "short_description", "name_value_characteristics")
 NUMERIC_COLUMNS = ("rating", "feedback_quantity")

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from prodcat.cv import BaseModel
+from prodcat.models.base import BaseModel
 from prodcat.probs import TopK
 from prodcat.settings import TfidfSettings, defaults_of
 
@@ -131,7 +131,7 @@ class Featurizer:
 
     def save(self, folder: Path) -> None:
         """Vocabularies (parquet: term, column) and IDF weights (npz)."""
-        from prodcat.storage import write_npz, write_parquet
+        from prodcat.outputs import write_npz, write_parquet
 
         for name, vec in (("word", self.word), ("char", self.char)):
             vocab = pd.Series(vec.vocabulary_).sort_values()
@@ -237,7 +237,7 @@ class ShortlistSoftmax:
 
     def save(self, path: Path, classes: np.ndarray) -> None:
         """Sparse weights, bias and class centroids (npz), with the category id of each class index."""
-        from prodcat.storage import write_npz
+        from prodcat.outputs import write_npz
 
         if hasattr(self, "w"):
             self.sparsify()

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from prodcat.config import config_hash
+from prodcat.settings import config_hash
 from prodcat.settings import TextSettings, defaults_of
-from prodcat.storage import write_parquet
+from prodcat.outputs import write_parquet
 
 UNITS = ("мл", "л", "гр", "г", "кг", "мг", "см", "мм", "м", "шт", "уп", "пак", "таб", "капс", "%", "ml", "l",
          "gr", "g", "kg", "mg", "cm", "mm", "m", "pcs", "pc", "inch", "in", "вт", "w", "в", "v", "мач", "mah",

@@ -2,11 +2,11 @@
 
 Per fold:
 1. Text: natasha lemmas -> vocabulary of the training rows -> token embedding initialised from navec
-   (prodcat.tokens), factorised as navec (V x 300) followed by a learned 300 -> dim projection; CoCa's output
+   (prodcat.data.tokens), factorised as navec (V x 300) followed by a learned 300 -> dim projection; CoCa's output
    layer stays tied to it.
 2. Image side (`image_encoder.type`), photos from the frames' `image_path` column:
    - timm: a pretrained timm backbone's last feature map, average-pooled to a grid of tokens. Frozen (the CPU
-     configuration): tokens come from the shared content-keyed embedding cache (prodcat.vision); not frozen
+     configuration): tokens come from the shared content-keyed embedding cache (prodcat.models.nn.vision); not frozen
      (GPU): the backbone is trained inside CoCa on augmented photos.
    - vit: a small ViT trained from scratch on the photos.
 3. Stage 1: CoCa's contrastive + captioning loss on the training rows that have a photo.
@@ -32,17 +32,18 @@ from pathlib import Path
 
 import numpy as np
 
-from prodcat.trainer import (StepTimer, adamw_cosine, count_params, cpu_threads, lightning,  # noqa: I001
+from prodcat.models.nn.trainer import (StepTimer, adamw_cosine, count_params, cpu_threads, lightning,  # noqa: I001
                              load_state, make_trainer, save_state, seed)
-from prodcat.config import config_hash
-from prodcat.cv import BaseModel, is_main_process
+from prodcat.settings import config_hash
+from prodcat.models.base import BaseModel
+from prodcat.models.runner import is_main_process
 from prodcat.errors import DataError
 from prodcat.probs import TopK
-from prodcat.storage import atomic_path, write_json, write_npz
-from prodcat.tokens import Vocab, lemmas_many, navec_matrix
-from prodcat.vision import (BackboneSpec, WeightsError, check_photos, no_photos_reason, photo_embeddings,
+from prodcat.outputs import atomic_path, write_json, write_npz
+from prodcat.data.tokens import Vocab, lemmas_many, navec_matrix
+from prodcat.models.nn.vision import (BackboneSpec, WeightsError, check_photos, no_photos_reason, photo_embeddings,
                             photo_paths)
-from prodcat.image_model import robust_std
+from prodcat.models.image import robust_std
 
 pl = lightning()
 META = "coca.json"
@@ -109,7 +110,7 @@ class CocaModel(BaseModel):
                         blank=(3, size, size))
 
     def _transform(self, size, train):
-        from prodcat.vision import eval_transform, train_transform
+        from prodcat.models.nn.vision import eval_transform, train_transform
 
         if self.enc["type"] == "vit":
             mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
@@ -118,7 +119,7 @@ class CocaModel(BaseModel):
         return train_transform(size, mean, std) if train else eval_transform(size, mean, std)
 
     def _timm_norm(self):
-        from prodcat.vision import import_timm
+        from prodcat.models.nn.vision import import_timm
 
         timm = import_timm()
         cfg = timm.get_pretrained_cfg(self.enc["backbone"])
@@ -139,7 +140,7 @@ class CocaModel(BaseModel):
             encoder = TinyViT(int(self.enc["image_size"]), int(self.enc["patch"]),
                               int(self.enc["dim"]), int(self.enc["depth"]), int(self.enc["heads"]))
             return encoder, encoder.dim
-        from prodcat.vision import create_backbone
+        from prodcat.models.nn.vision import create_backbone
 
         spec = BackboneSpec.from_config(self.enc)
         encoder = TimmTokens(create_backbone(spec if pretrained else BackboneSpec(spec.name, pretrained=False)))
@@ -217,7 +218,7 @@ class CocaModel(BaseModel):
         the settings, the fold's seed and the backbone weights (None without a cache folder)."""
         if self.env.cache is None:
             return None
-        from prodcat.data import content_hash
+        from prodcat.data.dataset import content_hash
 
         h = hashlib.sha1("\n".join(vocab.words).encode())
         import pandas as pd
@@ -246,7 +247,7 @@ class CocaModel(BaseModel):
         """[text embedding, image embedding * has, has] per row, CoCa in eval mode."""
         import torch
 
-        from prodcat.trainer import device_for
+        from prodcat.models.nn.trainer import device_for
 
         device = device_for(self.params["trainer"])
         net = net.to(device).eval()
@@ -300,7 +301,7 @@ class CocaModel(BaseModel):
                                flags={"text_only": ~data.has})
 
     def _device(self):
-        from prodcat.trainer import device_for
+        from prodcat.models.nn.trainer import device_for
 
         return device_for(self.params["trainer"])
 
@@ -366,7 +367,7 @@ class PairData:
     def __getitem__(self, i):
         import torch
 
-        from prodcat.vision import load_image
+        from prodcat.models.nn.vision import load_image
 
         has = bool(self.has[i])
         if self.tokens is not None:

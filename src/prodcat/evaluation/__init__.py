@@ -1,0 +1,1 @@
+"""Scores (metrics, score tables, review), plots (report) and the submission."""

@@ -1,0 +1,1 @@
+"""Shared neural parts: backbones, weights and photos (vision), the Lightning trainer and heads."""

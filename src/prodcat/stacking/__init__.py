@@ -1,0 +1,1 @@
+"""The stacker: candidate features, lookup priors, the ranker (stacker) and decoding."""
