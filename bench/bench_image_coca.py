@@ -109,14 +109,14 @@ def main():
     print(f"  majority class ({values[counts.argmax()]}, {counts.max()}/{len(y)}): hF1 {majority['hF1']:.4f}, "
           f"weighted F1 {majority['weighted_F1']:.4f}, accuracy {majority['accuracy']:.4f}")
 
-    from prodcat.models.image import HeadModule
+    from prodcat.models.nn.heads import FeatureHead
     from prodcat.models.nn.trainer import count_params
 
     from prodcat.models.nn.vision import BackboneSpec, create_backbone
 
     p = run.model_params("image")
     backbone = create_backbone(BackboneSpec.from_config(p))
-    head = HeadModule(backbone.num_features, len(values), p)
+    head = FeatureHead(backbone.num_features, len(values), p)
     print(f"\nimage: backbone {p['backbone']} (frozen, {count_params(backbone):,} params, {p['image_size']} px), "
           f"head {count_params(head):,} trainable params")
     stats = [json.loads((run.paths.models("coca") / f"fold{f}" / "stats.json").read_text()) for f in range(run.k)]

@@ -43,7 +43,7 @@ from prodcat.outputs import atomic_path, write_json, write_npz
 from prodcat.data.tokens import Vocab, lemmas_many, navec_matrix
 from prodcat.models.nn.vision import (BackboneSpec, WeightsError, check_photos, no_photos_reason, photo_embeddings,
                             photo_paths)
-from prodcat.models.image import robust_std
+from prodcat.models.nn.heads import FeatureHead, mlp, robust_std
 
 pl = lightning()
 META = "coca.json"
@@ -513,14 +513,6 @@ class Stage1Module(pl.LightningModule):
         return adamw_cosine(self, self.params, [{"params": self.parameters(), "lr": float(self.params["lr"])}])
 
 
-def _head(in_dim, n_classes, params):
-    nn = _nn()
-    hidden = int(params["head"]["hidden"])
-    drop = float(params["head"]["dropout"])
-    return nn.Sequential(nn.Dropout(float(params["head"]["input_dropout"])), nn.Linear(in_dim, hidden),
-                         nn.GELU(), nn.Dropout(drop), nn.Linear(hidden, n_classes))
-
-
 def _drop_image(feats, dim, p, training):
     """Image dropout: with probability p a row is shown as if it had no photo (trains the text-only path)."""
     import torch
@@ -533,42 +525,20 @@ def _drop_image(feats, dim, p, training):
     return feats
 
 
-class PairHead(pl.LightningModule):
-    """Stage 2 (mlp): MLP on frozen CoCa features [text, image * has, has]."""
+class PairHead(FeatureHead):
+    """Stage 2 (mlp): the shared feature head on frozen CoCa features [text, image * has, has], with image
+    dropout (trains the text-only path)."""
 
     def __init__(self, dim, n_classes, params, mean=None, std=None):
-        import torch
+        super().__init__(2 * dim + 1, n_classes, params, mean, std, lr_key="head_lr")
+        self.dim = dim
 
-        super().__init__()
-        self.dim, self.params, self.total_steps = dim, params, 1
-        self.register_buffer("mean", mean.float() if mean is not None else torch.zeros(2 * dim + 1))
-        self.register_buffer("std", std.float() if std is not None else torch.ones(2 * dim + 1))
-        self.net = _head(2 * dim + 1, n_classes, params)
-        self.loss = _nn().CrossEntropyLoss(label_smoothing=float(params["label_smoothing"]))
-
-    def forward(self, feats):
-        feats = _drop_image(feats, self.dim, float(self.params["image_dropout"]), self.training)
+    def prepare(self, feats, z):
+        keep = _drop_image(feats, self.dim, float(self.params["image_dropout"]), self.training)
         # a missing image part stays exactly zero after standardising, as in training
-        z = (feats - self.mean) / self.std
-        z[:, self.dim:] = z[:, self.dim:] * feats[:, -1:].gt(0)
-        return self.net(z)
-
-    def training_step(self, batch, _):
-        x, y = batch
-        loss = self.loss(self(x), y)
-        self.log("loss", loss, prog_bar=True)
-        return loss
-
-    def predict_proba(self, feats: np.ndarray) -> np.ndarray:
-        import torch
-
-        self.eval()
-        with torch.inference_mode():
-            return self(torch.from_numpy(feats)).softmax(-1).numpy()
-
-    def configure_optimizers(self):
-        return adamw_cosine(self, self.params, [{"params": self.parameters(),
-                                                 "lr": float(self.params["head_lr"])}])
+        z = (keep - self.mean) / self.std
+        z[:, self.dim:] = z[:, self.dim:] * keep[:, -1:].gt(0)
+        return z
 
 
 class JointModule(pl.LightningModule):
@@ -578,7 +548,7 @@ class JointModule(pl.LightningModule):
     def __init__(self, net, n_classes, params):
         super().__init__()
         self.net, self.params, self.total_steps = net, params, 1
-        self.head = _head(2 * net.dim + 1, n_classes, params)
+        self.head = mlp(2 * net.dim + 1, n_classes, params["head"])
         self.norm = _nn().LayerNorm(2 * net.dim + 1)
         self.loss = _nn().CrossEntropyLoss(label_smoothing=float(params["label_smoothing"]))
 

@@ -25,6 +25,7 @@ from prodcat.models.base import BaseModel
 from prodcat.errors import DataError
 from prodcat.probs import TopK
 from prodcat.outputs import write_json, write_npz
+from prodcat.models.nn.heads import FeatureHead, robust_std
 from prodcat.models.nn.trainer import adamw_cosine, cpu_threads, lightning, load_state, save_state
 from prodcat.models.nn.vision import (BackboneSpec, Embeddings, Photos, WeightsError, check_photos, no_photos_reason,
                             photo_embeddings, photo_paths)
@@ -38,7 +39,7 @@ class ImageModel(BaseModel):
     def __init__(self, params, env):
         super().__init__(params, env)
         self.classes: np.ndarray | None = None
-        self.module = None  # HeadModule (frozen) or FineTuneModule (finetune), fitted
+        self.module = None  # FeatureHead (frozen) or FineTuneModule (finetune), fitted
         self._mode: str | None = None  # a loaded model keeps the mode it was trained in
 
     def skip_reason(self, train) -> str | None:
@@ -114,7 +115,7 @@ class ImageModel(BaseModel):
         y = train["category_id"].to_numpy()[keep]
         self.classes = np.unique(y)
         x = torch.from_numpy(emb.pooled[keep])
-        module = HeadModule(x.shape[1], len(self.classes), self.params, mean=x.mean(0), std=robust_std(x))
+        module = FeatureHead(x.shape[1], len(self.classes), self.params, mean=x.mean(0), std=robust_std(x))
         loader = torch.utils.data.DataLoader(
             torch.utils.data.TensorDataset(x, torch.from_numpy(np.searchsorted(self.classes, y))),
             batch_size=int(self.params["batch_size"]), shuffle=True)
@@ -214,7 +215,7 @@ class ImageModel(BaseModel):
             if now != meta["weights_id"]:
                 raise WeightsError(f"{folder}: the image head was trained on {meta['weights_id']} embeddings, "
                                    f"but the backbone weights are now {now}: retrain the image model")
-            model.module = load_state(HeadModule(int(meta["in_dim"]), len(model.classes), params), folder / "head.pt")
+            model.module = load_state(FeatureHead(int(meta["in_dim"]), len(model.classes), params), folder / "head.pt")
         else:  # the whole fine-tuned network is in network.pt: no pretrained weights needed
             backbone = create_backbone(BackboneSpec(meta["backbone"], pretrained=False))
             model.module = load_state(FineTuneModule(backbone, len(model.classes), params), folder / "network.pt")
@@ -223,41 +224,6 @@ class ImageModel(BaseModel):
 
 
 # -- Lightning modules -----------------------------------------------------------------------------------
-class HeadModule(lightning().LightningModule):
-    """MLP on standardised frozen-backbone embeddings."""
-
-    def __init__(self, in_dim, n_classes, params, mean=None, std=None):
-        import torch
-        from torch import nn
-
-        super().__init__()
-        self.params = params
-        hidden = int(params["head"]["hidden"])
-        drop = float(params["head"]["dropout"])
-        self.register_buffer("mean", torch.zeros(in_dim) if mean is None else mean.float())
-        self.register_buffer("std", torch.ones(in_dim) if std is None else std.float())
-        layers = [nn.Dropout(float(params["head"]["input_dropout"]))]
-        layers += [nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(drop), nn.Linear(hidden, n_classes)] if hidden \
-            else [nn.Linear(in_dim, n_classes)]
-        self.net = nn.Sequential(*layers)
-        self.loss = nn.CrossEntropyLoss(label_smoothing=float(params["label_smoothing"]))
-        self.total_steps = 1
-
-    def forward(self, x):
-        return self.net((x - self.mean) / self.std)
-
-    def training_step(self, batch, _):
-        x, y = batch
-        logits = self(x)
-        loss = self.loss(logits, y)
-        self.log("train_loss", loss, prog_bar=True)
-        self.log("train_acc", (logits.argmax(-1) == y).float().mean())
-        return loss
-
-    def configure_optimizers(self):
-        return adamw_cosine(self, self.params, [{"params": self.parameters(), "lr": float(self.params["lr"])}])
-
-
 class FineTuneModule(lightning().LightningModule):
     """Backbone + linear head trained end to end; the backbone at a lower learning rate."""
 
@@ -340,10 +306,3 @@ def predict_photos(module, paths, transform, batch_size, workers, device, tta=Tr
             p[bad.to(p.device)] = float("nan")
             outs.append(p.cpu().numpy())
     return np.concatenate(outs)
-
-
-def robust_std(x):
-    """Per-feature std for standardising, floored: a feature (almost) constant on the training rows (common
-    after ReLU: mostly zeros) must not blow up on other rows."""
-    std = x.std(0)
-    return std.clamp_min(float(std.mean()) * 0.1 + 1e-6)
