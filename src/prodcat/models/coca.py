@@ -367,15 +367,15 @@ class PairData:
     def __getitem__(self, i):
         import torch
 
-        from prodcat.models.nn.vision import load_image
+        from prodcat.models.nn.vision import photo_tensor
 
         has = bool(self.has[i])
         if self.tokens is not None:
             image = torch.from_numpy(self.tokens[i]).float()  # stored as float16
         else:
-            im = load_image(self.paths[i]) if has else None
-            has = im is not None
-            image = self.transform(im) if im is not None else torch.zeros(self.blank)
+            x = photo_tensor(self.paths[i], self.transform) if has else None
+            has = x is not None
+            image = x if x is not None else torch.zeros(self.blank)
         item = {"text": torch.from_numpy(self.text[i]), "image": image, "has": torch.tensor(has)}
         if self.labels is not None:
             item["label"] = torch.tensor(self.labels[i])

@@ -266,25 +266,13 @@ class PhotoDataset:
         return len(self.paths)
 
     def __getitem__(self, i):
-        import torch
+        from prodcat.models.nn.vision import blank_like, photo_tensor
 
-        from prodcat.models.nn.vision import load_image
-
-        im = load_image(self.paths[i])
-        if im is None:
-            im = _blank()
-            x = self.transform(im)
-            x = torch.full_like(x, float("nan"))
-        else:
-            x = self.transform(im)
+        x = photo_tensor(self.paths[i], self.transform)
+        if x is None:
+            x = blank_like(self.transform, float("nan"))
         y = -1 if self.labels is None else int(self.labels[i])
         return x, y
-
-
-def _blank():
-    from PIL import Image
-
-    return Image.new("RGB", (32, 32), (255, 255, 255))
 
 
 def predict_photos(module, paths, transform, batch_size, workers, device, tta=True) -> np.ndarray:

@@ -204,6 +204,21 @@ def load_image(path):
         return None
 
 
+def photo_tensor(path, transform):
+    """A product's photo as a model input (the transform applied), or None when it has none or it fails to
+    decode: the one photo loader of the image and CoCa datasets."""
+    im = load_image(path) if isinstance(path, str) else None
+    return transform(im) if im is not None else None
+
+
+def blank_like(transform, fill: float):
+    """A tensor of the transform's output shape filled with `fill` (stands in for a missing photo)."""
+    import torch
+    from PIL import Image
+
+    return torch.full_like(transform(Image.new("RGB", (32, 32), (255, 255, 255))), fill)
+
+
 def _to_rgb(im):
     from PIL import Image
 
