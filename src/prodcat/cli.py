@@ -34,19 +34,68 @@ def run_options(fn):
                 run = Run.open(data, config, workdir, parse_sets(sets) if sets else None)
             except DataError as exc:
                 raise click.ClickException(str(exc)) from None
+        if fn.__name__ in WRITERS:
+            check_writable(run.paths.workdir)
         if fn.__name__ in ("train", "all_", "stack") and run.settings is not None:
             click.echo(f"[settings] {run.settings.note} (./run.sh config shows every setting)")
-        try:
-            return fn(run, **kwargs)
-        except DataError as exc:
-            raise click.ClickException(str(exc)) from None
+        return fn(run, **kwargs)
 
     return wrapper
 
 
-@click.group()
+WRITERS = ("folds", "train", "stack", "submit", "all_", "report")  # commands that write under the workdir
+
+
+def check_writable(workdir: Path) -> None:
+    """Fail before any work when the workdir cannot be written (a read-only mount, a path under a file)."""
+    import tempfile
+
+    target = Path(workdir).resolve()
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target, prefix=".prodcat-write-test-"):
+            pass
+    except OSError as exc:
+        raise DataError(f"{target}: the workdir cannot be written ({exc.strerror or exc}); "
+                        "choose another with --workdir") from None
+
+
+class Main(click.Group):
+    """The command group: every failure ends in one message and exit code 1 (bad usage: 2); a traceback
+    only with --debug (accepted anywhere on the command line)."""
+
+    def parse_args(self, ctx, args):
+        if "--debug" in args:
+            args = [a for a in args if a != "--debug"]
+            ctx.meta["debug"] = True
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except DataError as exc:
+            if ctx.meta.get("debug"):
+                raise
+            raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            if ctx.meta.get("debug"):
+                raise
+            where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+            raise click.ClickException(f"{where}{exc.strerror or exc} (check the path, its permissions and "
+                                       "free disk space; --debug shows the traceback)") from None
+        except Exception as exc:  # noqa: BLE001 - the last resort: one line, never a traceback
+            if ctx.meta.get("debug"):
+                raise
+            raise click.ClickException(f"unexpected failure: {type(exc).__name__}: {exc} "
+                                       "(rerun with --debug for the traceback)") from None
+
+
+@click.group(cls=Main)
 def main():
-    """prodcat: k-fold base models and a submission for product category prediction."""
+    """prodcat: k-fold base models and a submission for product category prediction (--debug anywhere:
+    show tracebacks)."""
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
 
 
@@ -116,15 +165,11 @@ def predict(input_path, out_path, images, models_dir, model, top, threshold, min
     """Categorise any file of products with the saved models (no training data needed)."""
     from prodcat.predict import predict_file
 
-    try:
-        if models_dir is None:
-            from prodcat.run import models_root
+    if models_dir is None:
+        from prodcat.run import models_root
 
-            models_dir = models_root(data, config, workdir)
-        predict_file(models_dir, input_path, out_path, images, model, top, threshold, min_precision,
-                     echo=click.echo)
-    except DataError as exc:
-        raise click.ClickException(str(exc)) from None
+        models_dir = models_root(data, config, workdir)
+    predict_file(models_dir, input_path, out_path, images, model, top, threshold, min_precision, echo=click.echo)
 
 
 @main.command()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from prodcat.errors import DataError
 from prodcat.models.base import BaseModel
 from prodcat.probs import TopK
 
@@ -97,11 +98,25 @@ def train_in_fresh_process(train_file: str, args: dict, save_to: str) -> None:
         job.write_text(json.dumps({"train_file": train_file, "args": args, "save_to": save_to}))
         package_root = str(Path(__file__).resolve().parents[2])  # src/
         env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-        done = subprocess.run([sys.executable, "-m", "prodcat.models.fasttext", str(job)], env=env)
+        done = subprocess.run([sys.executable, "-m", "prodcat.models.fasttext", str(job)], env=env,
+                              stderr=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
         if done.returncode != 0 or not Path(save_to).exists():
-            raise RuntimeError(f"fastText worker failed (exit code {done.returncode}); see its output above")
+            last = (done.stderr or "").strip().splitlines()[-1:] or [f"exit code {done.returncode}"]
+            raise DataError(f"fastText could not train on these rows: {last[0]} (check models.fasttext: "
+                            "./run.sh config)")
     finally:
         job.unlink(missing_ok=True)
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: the worker is killed when the process that started it dies (no orphan workers)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def train_with_retries(train_file: str, args: dict, tries: int = 3):
@@ -119,6 +134,10 @@ def train_with_retries(train_file: str, args: dict, tries: int = 3):
             print(f"[fasttext] training diverged (NaN); retrying with lr={lr:g}", file=sys.stderr)
 
 
-if __name__ == "__main__":  # the worker of train_in_fresh_process
+if __name__ == "__main__":  # the worker of train_in_fresh_process: one line on failure, no traceback
     job = json.loads(Path(sys.argv[1]).read_text())
-    train_with_retries(job["train_file"], job["args"]).save_model(job["save_to"])
+    try:
+        train_with_retries(job["train_file"], job["args"]).save_model(job["save_to"])
+    except Exception as exc:  # noqa: BLE001 - reported by the parent as one message
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(1)
