@@ -80,3 +80,9 @@ def test_saved_priors_give_the_same_features(tmp_path):
     new = frame(["b y", "q z"], ["Brand: b1", None])
     args = (np.array([0, 0, 1]), np.array([0, 2, 1]), np.array([1, -1, 0]))
     pd.testing.assert_frame_equal(lp.features(lp.codes(new), *args), back.features(back.codes(new), *args))
+
+
+def test_keys_of_one_product_without_characteristics():
+    """A single product with no characteristics (the API predicting one product) has NaN brand keys."""
+    w1, brand, combo = product_keys(frame(["Milk fresh"]), ["word1", "char:Brand", "char:Brand+word1"])
+    assert w1[0] == "milk" and pd.isna(brand[0]) and pd.isna(combo[0])

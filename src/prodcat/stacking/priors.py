@@ -68,7 +68,8 @@ def product_keys(frame: pd.DataFrame, specs: list[str]) -> list[pd.Series]:
         key = None
         for part in parts:
             if part not in cache:
-                cache[part] = _part(spec, part, titles, chars).where(lambda s: s.str.len() > 0)
+                values = _part(spec, part, titles, chars).astype("string")  # <NA> where a product has none
+                cache[part] = values.where(values.str.len() > 0)
             key = cache[part] if key is None else key + "\x1f" + cache[part]
         keys.append(key.reset_index(drop=True))
     return keys
