@@ -120,3 +120,37 @@ def finished_models(run) -> list[str]:
 def base_models(run) -> list[str]:
     """Finished base models (the stacker's own output is not a base model)."""
     return [m for m in finished_models(run) if m != STACK]
+
+
+@contextmanager
+def locked(paths: "Paths", name: str, echo=print):
+    """Hold the lock `name` of a dataset's outputs (filelock, under <workdir>/locks/<dataset>/): a second
+    process that would write the same outputs waits, told who holds them; readers never lock. The lock is
+    the kernel's (flock), so a killed holder never leaves it taken."""
+    import socket
+    import sys
+    import time
+
+    from filelock import FileLock, Timeout
+
+    folder = paths.workdir / "locks" / paths.dataset
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / f"{name}.lock"))
+    holder = folder / f"{name}.holder.json"
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            who = json.loads(holder.read_text())
+            who = f"process {who['pid']} on {who['host']} ({who['command']}, since {who['since']})"
+        except (OSError, ValueError, KeyError):
+            who = "another process"
+        echo(f"[lock] {paths.dataset}/{name} is being written by {who}: waiting for it to finish")
+        lock.acquire()
+    try:
+        holder.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                      "command": " ".join(sys.argv[1:4]) or "python",
+                                      "since": time.strftime("%H:%M:%S")}))
+        yield
+    finally:
+        lock.release()

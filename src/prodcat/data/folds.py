@@ -43,7 +43,16 @@ def make_folds(ds: Dataset, k: int, seed: int) -> pd.DataFrame:
 
 
 def load_or_make_folds(ds: Dataset, path, k: int, seed: int, force: bool = False) -> pd.DataFrame:
-    """Folds from `path` when they were made for this data with this k and seed; else made and saved."""
+    """Folds from `path` when they were made for this data with this k and seed; else made and saved (one
+    process at a time: a second waits on folds.lock, then reads what the first made)."""
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.with_suffix(".lock"))):
+        return _load_or_make(ds, path, k, seed, force)
+
+
+def _load_or_make(ds: Dataset, path, k: int, seed: int, force: bool) -> pd.DataFrame:
     meta_path = path.with_suffix(".json")
     meta = {"fingerprint": ds.labels_fingerprint, "k": int(k), "seed": int(seed)}
     if path.exists() and meta_path.exists() and not force:

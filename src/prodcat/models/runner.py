@@ -70,30 +70,50 @@ def train_model(run, name: str, folds: list[int] | None = None, force: bool = Fa
     if todo:
         model.prepare(train)
         _save_tree(run)
-    fold_of = run.folds["fold"].to_numpy()
     for fold in todo:
-        start = time.time()
-        is_valid = fold_of == fold
-        folder = run.paths.models(name) / f"fold{fold}"
-        if folder.exists() and is_main_process():
-            shutil.rmtree(folder)  # a stale or half-written fold model is never mixed with a new one
-        fitted = model.fit(train[~is_valid], folder, fold)
-        valid = fitted.predict(train[is_valid])
-        if not is_main_process():
-            continue  # under DDP every rank runs this loop; only rank 0 writes
-        meta = fold_meta(run, model, fold)
-        save_model(fitted, folder, base, {"data": meta["data"], "fold": fold, "k": run.k,
-                                          "classes": int(train.loc[~is_valid, "category_id"].nunique())})
-        out = run.paths.oof(name)
-        valid.save(out / f"fold{fold}.valid.npz")
-        meta |= {"seconds": round(time.time() - start, 1), "missing_valid": int(valid.missing.sum())}
-        write_json(meta, out / f"fold{fold}.json")
-        echo(f"[{name}] fold {fold}: trained in {meta['seconds']:.0f}s")
+        with _lock(run, f"{name}.fold{fold}", echo):
+            if not force and fold_done(run, model, fold):  # another process finished it meanwhile
+                echo(f"[{name}] fold {fold}: finished by another process, reused")
+                continue
+            _train_fold(run, model, base, train, fold, echo)
     if all(fold_done(run, model, f) for f in range(run.k)):
-        if is_main_process() and (todo or not collected(run, model)):
-            collect(run, name, config_hash(model.settings()))
-        return True
+        with _lock(run, name, echo):
+            if is_main_process() and (todo or not collected(run, model)):
+                collect(run, name, config_hash(model.settings()))
+        return all(fold_done(run, model, f) for f in range(run.k))
     return False
+
+
+def _lock(run, name: str, echo):
+    """The outputs' lock in the process that writes (rank 0 under DDP: other ranks must not wait on it)."""
+    from contextlib import nullcontext
+
+    from prodcat.outputs import locked
+
+    return locked(run.paths, name, echo) if is_main_process() else nullcontext()
+
+
+def _train_fold(run, model: BaseModel, base: str, train, fold: int, echo) -> None:
+    """Fit on the other folds, save the fold model, predict and store the held-out rows; fold<K>.json last."""
+    start = time.time()
+    is_valid = run.folds["fold"].to_numpy() == fold
+    folder = run.paths.models(model.name) / f"fold{fold}"
+    out = run.paths.oof(model.name)
+    if is_main_process():
+        (out / f"fold{fold}.json").unlink(missing_ok=True)  # from here on the fold is not finished
+        if folder.exists():
+            shutil.rmtree(folder)  # a stale or half-written fold model is never mixed with a new one
+    fitted = model.fit(train[~is_valid], folder, fold)
+    valid = fitted.predict(train[is_valid])
+    if not is_main_process():
+        return  # under DDP every rank runs the fold; only rank 0 writes
+    meta = fold_meta(run, model, fold)
+    save_model(fitted, folder, base, {"data": meta["data"], "fold": fold, "k": run.k,
+                                      "classes": int(train.loc[~is_valid, "category_id"].nunique())})
+    valid.save(out / f"fold{fold}.valid.npz")
+    meta |= {"seconds": round(time.time() - start, 1), "missing_valid": int(valid.missing.sum())}
+    write_json(meta, out / f"fold{fold}.json")
+    echo(f"[{model.name}] fold {fold}: trained in {meta['seconds']:.0f}s")
 
 
 def collected(run, model: BaseModel) -> bool:

@@ -147,9 +147,16 @@ class Stacker:
 
 def run_stack(run: Run, models: list[str] | None = None, echo=print, force: bool = False) -> dict:
     """Fit the stacker on the base models' OOF rows (cross-validated: honest OOF), save it under
-    models/<dataset>/stack/ and its OOF predictions under oof/<dataset>/stack/.
+    models/<dataset>/stack/ and its OOF predictions under oof/<dataset>/stack/ (one process at a time).
 
     Reused (not refitted) when the settings and the base models' OOF files are unchanged, unless `force`."""
+    from prodcat.outputs import locked
+
+    with locked(run.paths, STACK, echo):
+        return _run_stack(run, models, echo, force)
+
+
+def _run_stack(run: Run, models: list[str] | None, echo, force: bool) -> dict:
     import json
 
     p = stack_params(run)

@@ -1,0 +1,73 @@
+"""Two processes on one workdir: they never mix their outputs (the outputs' locks), and a killed run
+leaves no worker process behind."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from conftest import REPO
+from prodcat.probs import TopK
+
+
+def start(*args, env_extra=None):
+    env = os.environ | {"PYTHONPATH": str(REPO / "src")} | (env_extra or {})
+    return subprocess.Popen([sys.executable, "-m", "prodcat", *map(str, args)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def test_two_trainings_with_different_settings_do_not_mix_their_folds(tiny, tiny_config, tmp_path):
+    common = ["--data", tiny, "--config", tiny_config, "--workdir", tmp_path / "w"]
+    a = start("train", "tfidf", *common, "--set", "models.tfidf.epochs=3")
+    time.sleep(0.5)
+    b = start("train", "tfidf", *common, "--set", "models.tfidf.epochs=4")
+    out_a, out_b = a.communicate(timeout=300)[0], b.communicate(timeout=300)[0]
+    assert a.returncode == 0 and b.returncode == 0, out_a + out_b
+    oof = tmp_path / "w" / "oof" / "tiny" / "tfidf"
+    complete = json.loads((oof / "complete.json").read_text())
+    folds = [json.loads((oof / f"fold{f}.json").read_text()) for f in range(3)]
+    assert {f["settings"] for f in folds} == {complete["settings"]}  # one run's folds, never a mix
+    joined = TopK.load(oof / "oof.npz")
+    for f in range(3):
+        part = TopK.load(oof / f"fold{f}.valid.npz")
+        assert np.array_equal(joined.align(part.ids).scores, part.scores)  # oof.npz is made of these folds
+
+
+def test_a_second_writer_waits_and_names_the_holder(tiny, tiny_config, tmp_path):
+    from prodcat.outputs import Paths, locked
+
+    with locked(Paths(tmp_path / "w", "tiny"), "tfidf.fold0"):  # this test process holds fold 0
+        p = start("train", "tfidf", "--data", tiny, "--config", tiny_config, "--workdir", tmp_path / "w")
+        time.sleep(8)
+        assert p.poll() is None  # still waiting
+        assert not (tmp_path / "w" / "oof" / "tiny" / "tfidf" / "fold0.json").exists()
+    out = p.communicate(timeout=300)[0]
+    assert p.returncode == 0, out
+    assert f"tiny/tfidf.fold0 is being written by process {os.getpid()}" in out and "waiting" in out
+    assert (tmp_path / "w" / "oof" / "tiny" / "tfidf" / "oof.npz").exists()
+
+
+def test_a_killed_training_leaves_no_fasttext_worker(tiny, tmp_path):
+    cfg = tmp_path / "slow.yaml"
+    cfg.write_text(f"extends: {REPO / 'configs' / 'default.yaml'}\nfolds:\n  k: 3\nmodels:\n  fasttext:\n"
+                   "    epoch: 100000\n    dim: 16\n    bucket: 10000\n")
+    p = start("train", "fasttext", "--data", tiny, "--config", cfg, "--workdir", tmp_path / "w")
+    worker = None
+    for _ in range(200):  # wait for the worker to start
+        time.sleep(0.1)
+        found = subprocess.run(["pgrep", "-f", "prodcat.models.fasttext"], capture_output=True, text=True).stdout
+        pids = [int(x) for x in found.split() if int(x) != p.pid]
+        if pids:
+            worker = pids[0]
+            break
+    assert worker is not None, "the fastText worker never started"
+    os.kill(p.pid, signal.SIGKILL)  # the CLI dies without any chance to clean up
+    p.wait()
+    for _ in range(50):
+        time.sleep(0.1)
+        if not os.path.exists(f"/proc/{worker}") or open(f"/proc/{worker}/stat").read().split()[2] == "Z":
+            break
+    assert not os.path.exists(f"/proc/{worker}") or open(f"/proc/{worker}/stat").read().split()[2] == "Z"
