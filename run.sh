@@ -2,6 +2,8 @@
 # prodcat entry point. Bootstraps .venv on first use (pinned requirements.txt + constraints.txt),
 # then: ./run.sh all | test | folds | train MODEL [--fold K] | submit | scores | ... [--data DIR] [--config FILE]
 set -euo pipefail
+# paths given on the command line mean what the user typed: relative to the caller's directory
+export PRODCAT_CALLER_DIR="$PWD"
 cd "$(dirname "$0")"
 VENV=.venv
 PY="$VENV/bin/python"

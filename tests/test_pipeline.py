@@ -104,3 +104,20 @@ def test_config_variant_of_a_model_has_its_own_outputs(tiny, tiny_config, tmp_pa
     assert (tmp_path / "w" / "oof" / "tiny" / "ft_small" / "oof.npz").exists()
     assert not (tmp_path / "w" / "oof" / "tiny" / "fasttext").exists()
     assert "ft_small" in invoke("scores", *common).output
+
+
+def test_paths_are_relative_to_the_callers_directory(tiny, tmp_path):
+    """run.sh changes into the repository; --data and --workdir still mean what the user typed."""
+    import shutil
+    import subprocess
+
+    from conftest import REPO
+
+    shutil.copytree(tiny, tmp_path / "here" / "mydata")
+    done = subprocess.run([str(REPO / "run.sh"), "folds", "--data", "mydata", "--workdir", "out"],
+                          cwd=tmp_path / "here", capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "here" / "out" / "folds" / "mydata" / "folds.parquet").exists()
+    done = subprocess.run([str(REPO / "run.sh"), "folds", "--data", "nowhere"], cwd=tmp_path / "here",
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and f"{tmp_path / 'here' / 'nowhere'}: dataset folder not found" in done.stderr

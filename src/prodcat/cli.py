@@ -12,14 +12,26 @@ import click
 from prodcat.errors import DataError
 
 
+def user_path(ctx, param, value):
+    """A path from the command line, relative to the caller's directory (run.sh changes into the
+    repository, and records where the user was in PRODCAT_CALLER_DIR)."""
+    import os
+
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    caller = os.environ.get("PRODCAT_CALLER_DIR")
+    return Path(caller) / path if caller and not path.is_absolute() else path
+
+
 def run_options(fn):
     """--data, --config and --workdir for every command; opens the Run and reports bad input cleanly."""
 
-    @click.option("--data", "data", type=click.Path(), default=None,
+    @click.option("--data", "data", type=click.Path(), default=None, callback=user_path,
                   help="Dataset folder in the task's layout (default: the config's `data`).")
-    @click.option("--config", "config", type=click.Path(), default=None,
+    @click.option("--config", "config", type=click.Path(), default=None, callback=user_path,
                   help="YAML config (default: configs/default.yaml).")
-    @click.option("--workdir", type=click.Path(), default=None,
+    @click.option("--workdir", type=click.Path(), default=None, callback=user_path,
                   help="Where folds/, oof/, models/, submissions/ and cache/ go (default: the config's, '.').")
     @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                   help="Override a setting, e.g. --set models.fasttext.epoch=10 (repeatable).")
@@ -145,21 +157,23 @@ def submit(run, model, name):
 
 
 @main.command()
-@click.option("--input", "input_path", type=click.Path(path_type=Path), required=True,
+@click.option("--input", "input_path", type=click.Path(path_type=Path), callback=user_path, required=True,
               help="Products to categorise: a parquet in the training layout without category_id.")
-@click.option("--out", "out_path", type=click.Path(path_type=Path), required=True, help="Output parquet.")
-@click.option("--images", type=click.Path(path_type=Path), default=None,
+@click.option("--out", "out_path", type=click.Path(path_type=Path), callback=user_path, required=True, help="Output parquet.")
+@click.option("--images", type=click.Path(path_type=Path), callback=user_path, default=None,
               help="Photo folder (<id>.jpg, or split subfolders; default: images/ beside the input).")
-@click.option("--models", "models_dir", type=click.Path(path_type=Path), default=None,
+@click.option("--models", "models_dir", type=click.Path(path_type=Path), callback=user_path, default=None,
               help="Saved models (default: <workdir>/models/<dataset>/ of --data / the config).")
 @click.option("--model", default=None, help="stack, average or a base model (default: stack when saved).")
 @click.option("--top", default=3, show_default=True, help="Alternatives per product in the output.")
 @click.option("--threshold", type=float, default=None, help="Flag needs_review below this confidence.")
 @click.option("--min-precision", type=float, default=None,
               help="Pick the threshold whose auto-accepted products reach this precision (from OOF).")
-@click.option("--data", "data", type=click.Path(), default=None, help="Training dataset folder (for its name).")
-@click.option("--config", "config", type=click.Path(), default=None, help="YAML config.")
-@click.option("--workdir", type=click.Path(), default=None, help="Where models/ is (default: the config's).")
+@click.option("--data", "data", type=click.Path(), default=None, callback=user_path,
+              help="Training dataset folder (for its name).")
+@click.option("--config", "config", type=click.Path(), default=None, callback=user_path, help="YAML config.")
+@click.option("--workdir", type=click.Path(), default=None, callback=user_path,
+              help="Where models/ is (default: the config's).")
 def predict(input_path, out_path, images, models_dir, model, top, threshold, min_precision, data, config,
             workdir):
     """Categorise any file of products with the saved models (no training data needed)."""

@@ -140,7 +140,8 @@ def load_dataset(root: str | Path, name: str | None = None) -> Dataset:
     """Load and validate a dataset folder; bad input raises DataError naming file, column and rows."""
     root = Path(root)
     if not root.is_dir():
-        fail(root, None, "dataset folder not found")
+        fail(root.resolve(), None, "dataset folder not found (give --data DIR, a folder with categories_tree.csv, "
+                                   "train.parquet and test.parquet)")
     tree = CategoryTree.from_csv(root / "categories_tree.csv")
     train = read_products(root / "train.parquet", TRAIN_COLUMNS)
     check_labels(train, tree, root / "train.parquet")
@@ -166,7 +167,7 @@ def read_input(path: Path) -> pd.DataFrame:
 def read_products(path: Path, columns: tuple[str, ...], optional: tuple[str, ...] = ()) -> pd.DataFrame:
     """Read a products parquet, check columns and dtypes, return a clean frame (text as str or None)."""
     if not path.exists():
-        fail(path, None, "file not found")
+        fail(path.resolve(), None, "file not found")
     try:
         df = pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file's name
