@@ -249,6 +249,10 @@ def test_image_model_kfold_missing_and_corrupt_photos(tiny, tmp_path):
     assert r.exit_code == 0, r.output
     assert "114 of 120 products usable, 4 without a photo, 2 unreadable" in r.output  # training rows only
     assert "all folds finished" in r.output
+    skipped = pd.read_csv(tmp_path / "w" / "reports" / "tiny" / "skipped_photos_train.csv")  # listed, by id
+    assert set(skipped.loc[skipped["reason"] == "no photo", "id"]) == missing
+    assert set(skipped.loc[skipped["reason"].str.startswith("unreadable"), "id"]) == corrupt
+    assert "skipped_photos_train.csv" in r.output
     oof = TopK.load(tmp_path / "w" / "oof" / "tiny" / "image" / "oof.npz")
     no_photo = np.isin(oof.ids, list(missing | corrupt))
     assert np.array_equal(oof.missing, no_photo)  # exactly the products without a usable photo

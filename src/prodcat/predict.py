@@ -227,6 +227,11 @@ def predict_file(root: Path, input_path: Path, out_path: Path, images: Path | No
         raise DataError(f"{images.resolve()}: --images folder not found")
     images = images if images is not None else input_path.parent / "images"  # the task's layout
     frame = with_photos(frame, ImageFolder(images), None)
+    if any(getattr(m, "uses_photos", False) for name in predictor.base_names() for m in predictor.base(name)):
+        from prodcat.models.nn.vision import report_skipped
+
+        csv = Path(root).resolve().parent.parent / "reports" / Path(root).name / f"skipped_photos_{input_path.stem}.csv"
+        echo("[predict] " + report_skipped(frame, csv))
     echo(f"[predict] {len(frame)} products from {input_path} with '{predictor.model}' "
          f"(loaded in {time.time() - start:.1f}s)")
     if min_precision is not None:

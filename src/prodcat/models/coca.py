@@ -51,6 +51,7 @@ META = "coca.json"
 
 class CocaModel(BaseModel):
     name = "coca"
+    uses_photos = True  # the runner lists the training rows' missing and unreadable photos
 
     def __init__(self, params, env):
         super().__init__(params, env)

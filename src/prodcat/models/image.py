@@ -35,6 +35,7 @@ META = "image.json"
 
 class ImageModel(BaseModel):
     name = "image"
+    uses_photos = True  # the runner lists the training rows' missing and unreadable photos
 
     def __init__(self, params, env):
         super().__init__(params, env)

@@ -68,6 +68,10 @@ def train_model(run, name: str, folds: list[int] | None = None, force: bool = Fa
     for f in sorted(set(range(run.k)) & set(folds if folds is not None else range(run.k)) - set(todo)):
         echo(f"[{name}] fold {f}: finished earlier, reused (--force to retrain)")
     if todo:
+        if getattr(model, "uses_photos", False) and is_main_process():
+            from prodcat.models.nn.vision import report_skipped
+
+            echo(f"[{name}] " + report_skipped(train, run.paths.reports / "skipped_photos_train.csv"))
         model.prepare(train)
         _save_tree(run)
     for fold in todo:

@@ -331,6 +331,24 @@ def check_photos(paths: list) -> Photos:
     return Photos(list(paths), usable)
 
 
+def report_skipped(frame, csv_path: Path) -> str:
+    """List the products whose photo is missing or unreadable in a CSV (id, path, reason); returns the one
+    summary line that points to it."""
+    import pandas as pd
+
+    from prodcat.outputs import atomic_path
+
+    photos = check_photos(photo_paths(frame))
+    has = np.array([p is not None for p in photos.paths], bool)
+    bad = ~photos.usable
+    table = pd.DataFrame({"id": frame["id"].to_numpy()[bad], "path": [photos.paths[i] for i in np.flatnonzero(bad)],
+                          "reason": np.where(has[bad], "unreadable: the file does not decode as an image",
+                                             "no photo")})
+    with atomic_path(csv_path) as tmp:
+        table.to_csv(tmp, index=False)
+    return f"{photos.summary()} (listed in {csv_path})"
+
+
 def _decodes(path) -> bool:
     from PIL import Image
 
