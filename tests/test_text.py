@@ -44,3 +44,23 @@ def test_product_texts_cached(tiny, tmp_path):
     changed = ds.train.assign(title=ds.train["title"].where(ds.train.index != 0, "совсем другой товар"))
     again = product_texts(changed, {"lemmatize": True}, tmp_path)
     assert again.iloc[0] != texts.iloc[0] and again.iloc[1:].equals(texts.iloc[1:])
+
+
+def test_progress_without_a_terminal_is_plain_lines(capsys, monkeypatch):
+    """No terminal (CI, nohup, a log): one plain line per ~interval with counts, elapsed and time left."""
+    import time
+
+    from prodcat.progress import progress
+
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
+
+    def slow():
+        for i in range(6):
+            time.sleep(0.05)
+            yield i
+
+    assert list(progress(slow(), 6, "demo", "product", every=0.1)) == list(range(6))
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln]
+    assert lines and all(ln.startswith("[demo] ") for ln in lines) and "\r" not in err
+    assert any("/6 products (" in ln and "s left" in ln for ln in lines)

@@ -11,11 +11,11 @@ from functools import lru_cache
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
-from prodcat.settings import config_hash
-from prodcat.settings import TextSettings, defaults_of
 from prodcat.outputs import write_parquet
+from prodcat.progress import progress
+from prodcat.settings import TextSettings, config_hash, defaults_of
+from prodcat.progress import progress
 
 UNITS = ("мл", "л", "гр", "г", "кг", "мг", "см", "мм", "м", "шт", "уп", "пак", "таб", "капс", "%", "ml", "l",
          "gr", "g", "kg", "mg", "cm", "mm", "m", "pcs", "pc", "inch", "in", "вт", "w", "в", "v", "мач", "mah",
@@ -132,13 +132,11 @@ def product_texts(frame: pd.DataFrame, cfg: dict | None, cache_dir=None) -> pd.S
             new = pd.Series(cached["text"].to_numpy(), index=cached["hash"].to_numpy())
         else:
             sub = frame.iloc[todo]
-            texts = [build_text(t, d, c, cfg) for t, d, c in tqdm(
+            texts = [build_text(t, d, c, cfg) for t, d, c in progress(
                 zip(sub["title"], sub["short_description"], sub["name_value_characteristics"]),
-                total=len(sub), desc="text", unit="product", mininterval=1.0, leave=False,
-                disable=len(sub) < 50_000)]
+                len(sub), "text", "product", min_total=50_000)]
             if cfg["lemmatize"]:
-                texts = [lemmatize(t) for t in tqdm(texts, desc="lemmas", unit="product", mininterval=1.0,
-                                                    leave=False, disable=len(texts) < 50_000)]
+                texts = [lemmatize(t) for t in progress(texts, len(texts), "lemmas", "product", min_total=5_000)]
             new = pd.Series(texts, index=hashes[todo], dtype=object)
             if path is not None:
                 write_parquet(pd.DataFrame({"hash": new.index.to_numpy(), "text": new.to_numpy()}), path)

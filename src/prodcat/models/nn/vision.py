@@ -472,7 +472,7 @@ def _assemble(store: _Store, paths, idents, with_tokens: bool, embedded: int, sp
 def _embed(idents: list, spec: BackboneSpec, size: int, grid: int, batch_size: int, echo):
     """(pooled f16, tokens f16, usable) of these photos with the frozen backbone (on the CPU)."""
     import torch
-    from tqdm.auto import tqdm
+    from prodcat.progress import progress
 
     model = create_backbone(spec).eval().to(memory_format=torch.channels_last)
     tf = eval_transform(size, *backbone_norm(model))
@@ -481,8 +481,8 @@ def _embed(idents: list, spec: BackboneSpec, size: int, grid: int, batch_size: i
     tokens = np.zeros((n, grid * grid, c), np.float16)
     usable = np.zeros(n, bool)
     with torch.inference_mode():
-        for start in tqdm(range(0, n, batch_size), desc=f"embed {spec.name}", unit="batch", mininterval=2.0,
-                          leave=False, disable=not sys.stderr.isatty()):
+        for start in progress(range(0, n, batch_size), (n + batch_size - 1) // batch_size, f"embed {spec.name}",
+                              "batch"):
             rows, xs = [], []
             for r in range(start, min(start + batch_size, n)):
                 im = load_image(idents[r][0])
