@@ -27,8 +27,8 @@ class TopK:
 
     def __post_init__(self):
         self.ids = np.asarray(self.ids, dtype=np.int64)
-        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(len(self.ids), -1)
-        self.scores = np.asarray(self.scores, dtype=np.float16).reshape(len(self.ids), -1)
+        self.labels = _rows(np.asarray(self.labels, dtype=np.int64), len(self.ids))
+        self.scores = _rows(np.asarray(self.scores, dtype=np.float16), len(self.ids))
         self.missing = np.asarray(self.missing, dtype=bool).reshape(len(self.ids))
 
     def __len__(self) -> int:
@@ -57,8 +57,8 @@ class TopK:
     def from_ranked(cls, ids, labels, scores, k: int, missing=None, flags=None) -> "TopK":
         """From per-product labels/scores already sorted best first; pads or cuts to K columns."""
         n = len(ids)
-        labels = np.asarray(labels, dtype=np.int64).reshape(n, -1)[:, :k]
-        scores = np.asarray(scores, dtype=np.float32).reshape(n, -1)[:, :k]
+        labels = _rows(np.asarray(labels, dtype=np.int64), n)[:, :k]
+        scores = _rows(np.asarray(scores, dtype=np.float32), n)[:, :k]
         pad = k - labels.shape[1]
         if pad > 0:
             labels = np.pad(labels, ((0, 0), (0, pad)), constant_values=NO_LABEL)
@@ -120,6 +120,13 @@ class TopK:
         with np.load(path) as z:
             flags = {k[5:]: z[k] for k in z.files if k.startswith("flag_")}
             return cls(z["ids"], z["labels"], z["scores"], z["missing"], flags)
+
+
+def _rows(a: np.ndarray, n: int) -> np.ndarray:
+    """`a` as n rows (zero rows keep the column count, e.g. an empty file to predict)."""
+    if n == 0:
+        return a.reshape(0, a.shape[1] if a.ndim == 2 else 0)
+    return a.reshape(n, -1)
 
 
 def average(parts: list[TopK], k: int | None = None, weights=None) -> TopK:

@@ -124,7 +124,18 @@ class Featurizer:
     def fit_transform(self, texts: list[str]) -> sp.csr_matrix:
         if len(texts) < 10 * max(self.word.min_df, 1):  # tiny training sets (tests): keep every n-gram
             self.word.min_df = self.char.min_df = 1
-        return self._stack(self.word.fit_transform(texts), self.char.fit_transform(texts))
+        try:
+            return self._stack(self.word.fit_transform(texts), self.char.fit_transform(texts))
+        except ValueError as exc:
+            if "empty vocabulary" not in str(exc):
+                raise
+        import warnings
+
+        warnings.warn("TF-IDF: the training products have no text to learn from; it predicts from the classes' "
+                      "frequencies only")
+        self.word.min_df = self.char.min_df = 1
+        placeholder = ["emptytext"] + list(texts)  # one term, so that the model can be fitted and served
+        return self._stack(self.word.fit_transform(placeholder), self.char.fit_transform(placeholder))[1:]
 
     def transform(self, texts: list[str]) -> sp.csr_matrix:
         return self._stack(self.word.transform(texts), self.char.transform(texts))

@@ -20,6 +20,8 @@ def group_softmax(rows: np.ndarray, scores: np.ndarray, temperature: float) -> n
 
 def fit_temperature(rows, scores, is_true) -> float:
     """Temperature minimising the NLL of the true candidate (products whose truth is a candidate)."""
+    if not np.any(is_true):
+        return 1.0  # no product has its truth among the candidates: nothing to calibrate on
     has = np.zeros(int(rows.max()) + 1, bool)
     has[rows[is_true]] = True
     keep = has[rows]

@@ -58,6 +58,15 @@ def inputs_key(run: Run, names: list[str], p: dict) -> str:
                         "folds": run.k, "seed": run.seed, "top_k": run.top_k, "text": run.cfg.get("text", {})})
 
 
+class MeanProbability:
+    """Stands in for a fold ranker that had nothing to learn from (no product of the other folds has its true
+    class among its candidates, e.g. every class a singleton): a candidate's score is the base models' mean
+    probability of it."""
+
+    def predict(self, x) -> np.ndarray:
+        return x["mean_prob"].to_numpy(np.float64)
+
+
 class Stacker:
     """The fitted stacker: one LightGBM ranker per fold, the softmax temperature, the hF1 level of the
     decoding, the training class counts per fold and the lookup priors. Saved as LightGBM model text files,
@@ -116,6 +125,8 @@ class Stacker:
 
         (folder / "stacker.json").unlink(missing_ok=True)
         for f, booster in enumerate(self.boosters):
+            if isinstance(booster, MeanProbability):
+                continue  # nothing learned: `meta["fallback"]` says so
             with atomic_path(folder / f"ranker{f}.txt") as tmp:
                 booster.save_model(str(tmp))
         write_npz({"freq": self.freq, "counts": self.counts}, folder / "counts.npz")
@@ -134,7 +145,8 @@ class Stacker:
         if not (folder / "stacker.json").exists():
             raise DataError(f"{folder}: no saved stacker here (run ./run.sh stack first)")
         meta = json.loads((folder / "stacker.json").read_text())
-        boosters = [lgb.Booster(model_file=str(folder / f"ranker{f}.txt")) for f in range(meta["n_rankers"])]
+        boosters = [MeanProbability() if f in meta.get("fallback", []) else
+                    lgb.Booster(model_file=str(folder / f"ranker{f}.txt")) for f in range(meta["n_rankers"])]
         with np.load(folder / "counts.npz") as z:
             freq, counts = z["freq"], z["counts"]
         priors = None
@@ -242,6 +254,7 @@ def fit_stacker(run: Run, names: list[str], p: dict, echo=print):
     method = p["decoding"]
     oof_top = _to_topk(run.ds.train["id"].to_numpy(), rows, cls, proba_oof, decided[method], nodes, run.top_k)
     meta = {"models": names, "params": p, "k": run.k, "n_rankers": n_folds, "temperature": temp,
+            "fallback": [f for f, b in enumerate(boosters) if isinstance(b, MeanProbability)],
             "f_level": f_level, "decoding": method, "columns": list(x.columns), "top_k": run.top_k,
             "text": run.env.text, "data": run.ds.fingerprint}
     stacker = Stacker(run.ds.tree, meta, boosters, freq_oof, counts, priors)
@@ -280,13 +293,19 @@ def _fit_rankers(run, p, x, rows, is_true, has_truth, stack_folds, n_folds, echo
         if len(train_prod) > p["max_train_products"]:
             train_prod = np.sort(rng.choice(train_prod, int(p["max_train_products"]), replace=False))
         sel = np.isin(rows, train_prod)
-        groups = np.bincount(rows[sel], minlength=n_train)
-        groups = groups[groups > 0]
-        ds = lgb.Dataset(x[sel], label=is_true[sel].astype(int), group=groups, free_raw_data=True)
-        booster = lgb.train(params, ds, num_boost_round=int(p["num_boost_round"]))
         held = pair_fold == f
+        if not sel.any():
+            echo(f"warning: [stack] fold {f}: no product of the other folds has its true class among the "
+                 "candidates (e.g. every class has one product): candidates are ranked by the base models' "
+                 "mean probability")
+            booster = MeanProbability()
+        else:
+            groups = np.bincount(rows[sel], minlength=n_train)
+            groups = groups[groups > 0]
+            ds = lgb.Dataset(x[sel], label=is_true[sel].astype(int), group=groups, free_raw_data=True)
+            booster = lgb.train(params, ds, num_boost_round=int(p["num_boost_round"]))
+            importance += booster.feature_importance("gain")
         score_oof[held] = booster.predict(x[held])
-        importance += booster.feature_importance("gain")
         boosters.append(booster)
         echo(f"[stack] fold {f}: ranker on {len(train_prod)} products ({time.time() - start:.0f}s)")
     return boosters, score_oof, importance
