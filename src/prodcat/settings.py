@@ -84,7 +84,7 @@ class TfidfSettings:
     l2: float = setting(0.0, "weight decay per update (0: none)", min=0.0)
     temperature: float = setting(1.0, "softmax temperature of the output probabilities", min=1e-6)
     centroid_prune: float = setting(0.0, "centroid weights below this are dropped", min=0.0)
-    prune: float = setting(0.05, "weights below this magnitude are dropped after training (0: keep all)", min=0.0)
+    prune: float = setting(0.0, "weights below this magnitude are dropped after training (0: keep all)", min=0.0)
     chunk: int = setting(4096, "rows per centroid-similarity chunk", min=1)
     threads: int = setting(2, "threads for the shortlist product", min=1)
     text: dict = setting({}, "text settings for this model only (keys of `text`)")
@@ -255,13 +255,13 @@ def size_rules(n_products: int) -> tuple[dict, str]:
     rules = {
         "models": {
             "fasttext": {"epoch": 5, "lr": 0.8, "dim": 30, "bucket": 1_000_000, "thread": "auto"},
-            "tfidf": {"char_ngrams": [3, 5], "shortlist": 40, "epochs": 5, "lr": 4.0},
+            "tfidf": {"char_ngrams": [3, 5], "shortlist": 40, "epochs": 5, "lr": 4.0, "prune": 0.05},
         },
         "stack": {"candidates": 8, "num_leaves": 31, "min_data_in_leaf": 100, "max_train_products": 250_000,
                   "num_boost_round": 300, "num_threads": 2, "priors": list(PRIOR_KEYS)},
     }
     return rules, (f"size rule: {n_products:,} training products >= {LARGE:,}: fastText 5 epochs on all cores, "
-                   "TF-IDF char 3-5-grams, shortlist 40, 5 epochs, a 300-round stacker with lookup priors")
+                   "TF-IDF char 3-5-grams, shortlist 40, 5 epochs, weights pruned below 0.05, a 300-round stacker with lookup priors")
 
 
 # -- checking and resolving -----------------------------------------------------------------------------
