@@ -34,3 +34,17 @@ def test_compare_notebook_executes(tiny, tiny_config, tmp_path, monkeypatch):
     text = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
     assert "tfidf" in text and "stack" in text and "average" in text
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # the three figures
+
+
+def test_notebook_command_writes_the_executed_notebook_as_html(tiny, tiny_config, tmp_path):
+    """`./run.sh notebook` runs the notebook on a finished run: no Jupyter front end needed."""
+    from click.testing import CliRunner
+
+    from prodcat.cli import main
+
+    common = ["--data", str(tiny), "--config", str(tiny_config), "--workdir", str(tmp_path / "w")]
+    assert CliRunner().invoke(main, ["train", "tfidf", *common]).exit_code == 0
+    r = CliRunner().invoke(main, ["notebook", *common])
+    assert r.exit_code == 0, r.output
+    html = (tmp_path / "w" / "reports" / "tiny" / "compare_oof.html").read_text()
+    assert "models: tfidf" in html and "cover@0.98" in html and "Traceback" not in html

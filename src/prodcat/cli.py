@@ -238,6 +238,29 @@ def report(run):
 
 @main.command()
 @run_options
+def notebook(run):
+    """Run notebooks/compare_oof.ipynb on this run; writes it, executed, as HTML under reports/<dataset>/."""
+    import os
+
+    import nbformat
+    from nbclient import NotebookClient
+    from nbconvert import HTMLExporter
+
+    from prodcat.outputs import atomic_path
+
+    os.environ |= {"PRODCAT_DATA": str(run.ds.root.resolve()), "PRODCAT_WORKDIR": str(run.paths.workdir.resolve()),
+                   "PRODCAT_CONFIG": str(run.config_file or "")}
+    repo = Path(__file__).resolve().parents[2]
+    nb = nbformat.read(repo / "notebooks" / "compare_oof.ipynb", as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(repo)}}).execute()
+    out = run.paths.reports / "compare_oof.html"
+    with atomic_path(out) as tmp:
+        tmp.write_text(HTMLExporter().from_notebook_node(nb)[0], encoding="utf-8")
+    click.echo(f"{out.resolve()}  (open it in a browser)")
+
+
+@main.command()
+@run_options
 def config(run):
     """Every setting, resolved: its value and where it came from (default, size rule, a file, --set)."""
     rows = run.settings.table()

@@ -21,6 +21,7 @@ class Run:
     ds: Dataset
     paths: Paths
     settings: Resolved | None = None
+    config_file: Path | None = None  # the config given (None: configs/default.yaml)
 
     @classmethod
     def open(cls, data: str | Path | None = None, config: str | Path | None = None,
@@ -35,7 +36,8 @@ class Run:
         for key, value, source in (("data", data, "--data"), ("workdir", workdir, "--workdir")):
             if value is not None and str(value) != str(cfg[key]):
                 cfg[key], settings.sources[key] = str(value), source
-        return cls(cfg=cfg, ds=ds, paths=Paths(workdir, ds.name), settings=settings)
+        return cls(cfg=cfg, ds=ds, paths=Paths(workdir, ds.name), settings=settings,
+                   config_file=Path(config).resolve() if config else None)
 
     @property
     def seed(self) -> int:

@@ -76,9 +76,9 @@ def content_hash(frame: pd.DataFrame, photos: bool = True) -> str:
     h = hashlib.sha1(pd.util.hash_pandas_object(frame[cols], index=False).to_numpy().tobytes())
     h.update(",".join(cols).encode())
     if photos and "image_path" in frame.columns:
-        for p in frame["image_path"].tolist():
+        for p in frame["image_path"].tolist():  # the file name, not how its folder was spelled
             st = os.stat(p) if isinstance(p, str) and os.path.exists(p) else None
-            h.update(f"{p}:{st.st_size}:{st.st_mtime_ns};".encode() if st else b"-;")
+            h.update(f"{os.path.basename(p)}:{st.st_size}:{st.st_mtime_ns};".encode() if st else b"-;")
     return h.hexdigest()[:12]
 
 

@@ -105,7 +105,7 @@ def coverage_table(run: Run, preds: dict[str, TopK]) -> pd.DataFrame:
     from prodcat.predict import coverage_curve
 
     y = run.ds.train["category_id"].to_numpy()
-    parts = []
+    parts = [pd.DataFrame(columns=["model", "threshold", "coverage", "accuracy", "hF1"])]
     for name, p in preds.items():
         conf = np.where(p.missing, -1.0, p.scores[:, 0].astype(float))
         counts = hierarchical_counts(y, p.top1(), run.ds.tree)
