@@ -71,3 +71,38 @@ def test_a_killed_training_leaves_no_fasttext_worker(tiny, tmp_path):
         if not os.path.exists(f"/proc/{worker}") or open(f"/proc/{worker}/stat").read().split()[2] == "Z":
             break
     assert not os.path.exists(f"/proc/{worker}") or open(f"/proc/{worker}/stat").read().split()[2] == "Z"
+
+
+def test_leftovers_of_a_killed_run_are_cleaned_and_outputs_have_normal_modes(tiny, tiny_config, tmp_path):
+    from click.testing import CliRunner
+
+    from prodcat.cli import main
+
+    oof = tmp_path / "w" / "oof" / "tiny" / "tfidf"
+    oof.mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = oof / f".fold0.valid.npz.pid{dead.pid}.abc123.tmp"  # what a killed run's atomic write leaves
+    live = oof / f".fold9.valid.npz.pid{os.getpid()}.abc123.tmp"  # a running process's: kept
+    stale.write_bytes(b"half")
+    live.write_bytes(b"half")
+    r = CliRunner().invoke(main, ["train", "tfidf", "--data", str(tiny), "--config", str(tiny_config),
+                                  "--workdir", str(tmp_path / "w")])
+    assert r.exit_code == 0, r.output
+    assert not stale.exists() and live.exists()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (oof / "oof.npz").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
+
+
+def test_a_read_only_workdir_fails_before_any_work(tiny, tiny_config, tmp_path):
+    from click.testing import CliRunner
+
+    from prodcat.cli import main
+
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    r = CliRunner().invoke(main, ["all", "--data", str(tiny), "--config", str(tiny_config), "--workdir",
+                                  str(blocker / "w")])  # a path under a file: nothing can be written there
+    assert r.exit_code == 1 and "the workdir cannot be written" in r.output and "--workdir" in r.output
+    assert "Traceback" not in r.output

@@ -63,7 +63,7 @@ def atomic_path(path: str | Path):
     """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.pid{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # the mode of a normal new file, not mkstemp's private 0600
     try:
@@ -72,6 +72,31 @@ def atomic_path(path: str | Path):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def clean_stale_temps(*folders: Path) -> int:
+    """Remove the temp files that killed processes left in these folders (their pid, written in the name by
+    atomic_path, is gone); a live process's temp files are kept. Returns how many were removed."""
+    import re
+
+    removed = 0
+    for folder in folders:
+        for tmp in Path(folder).rglob(".*.pid*.tmp") if Path(folder).is_dir() else []:
+            m = re.search(r"\.pid(\d+)\.", tmp.name)
+            if m and not _alive(int(m.group(1))):
+                tmp.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _umask() -> int:

@@ -68,6 +68,11 @@ def train_model(run, name: str, folds: list[int] | None = None, force: bool = Fa
     for f in sorted(set(range(run.k)) & set(folds if folds is not None else range(run.k)) - set(todo)):
         echo(f"[{name}] fold {f}: finished earlier, reused (--force to retrain)")
     if todo:
+        if is_main_process():
+            from prodcat.outputs import clean_stale_temps
+
+            clean_stale_temps(run.paths.oof(name), run.paths.models(name))  # what a killed run left
+            report_empty_products(run, train, echo)
         if getattr(model, "uses_photos", False) and is_main_process():
             from prodcat.models.nn.vision import report_skipped
 
@@ -86,6 +91,24 @@ def train_model(run, name: str, folds: list[int] | None = None, force: bool = Fa
                 collect(run, name, config_hash(model.settings()))
         return all(fold_done(run, model, f) for f in range(run.k))
     return False
+
+
+def report_empty_products(run, train, echo) -> None:
+    """Products with no title, description or characteristics are kept (as empty texts) and listed in
+    reports/<dataset>/empty_products_train.csv, with one summary line."""
+    import pandas as pd
+
+    from prodcat.data.dataset import TEXT_COLUMNS
+    from prodcat.outputs import atomic_path
+
+    empty = train[list(TEXT_COLUMNS)].apply(lambda c: c.fillna("").astype(str).str.strip() == "").all(axis=1)
+    if not empty.any():
+        return
+    path = run.paths.reports / "empty_products_train.csv"
+    with atomic_path(path) as tmp:
+        pd.DataFrame({"id": train.loc[empty, "id"], "reason": "no title, description or characteristics: "
+                      "treated as an empty text"}).to_csv(tmp, index=False)
+    echo(f"warning: {int(empty.sum())} training products have no text at all (listed in {path})")
 
 
 def _lock(run, name: str, echo):
