@@ -16,6 +16,7 @@ def progress(iterable, total: int, desc: str, unit: str = "item", every: float =
 
         yield from tqdm(iterable, total=total, desc=desc, unit=unit, mininterval=1.0, leave=False)
         return
+    units = unit + ("es" if unit.endswith(("s", "sh", "ch", "x")) else "s")
     start = last = time.time()
     done = 0
     for item in iterable:
@@ -25,7 +26,7 @@ def progress(iterable, total: int, desc: str, unit: str = "item", every: float =
         if now - last >= every and done < total:
             last = now
             eta = (now - start) / done * (total - done)
-            print(f"[{desc}] {done:,}/{total:,} {unit}s ({done / total:.0%}), {now - start:.0f}s elapsed, "
+            print(f"[{desc}] {done:,}/{total:,} {units} ({done / total:.0%}), {now - start:.0f}s elapsed, "
                   f"about {eta:.0f}s left", file=sys.stderr, flush=True)
     if time.time() - start >= every:
-        print(f"[{desc}] {done:,} {unit}s in {time.time() - start:.0f}s", file=sys.stderr, flush=True)
+        print(f"[{desc}] {done:,} {units} in {time.time() - start:.0f}s", file=sys.stderr, flush=True)
