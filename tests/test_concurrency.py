@@ -106,3 +106,18 @@ def test_a_read_only_workdir_fails_before_any_work(tiny, tiny_config, tmp_path):
                                   str(blocker / "w")])  # a path under a file: nothing can be written there
     assert r.exit_code == 1 and "the workdir cannot be written" in r.output and "--workdir" in r.output
     assert "Traceback" not in r.output
+
+
+def test_folds_trained_by_separate_processes_at_once_then_stacked(tiny, tiny_config, tmp_path):
+    """The k-fold grid as independent jobs: `train MODEL --fold K` for every K at once on one workdir."""
+    common = ["--data", tiny, "--config", tiny_config, "--workdir", tmp_path / "w"]
+    jobs = [start("train", m, "--fold", f, *common) for m in ("fasttext", "tfidf") for f in range(3)]
+    outs = [j.communicate(timeout=300)[0] for j in jobs]
+    assert all(j.returncode == 0 for j in jobs), "\n".join(outs)
+    oof = tmp_path / "w" / "oof" / "tiny"
+    for m in ("fasttext", "tfidf"):
+        assert (oof / m / "oof.npz").exists()  # the last fold to finish joined them
+        assert len(TopK.load(oof / m / "oof.npz")) == 120
+    done = start("stack", *common)
+    out = done.communicate(timeout=300)[0]
+    assert done.returncode == 0 and "[stack] fasttext, tfidf" in out, out
