@@ -51,8 +51,8 @@ def full_coca_step(batch: int = 4, steps: int = 2) -> dict:
     import torch
 
     from prodcat.models.coca import CocaNet, TimmTokens
-    from prodcat.settings import load_config
     from prodcat.models.nn.vision import import_timm
+    from prodcat.settings import load_config
 
     cfg = load_config(REPO / "configs" / "gpu.yaml")["models"]["coca"]
     enc = cfg["image_encoder"]
@@ -83,8 +83,8 @@ def main():
     args = ap.parse_args()
 
     from prodcat.evaluation.metrics import score
-    from prodcat.run import Run
     from prodcat.evaluation.scores import score_table
+    from prodcat.run import Run
 
     work = Path(tempfile.mkdtemp(prefix="bench_image_coca_"))
     wall = {"fasttext": train("fasttext", args.data, work),
@@ -111,7 +111,6 @@ def main():
 
     from prodcat.models.nn.heads import FeatureHead
     from prodcat.models.nn.trainer import count_params
-
     from prodcat.models.nn.vision import BackboneSpec, create_backbone
 
     p = run.model_params("image")

@@ -54,8 +54,8 @@ def main() -> int:
 
     import pandas as pd
 
-    from prodcat.run import Run
     from prodcat.evaluation.scores import review_table
+    from prodcat.run import Run
 
     run = Run.open(args.data, args.config, args.workdir)
     models = run.paths.models_root

@@ -49,11 +49,11 @@ def main() -> int:
         return proc.returncode
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 
-    from prodcat.run import Run
+    import pandas as pd
+
     from prodcat.evaluation.scores import comparison_table
     from prodcat.evaluation.submission import validate_submission
-
-    import pandas as pd
+    from prodcat.run import Run
 
     run = Run.open(args.data, args.config, workdir)
     sub_path = run.paths.submissions / "stack.parquet"

@@ -8,13 +8,13 @@ import json
 import numpy as np
 import torch
 from click.testing import CliRunner
-
 from conftest import REPO, products
-from prodcat.cli import main
-from prodcat.probs import TopK
-from prodcat.data.tokens import BOS, EOS, PAD, UNK, Vocab, lemmas, navec_matrix
 from PIL import Image
 from test_image import assert_same, fresh_process_predict, model_params, photo_frames, with_paths, write_photos
+
+from prodcat.cli import main
+from prodcat.data.tokens import BOS, EOS, PAD, UNK, Vocab, lemmas, navec_matrix
+from prodcat.probs import TopK
 
 SMALL = ("    seq_len: 12\n    dim: 32\n    unimodal_depth: 1\n    multimodal_depth: 1\n    heads: 2\n"
          "    dim_head: 16\n    ff_mult: 2\n    num_img_queries: 4\n    batch_size: 32\n    stage1_epochs: 1\n"
@@ -141,8 +141,8 @@ def test_vit_encoder_and_joint_stage2(tiny, tmp_path):
 def test_coca_trained_timm_encoder_save_load(tmp_path):
     """The GPU configuration's image side (the timm backbone trained inside CoCa on photos), tiny and on a
     CPU: the whole network, backbone included, is saved and predicts as the trained one."""
-    from prodcat.models.coca import CocaModel
     from prodcat.models.base import ModelEnv, load_model, save_model
+    from prodcat.models.coca import CocaModel
 
     train, test = photo_frames(tmp_path / "d")
     extra = {"seq_len": 8, "dim": 16, "unimodal_depth": 1, "multimodal_depth": 1, "heads": 2, "dim_head": 8,
@@ -161,8 +161,8 @@ def test_coca_trained_timm_encoder_save_load(tmp_path):
 def test_coca_save_load_fresh_process(tmp_path):
     """fit -> save -> load_model in a new process -> predict: the same probabilities and text-only flags,
     bit for bit; the frozen backbone is not stored, its vocabulary is plain json."""
-    from prodcat.models.coca import CocaModel
     from prodcat.models.base import ModelEnv, load_model, save_model
+    from prodcat.models.coca import CocaModel
 
     train, test = photo_frames(tmp_path / "d")
     extra = {"seq_len": 12, "dim": 32, "unimodal_depth": 1, "multimodal_depth": 1, "heads": 2, "dim_head": 16,
@@ -186,7 +186,6 @@ def test_coca_save_load_fresh_process(tmp_path):
 
 def test_coca_net_shapes_and_tied_output():
     from prodcat.models.coca import CocaNet, TinyViT
-
     from prodcat.settings import CocaSettings, complete
 
     small = {"dim": 24, "heads": 2, "dim_head": 8, "num_img_queries": 3, "unimodal_depth": 1, "multimodal_depth": 1}

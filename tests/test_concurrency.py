@@ -8,8 +8,8 @@ import sys
 import time
 
 import numpy as np
-
 from conftest import REPO
+
 from prodcat.probs import TopK
 
 

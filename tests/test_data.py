@@ -1,8 +1,8 @@
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import products, write_dataset
 
-from conftest import TREE, products, write_dataset
 from prodcat.data.dataset import load_dataset
 from prodcat.errors import DataError
 

@@ -4,8 +4,8 @@ import warnings
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-
 from conftest import products, write_dataset
+
 from prodcat.cli import main
 
 
@@ -45,5 +45,8 @@ def test_degenerate_data_is_served(case, tiny_config, tmp_path):
     sub = pd.read_parquet(tmp_path / "w" / "submissions" / case / "stack.parquet")
     test = pd.read_parquet(root / "test.parquet")
     assert sub["id"].tolist() == test["id"].tolist()
+    if case == "all_texts_empty":  # listed, by id
+        listed = pd.read_csv(tmp_path / "w" / "reports" / case / "empty_products_train.csv")
+        assert len(listed) == 60 and "no text at all" in r.output
     if warning:  # said once, as a warning or a [stack] line
         assert warning in r.output + " ".join(str(w.message) for w in caught)

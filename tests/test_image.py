@@ -12,12 +12,19 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import REPO, products, write_dataset
 from PIL import Image
 
-from conftest import REPO, products, write_dataset
 from prodcat.cli import main
+from prodcat.models.nn.vision import (
+    BackboneSpec,
+    WeightsError,
+    create_backbone,
+    import_timm,
+    load_image,
+    package_weights,
+)
 from prodcat.probs import TopK
-from prodcat.models.nn.vision import BackboneSpec, WeightsError, create_backbone, import_timm, load_image, package_weights
 
 COLOURS = {11: (220, 30, 30), 12: (30, 200, 40), 21: (40, 60, 220), 23: (230, 220, 40), 24: (200, 40, 200)}
 
@@ -164,8 +171,7 @@ def photo_frames(root):
 
 
 def model_params(name, extra=None):
-    from prodcat.settings import load_config
-    from prodcat.settings import deep_merge
+    from prodcat.settings import deep_merge, load_config
 
     cfg = load_config(REPO / "configs" / "default.yaml")
     return deep_merge(cfg["models"][name], extra or {}), cfg["text"]

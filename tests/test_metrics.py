@@ -1,10 +1,10 @@
 import math
 
 import pytest
-
 from conftest import TREE
-from prodcat.evaluation.metrics import hf1_by_top_level, hierarchical_f1, score
+
 from prodcat.data.tree import CategoryTree
+from prodcat.evaluation.metrics import hf1_by_top_level, hierarchical_f1, score
 
 TREE_ = CategoryTree.from_frame(TREE)
 

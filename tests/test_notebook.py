@@ -1,14 +1,14 @@
 """notebooks/compare_oof.ipynb runs top to bottom on a tiny finished run (so it can never rot)."""
 import nbformat
 import numpy as np
+from conftest import REPO
 from nbclient import NotebookClient
 
-from conftest import REPO
 from prodcat.models.runner import train_model
+from prodcat.outputs import write_json
 from prodcat.probs import TopK
 from prodcat.run import Run
 from prodcat.stacking.stacker import run_stack
-from prodcat.outputs import write_json
 
 
 def test_compare_notebook_executes(tiny, tiny_config, tmp_path, monkeypatch):

@@ -3,8 +3,8 @@ import json
 
 import pandas as pd
 from click.testing import CliRunner
-
 from conftest import products, write_dataset
+
 from prodcat.cli import main
 
 
@@ -121,3 +121,34 @@ def test_paths_are_relative_to_the_callers_directory(tiny, tmp_path):
     done = subprocess.run([str(REPO / "run.sh"), "folds", "--data", "nowhere"], cwd=tmp_path / "here",
                           capture_output=True, text=True)
     assert done.returncode == 1 and f"{tmp_path / 'here' / 'nowhere'}: dataset folder not found" in done.stderr
+
+
+def test_unexpected_failures_are_one_line_and_debug_shows_the_traceback(tiny, tiny_config, tmp_path, monkeypatch):
+    import prodcat.models.runner as runner
+
+    def boom(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(runner, "_train_fold", boom)
+    args = ["train", "tfidf", "--data", str(tiny), "--config", str(tiny_config), "--workdir", str(tmp_path / "w")]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1 and "unexpected failure: RuntimeError: boom (rerun with --debug" in r.output
+    assert "Traceback" not in r.output
+    r = CliRunner().invoke(main, args + ["--debug"])
+    assert isinstance(r.exception, RuntimeError)  # --debug: the exception itself, with its traceback
+
+
+def test_a_model_the_data_cannot_support_is_skipped_with_its_reason_only(tiny, tiny_config, tmp_path):
+    r = invoke("train", "image", "--data", tiny, "--config", tiny_config, "--workdir", tmp_path / "w")
+    assert r.exit_code == 0 and "[image] skipped: no product of the training rows has a photo" in r.output
+    assert "not all folds finished" not in r.output
+
+
+def test_a_fasttext_worker_failure_is_one_message(tmp_path):
+    import pytest
+
+    from prodcat.errors import DataError
+    from prodcat.models.fasttext import train_in_fresh_process
+
+    with pytest.raises(DataError, match="fastText could not train on these rows: ValueError"):
+        train_in_fresh_process(str(tmp_path / "missing.txt"), {"epoch": 1}, str(tmp_path / "model.bin"))

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from conftest import REPO, products
 
-from conftest import REPO, products, write_dataset
 from prodcat.cli import main
 from prodcat.predict import Predictor, pick_threshold
 from prodcat.probs import TopK

@@ -5,12 +5,12 @@ import sys
 from dataclasses import dataclass
 
 import numpy as np
-
 from conftest import REPO
+
+from prodcat import settings
 from prodcat.models import base
 from prodcat.models.base import load_model
 from prodcat.models.runner import train_model
-from prodcat import settings
 from prodcat.run import Run
 from prodcat.settings import setting
 

@@ -2,13 +2,20 @@
 message naming the file, the key and the closest valid key; size rules; --set; the config command."""
 import pytest
 from click.testing import CliRunner
-
 from conftest import REPO
+
 from prodcat.cli import main
-from prodcat.settings import config_hash
 from prodcat.errors import DataError
-from prodcat.settings import (LARGE, MODEL_SETTINGS, RunSettings, defaults_of, load_layers, parse_sets,
-                              resolve)
+from prodcat.settings import (
+    LARGE,
+    MODEL_SETTINGS,
+    RunSettings,
+    config_hash,
+    defaults_of,
+    load_layers,
+    parse_sets,
+    resolve,
+)
 
 DEFAULT = REPO / "configs" / "default.yaml"
 

@@ -4,17 +4,16 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import REPO, TREE, products, write_dataset
+
+from prodcat.data.tree import CategoryTree
+from prodcat.evaluation.scores import comparison_table
+from prodcat.outputs import load_oof, write_json
 from prodcat.probs import TopK
 from prodcat.run import Run
-from prodcat.evaluation.scores import comparison_table
-from prodcat.outputs import load_oof
+from prodcat.stacking.decoding import decode, group_softmax
 from prodcat.stacking.features import NodeIndex, candidate_pairs
 from prodcat.stacking.stacker import Stacker, run_stack
-from prodcat.stacking.decoding import decode, group_softmax
-from prodcat.outputs import write_json
-from prodcat.data.tree import CategoryTree
 
 LEAVES = np.array([11, 12, 21, 23, 24])
 

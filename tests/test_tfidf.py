@@ -4,8 +4,8 @@ import scipy.sparse as sp
 from click.testing import CliRunner
 
 from prodcat.cli import main
-from prodcat.probs import TopK
 from prodcat.models.tfidf import DEFAULTS, ShortlistSoftmax
+from prodcat.probs import TopK
 
 
 def synthetic_sparse(n, n_classes=120, n_features=3000, seed=0):
@@ -50,9 +50,9 @@ def test_tfidf_trains_folds_and_writes_oof(tiny, tiny_config, tmp_path):
     oof = TopK.load(w / "oof" / "tiny" / "tfidf" / "oof.npz")
     assert len(oof) == 120 and not oof.missing.any()
     assert sorted(p.name for p in (w / "models" / "tiny" / "tfidf").glob("fold*")) == ["fold0", "fold1", "fold2"]
-    from prodcat.run import Run
-    from prodcat.outputs import load_oof
     from prodcat.evaluation.scores import score_oof
+    from prodcat.outputs import load_oof
+    from prodcat.run import Run
 
     run = Run.open(tiny, tiny_config, w)
     assert score_oof(run, load_oof(run, "tfidf"))["hF1"] > 0.95  # the titles name their category

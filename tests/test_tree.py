@@ -3,10 +3,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import TREE
-from prodcat.errors import DataError
+
 from prodcat.data.tree import CategoryTree
+from prodcat.errors import DataError
 
 KE_TREE = Path(__file__).resolve().parents[2] / "shared" / "data" / "kazanexpress" / "categories_tree.csv"
 

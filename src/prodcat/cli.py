@@ -139,6 +139,8 @@ def train(run, model, fold, force):
         raise click.BadParameter(f"--fold must be between 0 and {run.k - 1} (got {fold})", param_hint="--fold")
     start = time.time()
     done = train_model(run, model, None if fold is None else [fold], force=force, echo=click.echo)
+    if done is None:
+        return  # skipped: the reason was printed
     state = "all folds finished" if done else "not all folds finished yet"
     click.echo(f"[{model}] {state} ({time.time() - start:.0f}s) -> {run.paths.oof(model)}")
 
@@ -159,7 +161,8 @@ def submit(run, model, name):
 @main.command()
 @click.option("--input", "input_path", type=click.Path(path_type=Path), callback=user_path, required=True,
               help="Products to categorise: a parquet in the training layout without category_id.")
-@click.option("--out", "out_path", type=click.Path(path_type=Path), callback=user_path, required=True, help="Output parquet.")
+@click.option("--out", "out_path", type=click.Path(path_type=Path), callback=user_path, required=True,
+              help="Output parquet.")
 @click.option("--images", type=click.Path(path_type=Path), callback=user_path, default=None,
               help="Photo folder (<id>.jpg, or split subfolders; default: images/ beside the input).")
 @click.option("--models", "models_dir", type=click.Path(path_type=Path), callback=user_path, default=None,
@@ -238,6 +241,36 @@ def report(run):
 
 @main.command()
 @run_options
+@click.option("--model", default="stack", show_default=True, help="Any finished model (scores lists them).")
+def errors(run, model):
+    """Where a model's OOF mistakes are: sibling / other branch / other top level, by class size, catch-all
+    leaves, and how often the predicted path is right down to each depth (CSVs under reports/<dataset>/)."""
+    from prodcat.evaluation.error_analysis import error_report
+    from prodcat.evaluation.scores import comparison_predictions
+    from prodcat.outputs import atomic_path
+
+    preds = comparison_predictions(run)
+    if model not in preds:
+        raise DataError(f"model '{model}' has no finished OOF probabilities (finished: {', '.join(preds) or 'none'})")
+    oof = preds[model]
+    y = run.ds.train["category_id"].to_numpy()
+    have = ~oof.missing
+    tables = error_report(y[have], oof.top1()[have], run.ds.tree)
+    titles = {"mistakes": "Wrong leaves, by where they are in the tree",
+              "class_size": "By the class's number of training products",
+              "catch_all": "Catch-all leaves (titled like their parent)",
+              "depth": "Predicted path right down to each depth"}
+    click.echo(f"OOF error analysis of {model} on {run.ds.name} ({int(have.sum())} products, "
+               f"accuracy {float((oof.top1()[have] == y[have]).mean()):.4f})")
+    for name, table in tables.items():
+        click.echo(f"\n{titles[name]}")
+        click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        with atomic_path(run.paths.reports / f"errors_{model}_{name}.csv") as tmp:
+            table.to_csv(tmp, index=False)
+
+
+@main.command()
+@run_options
 def notebook(run):
     """Run notebooks/compare_oof.ipynb on this run; writes it, executed, as HTML under reports/<dataset>/."""
     import os
@@ -276,9 +309,9 @@ def config(run):
 def all_(run, force):
     """Folds, every base model of the pipeline its data supports (fold models saved), the stacker, then
     the saved models predict test.parquet into the validated submission; the score table."""
+    from prodcat.evaluation.submission import write_submission
     from prodcat.models.runner import train_model
     from prodcat.stacking.stacker import STACK, base_models, run_stack
-    from prodcat.evaluation.submission import write_submission
 
     start = time.time()
     run.folds  # noqa: B018 - made once, reused by every model

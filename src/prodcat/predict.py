@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from prodcat.models.base import MODEL_FILE, load_model
+from prodcat.data.tree import CategoryTree
 from prodcat.errors import DataError
+from prodcat.models.base import MODEL_FILE, load_model
 from prodcat.outputs import STACK
 from prodcat.probs import NO_LABEL, TopK, average
-from prodcat.data.tree import CategoryTree
 
 AVERAGE = "average"
 

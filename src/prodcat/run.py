@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from prodcat.outputs import Paths
-from prodcat.settings import resolve_config
 from prodcat.data.dataset import Dataset, load_dataset
 from prodcat.data.folds import load_or_make_folds
-from prodcat.settings import Resolved
+from prodcat.outputs import Paths
+from prodcat.settings import Resolved, resolve_config
 
 
 @dataclass

@@ -261,7 +261,8 @@ def size_rules(n_products: int) -> tuple[dict, str]:
                   "num_boost_round": 300, "num_threads": 2, "priors": list(PRIOR_KEYS)},
     }
     return rules, (f"size rule: {n_products:,} training products >= {LARGE:,}: fastText 5 epochs on all cores, "
-                   "TF-IDF char 3-5-grams, shortlist 40, 5 epochs, weights pruned below 0.05, a 300-round stacker with lookup priors")
+                   "TF-IDF char 3-5-grams, shortlist 40, 5 epochs, weights pruned below 0.05, "
+                   "a 300-round stacker with lookup priors")
 
 
 # -- checking and resolving -----------------------------------------------------------------------------

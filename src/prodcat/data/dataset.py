@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from prodcat.errors import fail
 from prodcat.data.tree import CategoryTree
+from prodcat.errors import fail
 
 TEXT_COLUMNS = ("title", "short_description", "name_value_characteristics")
 NUMERIC_COLUMNS = ("rating", "feedback_quantity")

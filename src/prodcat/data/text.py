@@ -15,7 +15,6 @@ import pandas as pd
 from prodcat.outputs import write_parquet
 from prodcat.progress import progress
 from prodcat.settings import TextSettings, config_hash, defaults_of
-from prodcat.progress import progress
 
 UNITS = ("мл", "л", "гр", "г", "кг", "мг", "см", "мм", "м", "шт", "уп", "пак", "таб", "капс", "%", "ml", "l",
          "gr", "g", "kg", "mg", "cm", "mm", "m", "pcs", "pc", "inch", "in", "вт", "w", "в", "v", "мач", "mah",

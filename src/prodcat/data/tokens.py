@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from prodcat.errors import DataError
 from prodcat.data.text import lemma, normalize, tokenize
+from prodcat.errors import DataError
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIALS = (PAD, UNK, BOS, EOS)  # ids 0..3; PAD is 0 (CoCa's pad_id)

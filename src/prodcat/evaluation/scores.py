@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from prodcat.outputs import STACK, base_models, finished_models, load_oof
 from prodcat.evaluation.metrics import score
+from prodcat.outputs import STACK, base_models, finished_models, load_oof
 from prodcat.probs import TopK
 from prodcat.run import Run
 

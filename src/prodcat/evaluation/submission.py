@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 
 from prodcat.errors import DataError
-from prodcat.run import Run
 from prodcat.outputs import write_parquet
+from prodcat.run import Run
 
 
 def build_submission(run: Run, model: str | None = None) -> tuple[pd.DataFrame, str]:

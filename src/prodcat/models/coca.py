@@ -32,18 +32,33 @@ from pathlib import Path
 
 import numpy as np
 
-from prodcat.models.nn.trainer import (StepTimer, adamw_cosine, count_params, cpu_threads, lightning,  # noqa: I001
-                             load_state, make_trainer, save_state, seed)
-from prodcat.settings import config_hash
-from prodcat.models.base import BaseModel
-from prodcat.models.runner import is_main_process
-from prodcat.errors import DataError
-from prodcat.probs import TopK
-from prodcat.outputs import atomic_path, write_json, write_npz
 from prodcat.data.tokens import Vocab, lemmas_many, navec_matrix
-from prodcat.models.nn.vision import (BackboneSpec, WeightsError, check_photos, no_photos_reason, photo_embeddings,
-                            photo_paths)
+from prodcat.errors import DataError
+from prodcat.models.base import BaseModel
 from prodcat.models.nn.heads import FeatureHead, mlp, robust_std
+from prodcat.models.nn.trainer import (  # noqa: I001
+    StepTimer,
+    adamw_cosine,
+    count_params,
+    cpu_threads,
+    lightning,
+    load_state,
+    make_trainer,
+    save_state,
+    seed,
+)
+from prodcat.models.nn.vision import (
+    BackboneSpec,
+    WeightsError,
+    check_photos,
+    no_photos_reason,
+    photo_embeddings,
+    photo_paths,
+)
+from prodcat.models.runner import is_main_process
+from prodcat.outputs import atomic_path, write_json, write_npz
+from prodcat.probs import TopK
+from prodcat.settings import config_hash
 
 pl = lightning()
 META = "coca.json"
@@ -177,8 +192,6 @@ class CocaModel(BaseModel):
         return fitted
 
     def _fit(self, train, workdir: Path, fold: int, inputs) -> None:
-        import torch
-
         workdir.mkdir(parents=True, exist_ok=True)
         cfg = self.params
         vocab = Vocab.build(self.docs(train), int(cfg["vocab_size"]), int(cfg["min_count"]))

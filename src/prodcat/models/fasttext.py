@@ -7,8 +7,8 @@ Predicting loads model.bin in the calling process.
 """
 from __future__ import annotations
 
-import os
 import json
+import os
 import shutil
 import subprocess
 import sys

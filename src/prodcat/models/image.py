@@ -21,14 +21,22 @@ from pathlib import Path
 
 import numpy as np
 
-from prodcat.models.base import BaseModel
 from prodcat.errors import DataError
-from prodcat.probs import TopK
-from prodcat.outputs import write_json, write_npz
+from prodcat.models.base import BaseModel
 from prodcat.models.nn.heads import FeatureHead, robust_std
 from prodcat.models.nn.trainer import adamw_cosine, cpu_threads, lightning, load_state, save_state
-from prodcat.models.nn.vision import (BackboneSpec, Embeddings, Photos, WeightsError, check_photos, no_photos_reason,
-                            photo_embeddings, photo_paths)
+from prodcat.models.nn.vision import (
+    BackboneSpec,
+    Embeddings,
+    Photos,
+    WeightsError,
+    check_photos,
+    no_photos_reason,
+    photo_embeddings,
+    photo_paths,
+)
+from prodcat.outputs import write_json, write_npz
+from prodcat.probs import TopK
 
 META = "image.json"
 

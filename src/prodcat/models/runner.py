@@ -18,9 +18,10 @@ import numpy as np
 
 from prodcat.errors import DataError
 from prodcat.models.base import MODEL_FILE, MODELS, BaseModel, model_class, save_model
-from prodcat.outputs import finished_models, write_json
+from prodcat.outputs import write_json
 from prodcat.probs import TopK
 from prodcat.settings import config_hash
+
 
 def known_models(run) -> list[str]:
     """The registry's models plus the config's variants (a `models:` section with `model: <registered>`)."""
@@ -51,15 +52,15 @@ def fold_done(run, model: BaseModel, fold: int) -> bool:
     return all(meta.get(key) == value for key, value in fold_meta(run, model, fold).items())
 
 
-def train_model(run, name: str, folds: list[int] | None = None, force: bool = False, echo=print) -> bool:
+def train_model(run, name: str, folds: list[int] | None = None, force: bool = False, echo=print) -> bool | None:
     """Fit, save and predict the held-out rows of `name` on the requested folds (all by default); True when
-    all folds are finished."""
+    all folds are finished, None when the model cannot run on this data (the reason is echoed)."""
     model, base = make_model(run, name)
     train = run.ds.train_frame()
     reason = model.skip_reason(train)
     if reason:
         echo(f"[{name}] skipped: {reason}")
-        return False
+        return None
     todo = list(folds if folds is not None else range(run.k))
     bad = [f for f in todo if not 0 <= f < run.k]
     if bad:
@@ -71,7 +72,8 @@ def train_model(run, name: str, folds: list[int] | None = None, force: bool = Fa
         if is_main_process():
             from prodcat.outputs import clean_stale_temps
 
-            clean_stale_temps(run.paths.oof(name), run.paths.models(name))  # what a killed run left
+            clean_stale_temps(run.paths.oof(name), run.paths.models(name), run.paths.cache,
+                              run.paths.folds.parent)  # what a killed run left
             report_empty_products(run, train, echo)
         if getattr(model, "uses_photos", False) and is_main_process():
             from prodcat.models.nn.vision import report_skipped

@@ -8,6 +8,7 @@ import numpy as np
 from prodcat.probs import NO_LABEL, TopK
 from prodcat.stacking.features import NodeIndex
 
+
 def group_softmax(rows: np.ndarray, scores: np.ndarray, temperature: float) -> np.ndarray:
     """Softmax of the pair scores within each product (rows sorted)."""
     z = scores / temperature

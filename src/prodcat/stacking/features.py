@@ -8,6 +8,7 @@ import pandas as pd
 
 from prodcat.probs import NO_LABEL, TopK
 
+
 class NodeIndex:
     """Tree nodes as dense indices, with each node's parent/grandparent and depth per index."""
 

@@ -21,8 +21,8 @@ import re
 import numpy as np
 import pandas as pd
 
-from prodcat.errors import DataError
 from prodcat.data.text import normalize, parse_characteristics
+from prodcat.errors import DataError
 
 _WORD = re.compile(r"^word([1-9]\d*)$")
 

@@ -31,13 +31,12 @@ import numpy as np
 import pandas as pd
 
 from prodcat.evaluation.metrics import hierarchical_f1
-from prodcat.outputs import STACK, base_models, load_oof, write_json
+from prodcat.outputs import STACK, base_models, write_json
 from prodcat.probs import TopK
 from prodcat.run import Run
 from prodcat.settings import StackSettings, defaults_of
 from prodcat.stacking.decoding import _average_test, _to_topk, decode, fit_temperature, group_softmax
-from prodcat.stacking.features import (NodeIndex, candidate_pairs, monotone_constraints, pair_features,
-                                       product_features)
+from prodcat.stacking.features import NodeIndex, candidate_pairs, monotone_constraints, pair_features, product_features
 
 DEFAULTS = defaults_of(StackSettings)  # declared (with their docs) in prodcat.settings
 

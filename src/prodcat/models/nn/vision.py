@@ -472,6 +472,7 @@ def _assemble(store: _Store, paths, idents, with_tokens: bool, embedded: int, sp
 def _embed(idents: list, spec: BackboneSpec, size: int, grid: int, batch_size: int, echo):
     """(pooled f16, tokens f16, usable) of these photos with the frozen backbone (on the CPU)."""
     import torch
+
     from prodcat.progress import progress
 
     model = create_backbone(spec).eval().to(memory_format=torch.channels_last)

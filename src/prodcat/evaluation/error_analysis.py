@@ -1,0 +1,83 @@
+"""Where a model's out-of-fold mistakes are: how far the wrong leaf is from the true one in the tree, how
+accuracy depends on the class's size, how many mistakes involve catch-all leaves (a leaf titled like its
+parent, e.g. `Косметика > Косметика`), and how often the predicted path is right down to each depth.
+`./run.sh errors [--model NAME]` prints it for any finished model."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from prodcat.evaluation.metrics import hierarchical_counts
+
+SIZE_BUCKETS = ((1, 2), (3, 5), (6, 19), (20, 99), (100, None))
+
+
+def catch_all_leaves(tree) -> set[int]:
+    """Leaves whose title repeats their parent's (case and spaces ignored)."""
+    def norm(t):
+        return " ".join(str(t or "").lower().split())
+
+    return {n for n in tree.leaves if norm(tree.titles.get(n)) == norm(tree.titles.get(tree.parent.get(n)))}
+
+
+def mistake_kinds(y: np.ndarray, pred: np.ndarray, tree) -> pd.DataFrame:
+    """Share of the wrong predictions that are a sibling of the truth (same parent), elsewhere under the same
+    top-level category, or in another top-level category."""
+    wrong = (pred != y) & (pred >= 0)
+    kinds = []
+    for t, p in zip(y[wrong].tolist(), pred[wrong].tolist()):
+        if tree.parent.get(t) == tree.parent.get(p):
+            kinds.append("sibling (same parent)")
+        elif tree.top_level(t) == tree.top_level(p):
+            kinds.append("same top level, other branch")
+        else:
+            kinds.append("other top level")
+    counts = pd.Series(kinds, dtype=object).value_counts()
+    order = ["sibling (same parent)", "same top level, other branch", "other top level"]
+    counts = counts.reindex(order, fill_value=0)
+    return pd.DataFrame({"kind": order, "errors": counts.to_numpy(),
+                         "share": counts.to_numpy() / max(int(wrong.sum()), 1)})
+
+
+def by_class_size(y: np.ndarray, pred: np.ndarray, tree) -> pd.DataFrame:
+    """Products, accuracy and hF1 by the number of training products of their class."""
+    sizes = pd.Series(y).map(pd.Series(y).value_counts()).to_numpy()
+    counts = hierarchical_counts(y, pred, tree)
+    rows = []
+    for lo, hi in SIZE_BUCKETS:
+        sel = (sizes >= lo) & (sizes <= (hi if hi is not None else np.inf))
+        inter, npred, ntrue = counts[sel].sum(axis=0)
+        rows.append({"class size": f"{lo}-{hi}" if hi else f"{lo}+", "products": int(sel.sum()),
+                     "share": float(sel.mean()) if len(sel) else np.nan,
+                     "accuracy": float((pred[sel] == y[sel]).mean()) if sel.any() else np.nan,
+                     "hF1": float(2 * inter / (npred + ntrue)) if sel.any() else np.nan})
+    return pd.DataFrame(rows)
+
+
+def catch_all_share(y: np.ndarray, pred: np.ndarray, tree) -> dict:
+    """How many mistakes have a catch-all leaf as the truth or as the prediction."""
+    catch = np.array(sorted(catch_all_leaves(tree)), dtype=np.int64)
+    wrong = pred != y
+    involved = wrong & (np.isin(y, catch) | np.isin(pred, catch))
+    return {"catch-all leaves": len(catch), "products in them": int(np.isin(y, catch).sum()),
+            "errors involving one": int(involved.sum()), "share of errors": float(involved.sum() / max(wrong.sum(), 1))}
+
+
+def by_depth(y: np.ndarray, pred: np.ndarray, tree) -> pd.DataFrame:
+    """Per depth d: of the products whose true leaf is at least that deep, the share whose predicted path has
+    the true node at depth d."""
+    rows = []
+    known = {int(n): tree.path(int(n)) for n in np.unique(np.r_[y, pred]) if n in tree}
+    paths_t = [known[int(t)] for t in y.tolist()]
+    paths_p = [known.get(int(p), []) for p in pred.tolist()]
+    for d in range(1, max((len(p) for p in paths_t), default=0) + 1):
+        has = [i for i, p in enumerate(paths_t) if len(p) >= d]
+        right = sum(len(paths_p[i]) >= d and paths_p[i][d - 1] == paths_t[i][d - 1] for i in has)
+        rows.append({"depth": d, "products": len(has), "right down to this depth": right / max(len(has), 1)})
+    return pd.DataFrame(rows)
+
+
+def error_report(y: np.ndarray, pred: np.ndarray, tree) -> dict[str, pd.DataFrame]:
+    """Every table of the error analysis for true leaves `y` and predictions `pred` (-1: no prediction)."""
+    return {"mistakes": mistake_kinds(y, pred, tree), "class_size": by_class_size(y, pred, tree),
+            "catch_all": pd.DataFrame([catch_all_share(y, pred, tree)]), "depth": by_depth(y, pred, tree)}
