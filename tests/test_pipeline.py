@@ -100,7 +100,7 @@ def test_config_variant_of_a_model_has_its_own_outputs(tiny, tiny_config, tmp_pa
                        "    epoch: 5\n")
     common = ["--data", tiny, "--config", variant, "--workdir", tmp_path / "w"]
     r = invoke("train", "ft_small", *common)
-    assert r.exit_code == 0 and "[ft_small] all folds finished" in r.output
+    assert r.exit_code == 0 and "[ft_small] all folds finished" in r.output, r.output
     assert (tmp_path / "w" / "oof" / "tiny" / "ft_small" / "oof.npz").exists()
     assert not (tmp_path / "w" / "oof" / "tiny" / "fasttext").exists()
     assert "ft_small" in invoke("scores", *common).output

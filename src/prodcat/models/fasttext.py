@@ -119,7 +119,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         pass
 
 
-def train_with_retries(train_file: str, args: dict, tries: int = 3):
+def train_with_retries(train_file: str, args: dict, tries: int = 6):
     """fastText's SGD can diverge ('Encountered NaN') on small data; retry with half the learning rate."""
     import fasttext
 

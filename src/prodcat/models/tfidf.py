@@ -101,6 +101,9 @@ class TfidfModel(BaseModel):
         return model
 
 
+_LOADED: dict = {}  # content hash of a saved featurizer -> the loaded one (shared by the fold models)
+
+
 class Featurizer:
     """Word + char TF-IDF, each block L2-normalised, stacked with the char block weighted."""
 
@@ -138,7 +141,14 @@ class Featurizer:
         return self._stack(self.word.fit_transform(placeholder), self.char.fit_transform(placeholder))[1:]
 
     def transform(self, texts: list[str]) -> sp.csr_matrix:
-        return self._stack(self.word.transform(texts), self.char.transform(texts))
+        """TF-IDF rows of these texts; the last result is kept, as the k fold models of a run share one
+        featurizer (fitted once per k-fold run) and predict the same texts one after another."""
+        import hashlib
+
+        key = hashlib.sha1("\x1f".join(texts).encode("utf-8", "surrogatepass")).hexdigest()
+        if getattr(self, "_last", (None,))[0] != key:
+            self._last = (key, self._stack(self.word.transform(texts), self.char.transform(texts)))
+        return self._last[1]
 
     def save(self, folder: Path) -> None:
         """Vocabularies (parquet: term, column) and IDF weights (npz)."""
@@ -152,6 +162,17 @@ class Featurizer:
 
     @classmethod
     def load(cls, folder: Path, p: dict) -> "Featurizer":
+        """A saved featurizer; fold models saved from one k-fold run share one (loaded once per process)."""
+        import hashlib
+
+        key = hashlib.sha1((folder / "idf.npz").read_bytes() + (folder / "vocab_word.parquet").read_bytes()
+                           + (folder / "vocab_char.parquet").read_bytes() + repr(sorted(p.items())).encode()).hexdigest()
+        if key not in _LOADED:
+            _LOADED[key] = cls._read(folder, p)
+        return _LOADED[key]
+
+    @classmethod
+    def _read(cls, folder: Path, p: dict) -> "Featurizer":
         f = cls(p)
         with np.load(folder / "idf.npz") as z:
             idf = {"word": z["idf_word"], "char": z["idf_char"]}
