@@ -185,3 +185,46 @@ def test_lookup_priors_lift_the_stack(big_run):
     assert hf1(run, "stack") > without and hf1(run, "stack") > 0.995, (hf1(run, "stack"), without)
     test, truth = stacked_test(run, fakes)  # the saved prior tables serve new products too
     assert not test.missing.any() and np.mean(test.top1() == truth) > 0.99
+
+
+def test_pair_features_of_a_small_case():
+    """Probability, rank, parent-subtree mass, ratio, top, agreement: checked by hand."""
+    from prodcat.stacking.features import pair_features
+
+    nodes = NodeIndex(CategoryTree.from_frame(TREE))
+    a = TopK.from_ranked([5], [[23, 24, 11]], [[0.5, 0.3, 0.2]], 3)
+    b = TopK.from_ranked([5], [[24, 23]], [[0.6, 0.4]], 3)
+    rows, cls = candidate_pairs([a, b], nodes, per_model=3)
+    freq = np.zeros((1, len(nodes.ids)), np.float32)
+    x = pair_features({"a": a, "b": b}, nodes, rows, cls, freq, np.zeros(1, np.int64))
+    x.index = nodes.category(cls)
+    assert x.loc[23, "a_prob"] == pytest.approx(0.5, rel=1e-3) and x.loc[23, "a_rank"] == 1 and x.loc[23, "a_first"] == 1
+    assert x.loc[23, "a_mass_parent"] == pytest.approx(0.8, rel=1e-3)  # 23 and 24 share the parent 22
+    assert x.loc[11, "b_rank"] == 4 and x.loc[11, "b_prob"] == 0  # not in b's top: rank K+1
+    assert x.loc[24, "b_ratio"] == pytest.approx(1.0, rel=1e-3) and x.loc[23, "b_ratio"] == pytest.approx(0.4 / 0.6, rel=1e-3)
+    assert x.loc[23, "n_first"] == 1 and x.loc[24, "n_first"] == 1 and x.loc[11, "n_first"] == 0
+    assert x.loc[23, "mean_prob"] == pytest.approx(0.45, rel=1e-3) and (x["n_candidates"] == 3).all()
+
+
+def test_fit_temperature_recovers_the_scale_of_the_scores():
+    from prodcat.stacking.decoding import fit_temperature
+
+    rng = np.random.default_rng(0)
+    n, c = 4000, 5
+    logits = rng.normal(size=(n, c)) * 2
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    truth = np.array([rng.choice(c, p=row) for row in p])  # drawn from softmax(logits)
+    rows = np.repeat(np.arange(n), c)
+    scores = (logits * 3).ravel()  # the ranker's scores: the logits, 3 times too sharp
+    is_true = (np.tile(np.arange(c), n) == np.repeat(truth, c))
+    assert fit_temperature(rows, scores, is_true) == pytest.approx(3.0, rel=0.15)
+
+
+def test_rankers_probabilities_are_averaged_over_the_union_of_candidates():
+    from prodcat.stacking.decoding import _average_test
+
+    one = (np.array([0, 0]), np.array([3, 4]), np.array([0.0, 0.0]))  # product 0: classes 3, 4 equal
+    two = (np.array([0, 0]), np.array([4, 5]), np.array([np.log(3.0), 0.0]))  # class 4 three times class 5
+    rows, cls, proba = _average_test([one, two], 1.0, 10)
+    got = dict(zip(cls.tolist(), proba.tolist()))
+    assert got == pytest.approx({3: 0.25, 4: 0.25 + 0.375, 5: 0.125}) and np.isclose(proba.sum(), 1.0)
