@@ -151,4 +151,4 @@ def test_a_fasttext_worker_failure_is_one_message(tmp_path):
     from prodcat.models.fasttext import train_in_fresh_process
 
     with pytest.raises(DataError, match="fastText could not train on these rows: ValueError"):
-        train_in_fresh_process(str(tmp_path / "missing.txt"), {"epoch": 1}, str(tmp_path / "model.bin"))
+        train_in_fresh_process(str(tmp_path / "missing.txt"), {"epoch": 1, "lr": 0.1}, str(tmp_path / "model.bin"))

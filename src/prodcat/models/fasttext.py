@@ -37,7 +37,7 @@ class FastTextModel(BaseModel):
 
     def _train_args(self) -> dict:
         args = {k: v for k, v in self.params.items() if k in TRAIN_KEYS}
-        if args.get("thread", "auto") == "auto":
+        if args["thread"] == "auto":
             args["thread"] = os.cpu_count() or 1
         args.setdefault("seed", self.env.seed)
         args.setdefault("verbose", 2 if sys.stderr.isatty() else 0)
@@ -123,7 +123,7 @@ def train_with_retries(train_file: str, args: dict, tries: int = 6):
     """fastText's SGD can diverge ('Encountered NaN') on small data; retry with half the learning rate."""
     import fasttext
 
-    lr = float(args.get("lr", 0.1))
+    lr = float(args["lr"])
     for attempt in range(tries):
         try:
             return fasttext.train_supervised(input=train_file, **(args | {"lr": lr}))

@@ -54,7 +54,7 @@ def inputs_key(run: Run, names: list[str], p: dict) -> str:
         st = (run.paths.oof(m) / "oof.npz").stat()
         files.append([m, st.st_size, st.st_mtime_ns])
     return config_hash({"params": p, "models": names, "files": files, "data": run.ds.fingerprint,
-                        "folds": run.k, "seed": run.seed, "top_k": run.top_k, "text": run.cfg.get("text", {})})
+                        "folds": run.k, "seed": run.seed, "top_k": run.top_k, "text": run.cfg["text"]})
 
 
 class MeanProbability:
