@@ -20,6 +20,7 @@ import pandas as pd
 
 from prodcat.data.tree import CategoryTree
 from prodcat.errors import DataError
+from prodcat.evaluation.metrics import hf1_of_counts
 from prodcat.models.base import MODEL_FILE, load_model
 from prodcat.outputs import STACK
 from prodcat.probs import NO_LABEL, TopK, average
@@ -46,15 +47,15 @@ def oof_quality(root: Path, name: str) -> float:
     if not path.exists():
         return float("nan")
     with np.load(path) as z:
-        inter, npred, ntrue = z["hcounts"].sum(axis=0)
-    return float(2 * inter / max(npred + ntrue, 1))
+        return float(np.nan_to_num(hf1_of_counts(z["hcounts"])))
 
 
 class Predictor:
     """Saved models of one dataset (`models/<dataset>/`) that predict any frame of products."""
 
-    def __init__(self, root: Path, tree: CategoryTree, model: str):
+    def __init__(self, root: Path, tree: CategoryTree, model: str, available: dict[str, int]):
         self.root, self.tree, self.model = Path(root), tree, model
+        self.available = available  # {base model: number of folds} saved under root
         self._base: dict[str, list] = {}
         self._stacker = None
 
@@ -82,7 +83,7 @@ class Predictor:
         if model not in known:
             raise DataError(f"model '{model}' has no saved fold models under {root.resolve()} "
                             f"(saved: {', '.join(known) or 'none'})")
-        predictor = cls(root, tree, model)
+        predictor = cls(root, tree, model, available)
         for name in predictor.base_names():
             predictor.base(name)  # load now: predicting then costs no load time
         return predictor
@@ -91,12 +92,12 @@ class Predictor:
         if self.model == STACK:
             return self.stacker().names
         if self.model == AVERAGE:
-            return list(saved_base_models(self.root))
+            return list(self.available)
         return [self.model]
 
     def base(self, name: str) -> list:
         if name not in self._base:
-            k = saved_base_models(self.root).get(name)
+            k = self.available.get(name)
             if k is None:
                 raise DataError(f"{self.root.resolve() / name}: fold models missing (train {name} first)")
             self._base[name] = [load_model(self.root / name / f"fold{f}") for f in range(k)]
@@ -124,7 +125,7 @@ class Predictor:
             return average([average(p) for p in parts.values()])
         top = average(parts[self.model])
         if top.missing.any():
-            others = sorted(set(saved_base_models(self.root)) - {self.model},
+            others = sorted(set(self.available) - {self.model},
                             key=lambda m: -np.nan_to_num(oof_quality(self.root, m), nan=-1))
             for name in others:
                 todo = np.flatnonzero(top.missing)
@@ -187,8 +188,7 @@ def coverage_curve(confidence: np.ndarray, correct: np.ndarray, hcounts: np.ndar
         row = {"threshold": float(t), "coverage": float(acc.mean()) if len(acc) else np.nan,
                "accuracy": float(correct[acc].mean()) if acc.any() else np.nan}
         if hcounts is not None:
-            inter, npred, ntrue = hcounts[acc].sum(axis=0)
-            row["hF1"] = float(2 * inter / (npred + ntrue)) if acc.any() else np.nan
+            row["hF1"] = hf1_of_counts(hcounts[acc])
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -69,13 +69,13 @@ def with_photos(frame: pd.DataFrame, images: ImageFolder, split: str | None) -> 
                                              dtype=object))
 
 
-def content_hash(frame: pd.DataFrame, photos: bool = True) -> str:
+def content_hash(frame: pd.DataFrame) -> str:
     """Short hash of every value of the frame (ids, texts, numbers, labels) and, for `image_path`, of each
     photo's size and modification time: outputs made from other content are never reused."""
     cols = [c for c in frame.columns if c != "image_path"]
     h = hashlib.sha1(pd.util.hash_pandas_object(frame[cols], index=False).to_numpy().tobytes())
     h.update(",".join(cols).encode())
-    if photos and "image_path" in frame.columns:
+    if "image_path" in frame.columns:
         for p in frame["image_path"].tolist():  # the file name, not how its folder was spelled
             st = os.stat(p) if isinstance(p, str) and os.path.exists(p) else None
             h.update(f"{os.path.basename(p)}:{st.st_size}:{st.st_mtime_ns};".encode() if st else b"-;")

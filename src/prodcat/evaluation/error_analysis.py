@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from prodcat.evaluation.metrics import hierarchical_counts
+from prodcat.evaluation.metrics import hf1_of_counts, hierarchical_counts
 
 SIZE_BUCKETS = ((1, 2), (3, 5), (6, 19), (20, 99), (100, None))
 
@@ -46,11 +46,10 @@ def by_class_size(y: np.ndarray, pred: np.ndarray, tree) -> pd.DataFrame:
     rows = []
     for lo, hi in SIZE_BUCKETS:
         sel = (sizes >= lo) & (sizes <= (hi if hi is not None else np.inf))
-        inter, npred, ntrue = counts[sel].sum(axis=0)
         rows.append({"class size": f"{lo}-{hi}" if hi else f"{lo}+", "products": int(sel.sum()),
                      "share": float(sel.mean()) if len(sel) else np.nan,
                      "accuracy": float((pred[sel] == y[sel]).mean()) if sel.any() else np.nan,
-                     "hF1": float(2 * inter / (npred + ntrue)) if sel.any() else np.nan})
+                     "hF1": hf1_of_counts(counts[sel])})
     return pd.DataFrame(rows)
 
 

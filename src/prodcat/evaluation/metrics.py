@@ -25,12 +25,18 @@ def hierarchical_counts(y_true, y_pred, tree: CategoryTree) -> np.ndarray:
     return out
 
 
+def hf1_of_counts(counts: np.ndarray) -> float:
+    """Micro hF1 of rows of `hierarchical_counts` (NaN for no rows): 2PR / (P + R) with P = inter/npred,
+    R = inter/ntrue, i.e. 2 inter / (npred + ntrue)."""
+    inter, npred, ntrue = np.asarray(counts).reshape(-1, 3).sum(axis=0)
+    return float(2 * inter / (npred + ntrue)) if npred + ntrue else float("nan")
+
+
 def hierarchical_f1(y_true, y_pred, tree: CategoryTree) -> float:
     """Micro-averaged hierarchical F1 over products."""
     if len(y_true) == 0:
         return float("nan")
-    inter, npred, ntrue = hierarchical_counts(y_true, y_pred, tree).sum(axis=0)
-    return float(2 * inter / (npred + ntrue))  # = 2PR / (P + R) with P = inter/npred, R = inter/ntrue
+    return hf1_of_counts(hierarchical_counts(y_true, y_pred, tree))
 
 
 def score(y_true, y_pred, tree: CategoryTree) -> dict[str, float]:
@@ -54,8 +60,6 @@ def hf1_by_top_level(y_true, y_pred, tree: CategoryTree) -> pd.DataFrame:
     top = np.array([tree.top_level(t) for t in y_true.tolist()])
     rows = []
     for t in np.unique(top):
-        inter, npred, ntrue = counts[top == t].sum(axis=0)
-        f1 = 2 * inter / (npred + ntrue)
         rows.append({"top_level": int(t), "title": tree.titles.get(int(t), ""), "n": int((top == t).sum()),
-                     "hF1": float(f1)})
+                     "hF1": hf1_of_counts(counts[top == t])})
     return pd.DataFrame(rows).sort_values("n", ascending=False, ignore_index=True)

@@ -42,7 +42,6 @@ class TfidfModel(BaseModel):
         self.featurizer: Featurizer | None = None
         self.clf: ShortlistSoftmax | None = None
         self.classes: np.ndarray | None = None
-        self._memo: tuple[dict, sp.csr_matrix] | None = None  # text -> row of a matrix computed in prepare()
 
     def settings(self) -> dict:
         return super().settings() | {"params": self.p}
@@ -53,32 +52,19 @@ class TfidfModel(BaseModel):
 
     def prepare(self, train) -> None:
         """Vocabulary and IDF from every training row (no labels), shared by the k folds: fitted once."""
-        texts = self.env.texts(train, self.params.get("text")).tolist()
-        start = time.time()
         self.featurizer = Featurizer(self.p)
-        x = self.featurizer.fit_transform(texts)
-        self._memo = (pd.Series(np.arange(len(texts)), index=texts).groupby(level=0).first().to_dict(), x)
-        self.vectorize_s = round(time.time() - start, 1)
+        self.featurizer.fit_transform(self.env.texts(train, self.params.get("text")).tolist())
 
     def features(self, frame) -> sp.csr_matrix:
-        """TF-IDF rows of these products (rows computed in prepare() are reused)."""
-        texts = self.env.texts(frame, self.params.get("text")).tolist()
-        if self._memo is None:
-            return self.featurizer.transform(texts)
-        where, x = self._memo
-        rows = np.array([where.get(t, -1) for t in texts], np.int64)
-        if (rows >= 0).all():
-            return x[rows]
-        new = np.flatnonzero(rows < 0)
-        rows[new] = x.shape[0] + np.arange(len(new))
-        return sp.vstack([x, self.featurizer.transform([texts[i] for i in new])], format="csr")[rows]
+        """TF-IDF rows of these products."""
+        return self.featurizer.transform(self.env.texts(frame, self.params.get("text")).tolist())
 
     def fit(self, train, workdir: Path, fold: int = 0):
         if self.featurizer is None:
             self.prepare(train)
         classes, y = np.unique(train["category_id"].to_numpy(), return_inverse=True)
         fitted = TfidfModel(self.params, self.env)
-        fitted.name, fitted.featurizer, fitted._memo, fitted.classes = self.name, self.featurizer, self._memo, classes
+        fitted.name, fitted.featurizer, fitted.classes = self.name, self.featurizer, classes
         fitted.clf = ShortlistSoftmax(self.p, seed=self.env.seed + fold).fit(self.features(train), y, len(classes))
         return fitted
 
@@ -125,6 +111,13 @@ class Featurizer:
         return normalize(x).astype(np.float32)
 
     def fit_transform(self, texts: list[str]) -> sp.csr_matrix:
+        """Fit the vocabularies and IDF on these texts; their rows are remembered (`transform` of the k
+        folds' training and held-out rows then only looks them up)."""
+        x = self._fit_transform(texts)
+        self._fitted = (pd.Series(np.arange(len(texts)), index=texts).groupby(level=0).first().to_dict(), x)
+        return x
+
+    def _fit_transform(self, texts: list[str]) -> sp.csr_matrix:
         if len(texts) < 10 * max(self.word.min_df, 1):  # tiny training sets (tests): keep every n-gram
             self.word.min_df = self.char.min_df = 1
         try:
@@ -141,10 +134,16 @@ class Featurizer:
         return self._stack(self.word.fit_transform(placeholder), self.char.fit_transform(placeholder))[1:]
 
     def transform(self, texts: list[str]) -> sp.csr_matrix:
-        """TF-IDF rows of these texts; the last result is kept, as the k fold models of a run share one
-        featurizer (fitted once per k-fold run) and predict the same texts one after another."""
+        """TF-IDF rows of these texts. The k fold models of a run share one featurizer: rows of the texts it
+        was fitted on are looked up, and the last other result is kept (the fold models predict the same
+        texts one after another)."""
         import hashlib
 
+        if hasattr(self, "_fitted"):
+            where, fitted = self._fitted
+            rows = np.array([where.get(t, -1) for t in texts], np.int64)
+            if (rows >= 0).all():
+                return fitted[rows]
         key = hashlib.sha1("\x1f".join(texts).encode("utf-8", "surrogatepass")).hexdigest()
         if getattr(self, "_last", (None,))[0] != key:
             self._last = (key, self._stack(self.word.transform(texts), self.char.transform(texts)))
