@@ -247,7 +247,7 @@ def errors(run, model):
     leaves, and how often the predicted path is right down to each depth (CSVs under reports/<dataset>/)."""
     from prodcat.evaluation.error_analysis import error_report
     from prodcat.evaluation.scores import comparison_predictions
-    from prodcat.outputs import atomic_path
+    from prodcat.outputs import write_csv
 
     preds = comparison_predictions(run)
     if model not in preds:
@@ -265,8 +265,7 @@ def errors(run, model):
     for name, table in tables.items():
         click.echo(f"\n{titles[name]}")
         click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-        with atomic_path(run.paths.reports / f"errors_{model}_{name}.csv") as tmp:
-            table.to_csv(tmp, index=False)
+        write_csv(table, run.paths.reports / f"errors_{model}_{name}.csv")
 
 
 @main.command()

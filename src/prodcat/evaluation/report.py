@@ -148,7 +148,7 @@ def write_report(run: Run) -> list[Path]:
     import matplotlib
 
     from prodcat.errors import DataError
-    from prodcat.outputs import atomic_path
+    from prodcat.outputs import atomic_path, write_csv
 
     matplotlib.use("Agg")  # files only, no display needed
     plt = _plt()
@@ -165,8 +165,6 @@ def write_report(run: Run) -> list[Path]:
         plt.close(figs[name])
         paths.append(path)
     for name, table in figs["tables"].items():
-        path = out / f"{name}.csv"
-        with atomic_path(path) as tmp:
-            table.to_csv(tmp, index=False)
-        paths.append(path)
+        write_csv(table, out / f"{name}.csv")
+        paths.append(out / f"{name}.csv")
     return paths

@@ -101,15 +101,14 @@ def report_empty_products(run, train, echo) -> None:
     import pandas as pd
 
     from prodcat.data.dataset import TEXT_COLUMNS
-    from prodcat.outputs import atomic_path
+    from prodcat.outputs import write_csv
 
     empty = train[list(TEXT_COLUMNS)].apply(lambda c: c.fillna("").astype(str).str.strip() == "").all(axis=1)
     if not empty.any():
         return
     path = run.paths.reports / "empty_products_train.csv"
-    with atomic_path(path) as tmp:
-        pd.DataFrame({"id": train.loc[empty, "id"], "reason": "no title, description or characteristics: "
-                      "treated as an empty text"}).to_csv(tmp, index=False)
+    write_csv(pd.DataFrame({"id": train.loc[empty, "id"], "reason": "no title, description or characteristics: "
+                            "treated as an empty text"}), path)
     echo(f"warning: {int(empty.sum())} training products have no text at all (listed in {path})")
 
 

@@ -108,11 +108,9 @@ class Stacker:
         per_fold = all(len(v) == n_folds for v in parts.values()) and n_folds == self.meta["k"]
         scored = []
         inputs = self.product_inputs(frame)
+        shared = None if per_fold else self.features({m: average(parts[m]) for m in self.names}, inputs, -1)
         for f, booster in enumerate(self.boosters):
-            if per_fold:
-                r, c, x = self.features({m: parts[m][f] for m in self.names}, inputs, f)
-            else:
-                r, c, x = self.features({m: average(parts[m]) for m in self.names}, inputs, -1)
+            r, c, x = self.features({m: parts[m][f] for m in self.names}, inputs, f) if per_fold else shared
             scored.append((r, c, booster.predict(x) if len(x) else np.zeros(0)))
         rows, cls, proba = _average_test(scored, self.meta["temperature"], len(self.nodes.ids))
         decided = decode(rows, cls, proba, self.nodes, len(frame), self.meta["decoding"], self.meta["f_level"])

@@ -336,7 +336,7 @@ def report_skipped(frame, csv_path: Path) -> str:
     summary line that points to it."""
     import pandas as pd
 
-    from prodcat.outputs import atomic_path
+    from prodcat.outputs import write_csv
 
     photos = check_photos(photo_paths(frame))
     has = np.array([p is not None for p in photos.paths], bool)
@@ -344,8 +344,7 @@ def report_skipped(frame, csv_path: Path) -> str:
     table = pd.DataFrame({"id": frame["id"].to_numpy()[bad], "path": [photos.paths[i] for i in np.flatnonzero(bad)],
                           "reason": np.where(has[bad], "unreadable: the file does not decode as an image",
                                              "no photo")})
-    with atomic_path(csv_path) as tmp:
-        table.to_csv(tmp, index=False)
+    write_csv(table, csv_path)
     return f"{photos.summary()} (listed in {csv_path})"
 
 
