@@ -131,7 +131,7 @@ class Predictor:
                 todo = np.flatnonzero(top.missing)
                 if not len(todo):
                     break
-                fill = average([fm.predict(frame.iloc[todo]) for fm in self.base(name)])
+                fill = average(self.fold_predictions(frame.iloc[todo], [name])[name])
                 for arr, src in ((top.labels, fill.labels), (top.scores, fill.scores)):
                     arr[todo, :src.shape[1]] = src[:, :arr.shape[1]]
                 top.missing[todo] = fill.missing

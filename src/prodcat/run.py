@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from prodcat.data.dataset import Dataset, load_dataset
+from prodcat.data.dataset import Dataset, dataset_name, load_dataset
 from prodcat.data.folds import load_or_make_folds
 from prodcat.outputs import Paths
 from prodcat.settings import Resolved, resolve_config
@@ -31,11 +31,11 @@ class Run:
         ds = load_dataset(Path(data or first.values["data"]), name=first.values["dataset_name"])
         settings = resolve_config(config, sets, len(ds.train))
         cfg = settings.values
-        workdir = Path(workdir or os.environ.get("PRODCAT_WORKDIR") or cfg["workdir"])
+        root = workdir_of(workdir, cfg)
         for key, value, source in (("data", data, "--data"), ("workdir", workdir, "--workdir")):
             if value is not None and str(value) != str(cfg[key]):
                 cfg[key], settings.sources[key] = str(value), source
-        return cls(cfg=cfg, ds=ds, paths=Paths(workdir, ds.name), settings=settings,
+        return cls(cfg=cfg, ds=ds, paths=Paths(root, ds.name), settings=settings,
                    config_file=Path(config).resolve() if config else None)
 
     @property
@@ -69,10 +69,12 @@ class Run:
         return dict(self.cfg["models"].get(name, {}))
 
 
+def workdir_of(given, cfg: dict) -> Path:
+    """--workdir, else $PRODCAT_WORKDIR, else the config's `workdir`."""
+    return Path(given or os.environ.get("PRODCAT_WORKDIR") or cfg["workdir"])
+
+
 def models_root(data=None, config=None, workdir=None, sets: dict | None = None) -> Path:
     """models/<dataset>/ of a config and data folder, without reading the training data."""
     cfg = resolve_config(config, sets).values
-    data = Path(data or cfg["data"])
-    name = cfg["dataset_name"] or data.resolve().name
-    workdir = Path(workdir or os.environ.get("PRODCAT_WORKDIR") or cfg["workdir"])
-    return Paths(workdir, name).models_root
+    return Paths(workdir_of(workdir, cfg), dataset_name(data or cfg["data"], cfg["dataset_name"])).models_root

@@ -136,6 +136,11 @@ class Dataset:
         return self.images.path(split, product_id)
 
 
+def dataset_name(root: str | Path, name: str | None = None) -> str:
+    """The name of a dataset's output folders: the config's `dataset_name`, else its folder's name."""
+    return name or Path(root).resolve().name
+
+
 def load_dataset(root: str | Path, name: str | None = None) -> Dataset:
     """Load and validate a dataset folder; bad input raises DataError naming file, column and rows."""
     root = Path(root)
@@ -145,7 +150,7 @@ def load_dataset(root: str | Path, name: str | None = None) -> Dataset:
     tree = CategoryTree.from_csv(root / "categories_tree.csv")
     train = read_products(root / "train.parquet", TRAIN_COLUMNS)
     check_labels(train, tree, root / "train.parquet")
-    return Dataset(name=name or root.resolve().name, root=root, tree=tree, train=train)
+    return Dataset(name=dataset_name(root, name), root=root, tree=tree, train=train)
 
 
 def read_test(path: Path, train: pd.DataFrame | None = None) -> pd.DataFrame:
