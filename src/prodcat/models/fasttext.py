@@ -71,7 +71,16 @@ class FastTextModel(BaseModel):
         cats = np.full((len(texts), k), -1, np.int64)
         scores = np.zeros((len(texts), k), np.float32)
         if texts:
-            labels, probs = self._fasttext().predict(texts, k=k)
+            try:
+                labels, probs = self._fasttext().predict(texts, k=k)
+            except RuntimeError as exc:  # a model whose weights diverged without failing its training
+                if "NaN" not in str(exc):
+                    raise
+                import warnings
+
+                warnings.warn(f"fastText ({self.model_file}) gives NaN scores: no fastText prediction for these "
+                              f"{len(texts)} products (retrain it, e.g. with a smaller models.fasttext.lr)")
+                return TopK.empty(frame["id"].to_numpy(), k)
             for i, (lab, pr) in enumerate(zip(labels, probs)):
                 cats[i, :len(lab)] = [int(x[len(LABEL):]) for x in lab]
                 scores[i, :len(lab)] = pr
