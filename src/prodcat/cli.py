@@ -130,7 +130,7 @@ def folds(run, force):
 @click.option("--force", is_flag=True, help="Retrain folds that are already finished.")
 def train(run, model, fold, force):
     """Train MODEL on one fold or all folds: saves each fold model and its held-out (OOF) probabilities."""
-    from prodcat.models.runner import known_models, train_model
+    from prodcat.models.runner import is_main_process, known_models, train_model
 
     if model not in known_models(run):
         raise click.BadParameter(f"unknown model '{model}' (known: {', '.join(known_models(run))})",
@@ -139,8 +139,8 @@ def train(run, model, fold, force):
         raise click.BadParameter(f"--fold must be between 0 and {run.k - 1} (got {fold})", param_hint="--fold")
     start = time.time()
     done = train_model(run, model, None if fold is None else [fold], force=force, echo=click.echo)
-    if done is None:
-        return  # skipped: the reason was printed
+    if done is None or not is_main_process():
+        return  # skipped (the reason was printed), or an extra DDP process: rank 0 reports
     state = "all folds finished" if done else "not all folds finished yet"
     click.echo(f"[{model}] {state} ({time.time() - start:.0f}s) -> {run.paths.oof(model)}")
 
@@ -309,13 +309,15 @@ def all_(run, force):
     """Folds, every base model of the pipeline its data supports (fold models saved), the stacker, then
     the saved models predict test.parquet into the validated submission; the score table."""
     from prodcat.evaluation.submission import write_submission
-    from prodcat.models.runner import train_model
+    from prodcat.models.runner import is_main_process, train_model
     from prodcat.stacking.stacker import STACK, base_models, run_stack
 
     start = time.time()
     run.folds  # noqa: B018 - made once, reused by every model
     for model in run.cfg["pipeline"]:
         train_model(run, model, force=force, echo=click.echo)
+    if not is_main_process():
+        return  # an extra DDP process: it shared the training; rank 0 stacks and submits
     pipeline = [m for m in run.cfg["pipeline"] if m in base_models(run)]
     if not pipeline:
         raise click.ClickException("no base model finished: nothing to stack or submit")

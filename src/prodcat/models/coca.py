@@ -44,8 +44,10 @@ from prodcat.models.nn.trainer import (  # noqa: I001
     lightning,
     load_state,
     make_trainer,
+    process_batch,
     save_state,
     seed,
+    steps_per_epoch,
 )
 from prodcat.models.nn.vision import (
     BackboneSpec,
@@ -224,7 +226,8 @@ class CocaModel(BaseModel):
         else:
             head, s2 = self._stage2_joint(net, data, len(classes), workdir)
         stats["stage2"] = s2 | {"mode": self.stage2, "seconds": round(time.time() - t0, 1)}
-        write_json(stats, workdir / "stats.json")
+        if is_main_process():
+            write_json(stats, workdir / "stats.json")
         self.vocab, self.classes, self.net, self.head = vocab, classes, net.eval(), head.eval()
 
     def _stage1_path(self, train, vocab: Vocab, fold: int) -> Path | None:
@@ -247,10 +250,10 @@ class CocaModel(BaseModel):
         epochs = int(cfg["stage1_epochs"])
         if epochs <= 0 or len(data) < 2:
             return {"steps": 0}
-        loader = data.loader(int(cfg["batch_size"]), shuffle=True, drop_last=len(data) > 2 * int(
-            cfg["batch_size"]), workers=int(cfg["num_workers"]))
+        loader = data.loader(process_batch(cfg["batch_size"], cfg["trainer"]), shuffle=True,
+                             drop_last=len(data) > 2 * int(cfg["batch_size"]), workers=int(cfg["num_workers"]))
         module = Stage1Module(net, cfg)
-        module.total_steps = epochs * len(loader)
+        module.total_steps = epochs * steps_per_epoch(loader, cfg["trainer"])
         timer = StepTimer()
         trainer = make_trainer(cfg["trainer"], workdir, epochs, "stage1", callbacks=[timer],
                                gradient_clip_val=float(cfg["grad_clip"]))
@@ -280,9 +283,10 @@ class CocaModel(BaseModel):
         net.cpu()
         head = PairHead(net.dim, n_classes, self.params, mean=feats.mean(0), std=robust_std(feats))
         loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(feats, torch.from_numpy(data.labels)),
-                                             batch_size=int(self.params["stage2_batch_size"]), shuffle=True)
+                                             batch_size=process_batch(self.params["stage2_batch_size"],
+                                                                      self.params["trainer"]), shuffle=True)
         epochs = int(self.params["stage2_epochs"])
-        head.total_steps = epochs * len(loader)
+        head.total_steps = epochs * steps_per_epoch(loader, self.params["trainer"])
         timer = StepTimer()
         trainer = make_trainer(self.params["trainer"], workdir, epochs, "stage2", callbacks=[timer])
         trainer.fit(head, loader)
@@ -291,9 +295,10 @@ class CocaModel(BaseModel):
     def _stage2_joint(self, net, data, n_classes, workdir):
         cfg = self.params
         module = JointModule(net, n_classes, cfg)
-        loader = data.loader(int(cfg["batch_size"]), shuffle=True, workers=int(cfg["num_workers"]))
+        loader = data.loader(process_batch(cfg["batch_size"], cfg["trainer"]), shuffle=True,
+                             workers=int(cfg["num_workers"]))
         epochs = int(cfg["stage2_epochs"])
-        module.total_steps = epochs * len(loader)
+        module.total_steps = epochs * steps_per_epoch(loader, cfg["trainer"])
         timer = StepTimer()
         trainer = make_trainer(cfg["trainer"], workdir, epochs, "stage2", callbacks=[timer],
                                gradient_clip_val=float(cfg["grad_clip"]))
@@ -475,7 +480,6 @@ class CocaNet(_nn().Module):
     """coca_pytorch.CoCa with the navec token embedding and an optional image encoder in front."""
 
     def __init__(self, matrix, image_dim, encoder, cfg):
-        import torch.distributed as dist
         from coca_pytorch import CoCa
 
         super().__init__()
@@ -492,14 +496,39 @@ class CocaNet(_nn().Module):
         n_tokens = matrix.shape[0]
         self.coca.to_logits[-1] = (TiedOutput(self.coca.token_emb) if cfg["tied_output"]
                                    else _nn().Linear(dim, n_tokens, bias=False))
-        self.coca.is_distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.coca.is_distributed = False  # its distributed branch mislabels the gathered batch: see `loss`
         self.encoder = encoder
 
     def image_tokens(self, image):
         return self.encoder(image) if self.encoder is not None else image
 
     def loss(self, text, image):
-        return self.coca(text, image_tokens=self.image_tokens(image), return_loss=True)
+        """CoCa's caption + contrastive loss. Under DDP the contrastive term spans the batch gathered from
+        every process (coca-pytorch's own distributed branch labels the gathered similarity matrix with the
+        local batch's indices, which fails as soon as there are two processes)."""
+        import torch
+        import torch.distributed as dist
+
+        coca = self.coca
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return coca(text, image_tokens=self.image_tokens(image), return_loss=True)
+        from coca_pytorch.coca_pytorch import all_gather
+
+        ce = torch.nn.functional.cross_entropy
+        text, labels = text[:, :-1], text[:, 1:]
+        text_embeds, text_tokens = coca.embed_text(text)
+        image_embeds, image_tokens = coca.embed_image(image_tokens=self.image_tokens(image))
+        for attn_ff, cross_attn in coca.multimodal_layers:
+            text_tokens = cross_attn(attn_ff(text_tokens), image_tokens)
+        caption = ce(coca.to_logits(text_tokens).transpose(1, 2), labels, ignore_index=coca.pad_id)
+        latents = all_gather(torch.stack((coca.text_to_latents(text_embeds), coca.img_to_latents(image_embeds)), 1))
+        text_latents, image_latents = latents.unbind(dim=1)
+        sim = text_latents @ image_latents.t() * coca.temperature.exp()
+        target = torch.arange(sim.shape[0], device=sim.device)
+        contrastive = (ce(sim, target) + ce(sim.t(), target)) * 0.5
+        # DDP averages the processes' gradients, and each holds the contrastive gradient of its own rows only
+        return (caption * coca.caption_loss_weight
+                + contrastive * coca.contrastive_loss_weight * dist.get_world_size())
 
     def features(self, text, image, has):
         """[text CLS embedding, image CLS embedding (zero without a photo), has-photo] per row."""
@@ -512,11 +541,6 @@ class Stage1Module(pl.LightningModule):
     def __init__(self, net, params):
         super().__init__()
         self.net, self.params, self.total_steps = net, params, 1
-
-    def on_fit_start(self):
-        import torch.distributed as dist
-
-        self.net.coca.is_distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
     def training_step(self, batch, _):
         loss = self.net.loss(batch["text"], batch["image"])
@@ -565,6 +589,13 @@ class JointModule(pl.LightningModule):
         self.head = mlp(2 * net.dim + 1, n_classes, params["head"])
         self.norm = _nn().LayerNorm(2 * net.dim + 1)
         self.loss = _nn().CrossEntropyLoss(label_smoothing=float(params["label_smoothing"]))
+        if float(params["joint_coca_weight"]) <= 0:  # the caption / contrastive layers get no gradient at all:
+            coca = net.coca  # frozen, so that DDP does not wait for their gradients (same result on one process)
+            tied = {id(p) for p in coca.token_emb.parameters()}
+            for part in (coca.multimodal_layers, coca.to_logits, coca.text_to_latents, coca.img_to_latents):
+                for param in part.parameters():
+                    param.requires_grad_(id(param) in tied)
+            coca.temperature.requires_grad_(False)
 
     def forward(self, text, image, has):
         feats = self.net.features(text, image, has)
@@ -574,9 +605,12 @@ class JointModule(pl.LightningModule):
     def training_step(self, batch, _):
         loss = self.loss(self(batch["text"], batch["image"], batch["has"]), batch["label"])
         w = float(self.params["joint_coca_weight"])
-        if w > 0 and int(batch["has"].sum()) > 1:
+        if w > 0:
             h = batch["has"]
-            loss = loss + w * self.net.loss(batch["text"][h], batch["image"][h])
+            if int(h.sum()) > 1:
+                loss = loss + w * self.net.loss(batch["text"][h], batch["image"][h])
+            elif self.trainer.world_size > 1:  # every DDP process must take part in the loss's all-gather
+                loss = loss + 0.0 * self.net.loss(batch["text"], batch["image"])
         self.log("loss", loss, prog_bar=True)
         return loss
 

@@ -24,7 +24,16 @@ import numpy as np
 from prodcat.errors import DataError
 from prodcat.models.base import BaseModel
 from prodcat.models.nn.heads import FeatureHead, robust_std
-from prodcat.models.nn.trainer import adamw_cosine, cpu_threads, lightning, load_state, save_state
+from prodcat.models.nn.trainer import (
+    StepTimer,
+    adamw_cosine,
+    cpu_threads,
+    lightning,
+    load_state,
+    process_batch,
+    save_state,
+    steps_per_epoch,
+)
 from prodcat.models.nn.vision import (
     BackboneSpec,
     Embeddings,
@@ -35,6 +44,7 @@ from prodcat.models.nn.vision import (
     photo_embeddings,
     photo_paths,
 )
+from prodcat.models.runner import is_main_process
 from prodcat.outputs import write_json, write_npz
 from prodcat.probs import TopK
 
@@ -127,8 +137,8 @@ class ImageModel(BaseModel):
         module = FeatureHead(x.shape[1], len(self.classes), self.params, mean=x.mean(0), std=robust_std(x))
         loader = torch.utils.data.DataLoader(
             torch.utils.data.TensorDataset(x, torch.from_numpy(np.searchsorted(self.classes, y))),
-            batch_size=int(self.params["batch_size"]), shuffle=True)
-        module.total_steps = int(self.params["epochs"]) * len(loader)
+            batch_size=process_batch(self.params["batch_size"], self.params["trainer"]), shuffle=True)
+        module.total_steps = int(self.params["epochs"]) * steps_per_epoch(loader, self.params["trainer"])
         trainer = make_trainer(self.params["trainer"], workdir, int(self.params["epochs"]), "head")
         trainer.fit(module, loader)
         self.module = module.cpu().eval()
@@ -136,7 +146,7 @@ class ImageModel(BaseModel):
     def _fit_finetune(self, train, photos: Photos, workdir: Path) -> None:
         import torch
 
-        from prodcat.models.nn.trainer import make_trainer, resolve
+        from prodcat.models.nn.trainer import make_trainer
         from prodcat.models.nn.vision import backbone_norm, create_backbone, train_transform
 
         keep = photos.usable
@@ -145,7 +155,7 @@ class ImageModel(BaseModel):
         backbone = create_backbone(self.spec, drop_path_rate=float(self.params["drop_path"]))
         mean, std = backbone_norm(backbone)
         module = FineTuneModule(backbone, len(self.classes), self.params)
-        bs = int(self.params["batch_size"])
+        bs = process_batch(self.params["batch_size"], self.params["trainer"])
         workers = int(self.params["num_workers"])
         paths = [p for p, k in zip(photos.paths, keep) if k]
         loader = torch.utils.data.DataLoader(
@@ -153,13 +163,14 @@ class ImageModel(BaseModel):
             batch_size=bs, shuffle=True, drop_last=len(paths) > bs, num_workers=workers,
             pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
         epochs = int(self.params["epochs"])
-        settings = resolve(self.params["trainer"])
-        world = (settings["devices"] if isinstance(settings["devices"], int) else max(torch.cuda.device_count(), 1))
-        module.total_steps = epochs * max(len(loader) // max(world * settings["num_nodes"], 1), 1)
-        trainer = make_trainer(self.params["trainer"], workdir, epochs, "finetune",
+        module.total_steps = epochs * steps_per_epoch(loader, self.params["trainer"])
+        timer = StepTimer()
+        trainer = make_trainer(self.params["trainer"], workdir, epochs, "finetune", callbacks=[timer],
                                gradient_clip_val=float(self.params["grad_clip"]))
         trainer.fit(module, loader)
         self.module = module.eval()
+        if is_main_process():  # images/s and seconds per epoch of this fold (bench/gpu_smoke.sh prints them)
+            write_json(timer.summary() | {"images": len(paths)}, workdir / "stats.json")
 
     # -- predict ---------------------------------------------------------------------------------------
     def predict(self, frame) -> TopK:

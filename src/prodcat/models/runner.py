@@ -80,7 +80,8 @@ def train_model(run, name: str, folds: list[int] | None = None, force: bool = Fa
 
             echo(f"[{name}] " + report_skipped(train, run.paths.reports / "skipped_photos_train.csv"))
         model.prepare(train)
-        _save_tree(run)
+        if is_main_process():
+            _save_tree(run)
     for fold in todo:
         with _lock(run, f"{name}.fold{fold}", echo):
             if not force and fold_done(run, model, fold):  # another process finished it meanwhile
@@ -132,9 +133,9 @@ def _train_fold(run, model: BaseModel, base: str, train, fold: int, echo) -> Non
         if folder.exists():
             shutil.rmtree(folder)  # a stale or half-written fold model is never mixed with a new one
     fitted = model.fit(train[~is_valid], folder, fold)
-    valid = fitted.predict(train[is_valid])
     if not is_main_process():
-        return  # under DDP every rank runs the fold; only rank 0 writes
+        return  # under DDP every process trains the fold (gradients are shared); rank 0 predicts and writes
+    valid = fitted.predict(train[is_valid])
     meta = fold_meta(run, model, fold)
     save_model(fitted, folder, base, {"data": meta["data"], "fold": fold, "k": run.k,
                                       "classes": int(train.loc[~is_valid, "category_id"].nunique())})

@@ -33,23 +33,62 @@ def has_gpu() -> bool:
 
 
 def resolve(cfg: dict | None) -> dict:
-    """Trainer settings with 'auto' made concrete for this machine."""
+    """Trainer settings with 'auto' made concrete for this machine.
+
+    Several processes (DDP) run where the section asks for them: on GPUs (`devices` per node, `num_nodes`),
+    or on a CPU when `accelerator: cpu` is explicit (`devices: N` processes over gloo; the CPU test of the
+    multi-process path). With `accelerator: auto` on a machine without a GPU, one process.
+    """
     import torch
 
     cfg = {**DEFAULTS, **(cfg or {})}
     gpu = has_gpu() and cfg["accelerator"] in ("auto", "gpu", "cuda")
-    accelerator = "gpu" if gpu else ("cpu" if cfg["accelerator"] == "auto" else cfg["accelerator"])
+    if cfg["accelerator"] in ("gpu", "cuda") and not gpu:
+        from prodcat.errors import DataError
+
+        raise DataError("trainer.accelerator is 'gpu' but torch sees no GPU on this machine: use "
+                        "accelerator: auto (or cpu), or run on a machine with a GPU")
+    accelerator = "gpu" if gpu else "cpu"
     precision = cfg["precision"]
     if precision == "auto":
         precision = ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed") if gpu else "32-true"
     elif not gpu and str(precision).startswith("16"):
         precision = "32-true"  # fp16 autocast is a GPU feature; the same config still runs on a CPU
-    devices = cfg["devices"] if gpu else 1
-    strategy = cfg["strategy"] if gpu else "auto"
+    if gpu:
+        devices, nodes = cfg["devices"], int(cfg["num_nodes"])
+    elif cfg["accelerator"] == "cpu":
+        devices, nodes = (1 if cfg["devices"] == "auto" else int(cfg["devices"])), int(cfg["num_nodes"])
+    else:
+        devices, nodes = 1, 1
+    strategy = cfg["strategy"]
+    if devices == 1 and nodes == 1 and strategy in ("ddp", "ddp_spawn"):
+        strategy = "auto"  # one process: no process group to set up
     progress = sys.stderr.isatty() if cfg["progress_bar"] == "auto" else bool(cfg["progress_bar"])
-    return {"accelerator": accelerator, "devices": devices, "num_nodes": int(cfg["num_nodes"]) if gpu else 1,
-            "strategy": strategy, "precision": precision, "enable_progress_bar": progress,
-            "log_every_n_steps": int(cfg["log_every_n_steps"])}
+    return {"accelerator": accelerator, "devices": devices, "num_nodes": nodes, "strategy": strategy,
+            "precision": precision, "enable_progress_bar": progress, "log_every_n_steps": int(cfg["log_every_n_steps"])}
+
+
+def world_size(cfg: dict | None) -> int:
+    """Training processes in all: devices per node x nodes ('auto' devices: the GPUs torch sees)."""
+    import torch
+
+    settings = resolve(cfg)
+    devices = settings["devices"]
+    if not isinstance(devices, int):
+        devices = max(torch.cuda.device_count(), 1)
+    return devices * settings["num_nodes"]
+
+
+def process_batch(batch_size: int, cfg: dict | None) -> int:
+    """Each process's batch: `batch_size` is the global batch, split over the training processes, so that a
+    model's optimisation (its learning rate, its steps per epoch) does not depend on how many there are."""
+    return max(int(batch_size) // world_size(cfg), 1)
+
+
+def steps_per_epoch(loader, cfg: dict | None) -> int:
+    """Optimizer steps per epoch of `loader` (built with `process_batch`) once Lightning shards it over the
+    training processes."""
+    return max(len(loader) // world_size(cfg), 1)
 
 
 def lightning():
@@ -118,6 +157,13 @@ def make_trainer(cfg: dict | None, workdir: Path, max_epochs: int, name: str = "
     workdir = Path(workdir)
     settings = resolve(cfg)
     logger = TensorBoardLogger(save_dir=str(workdir), name="tb", version=name or "", default_hp_metric=False)
+    from prodcat.models.runner import is_main_process
+
+    processes = world_size(cfg)
+    if processes > 1 and is_main_process():
+        backend = "nccl" if settings["accelerator"] == "gpu" else "gloo"
+        print(f"[trainer] {name or 'fit'}: {processes} processes ({settings['devices']} per node x "
+              f"{settings['num_nodes']} node(s), {settings['strategy']} over {backend})", flush=True)
     return pl.Trainer(max_epochs=max_epochs, logger=logger, callbacks=list(callbacks or []),
                       enable_checkpointing=False, default_root_dir=str(workdir), enable_model_summary=False,
                       deterministic=False, num_sanity_val_steps=0, **settings, **extra)
@@ -157,18 +203,31 @@ def adamw_cosine(module, params: dict, groups: list[dict]) -> dict:
 
 
 class StepTimer:
-    """Lightning callback: CPU seconds (process time) and wall seconds per training step."""
+    """Lightning callback: CPU seconds (process time) and wall seconds per training step, wall seconds per
+    epoch and training samples per second (all processes together: this process's count x the world size)."""
 
     def __new__(cls):
         pl = lightning()
 
         class _Timer(pl.Callback):
             def __init__(self):
-                self.steps, self.cpu, self.wall = 0, 0.0, 0.0
+                self.steps, self.cpu, self.wall, self.samples, self.epochs, self.world = 0, 0.0, 0.0, 0, [], 1
 
-            def on_train_batch_start(self, *args):
+            def on_train_epoch_start(self, trainer, *args):
                 import time
 
+                self.world = int(trainer.world_size)
+                self._e = time.perf_counter()
+
+            def on_train_epoch_end(self, *args):
+                import time
+
+                self.epochs.append(time.perf_counter() - self._e)
+
+            def on_train_batch_start(self, trainer, module, batch, *args):
+                import time
+
+                self.samples += _batch_len(batch)
                 self._c, self._w = time.process_time(), time.perf_counter()
 
             def on_train_batch_end(self, *args):
@@ -180,10 +239,20 @@ class StepTimer:
 
             def summary(self) -> dict:
                 n = max(self.steps, 1)
+                total = sum(self.epochs)
                 return {"steps": self.steps, "cpu_s_per_step": round(self.cpu / n, 4),
-                        "wall_s_per_step": round(self.wall / n, 4)}
+                        "wall_s_per_step": round(self.wall / n, 4), "processes": self.world,
+                        "epochs": len(self.epochs), "s_per_epoch": round(total / max(len(self.epochs), 1), 2),
+                        "samples_per_s": round(self.samples * self.world / total, 1) if total else None}
 
         return _Timer()
+
+
+def _batch_len(batch) -> int:
+    """Rows in a training batch: a tensor, a tuple/list of them or a dict of them."""
+    first = next(iter(batch.values())) if isinstance(batch, dict) else (
+        batch[0] if isinstance(batch, (list, tuple)) else batch)
+    return int(first.shape[0]) if hasattr(first, "shape") else 0
 
 
 def save_state(module, path: Path) -> None:
