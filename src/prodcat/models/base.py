@@ -58,9 +58,12 @@ class BaseModel:
     - `save(folder)` / `load(folder, params, env)`: everything `predict` needs, as plain data files.
     - `prepare(train)`: optional, once per k-fold run before the folds (work shared by the folds that
       involves no labels, e.g. a vocabulary or photo embeddings).
+    - `distributed`: True when `fit` trains with Lightning, whose DDP processes all take part; the extra
+      processes of a multi-process launch skip the other models (rank 0 trains them).
     """
 
     name = "base"
+    distributed = False
 
     def __init__(self, params: dict, env: ModelEnv):
         schema = MODEL_SETTINGS.get(type(self).name)

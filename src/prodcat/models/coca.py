@@ -68,6 +68,7 @@ META = "coca.json"
 
 class CocaModel(BaseModel):
     name = "coca"
+    distributed = True  # Lightning: every DDP process trains the fold
     uses_photos = True  # the runner lists the training rows' missing and unreadable photos
 
     def __init__(self, params, env):

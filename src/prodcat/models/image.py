@@ -53,6 +53,7 @@ META = "image.json"
 
 class ImageModel(BaseModel):
     name = "image"
+    distributed = True  # Lightning: every DDP process trains the fold
     uses_photos = True  # the runner lists the training rows' missing and unreadable photos
 
     def __init__(self, params, env):

@@ -56,6 +56,8 @@ def train_model(run, name: str, folds: list[int] | None = None, force: bool = Fa
     """Fit, save and predict the held-out rows of `name` on the requested folds (all by default); True when
     all folds are finished, None when the model cannot run on this data (the reason is echoed)."""
     model, base = make_model(run, name)
+    if not is_main_process() and not model.distributed:
+        return None  # an extra process of a multi-process (torchrun / SLURM) launch: rank 0 trains this one
     train = run.ds.train_frame()
     reason = model.skip_reason(train)
     if reason:
@@ -167,7 +169,8 @@ def _save_tree(run) -> None:
 
 def is_main_process() -> bool:
     """False in the extra processes of a multi-GPU / multi-node (DDP) run: rank 0 alone writes outputs."""
-    return all(int(os.environ.get(var, 0) or 0) == 0 for var in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+    return all(int(os.environ.get(var, 0) or 0) == 0
+               for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
 def collect(run, name: str, settings: str = "") -> None:
