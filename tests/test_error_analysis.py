@@ -30,3 +30,9 @@ def test_catch_all_leaves_class_sizes_and_depth():
     assert report["catch_all"].iloc[0]["errors involving one"] == 4
     depth = by_depth(y, pred, TREE).set_index("depth")["right down to this depth"]
     assert depth[1] == 1.0 and np.isclose(depth[2], 101 / 105) and depth[3] == 0.0  # 23 vs 24 differ at 3
+    from prodcat.evaluation.metrics import hierarchical_f1
+
+    hf1 = by_depth(y, pred, TREE).set_index("depth")["hF1 to this depth"]
+    assert hf1[1] == 1.0  # every top level is right
+    assert np.isclose(hf1[3], hierarchical_f1(y, pred, TREE))  # cut at the deepest level: the whole hF1
+    assert hf1[2] > hf1[3]  # the deeper, the more of the mistakes count

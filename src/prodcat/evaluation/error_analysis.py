@@ -1,6 +1,7 @@
 """Where a model's out-of-fold mistakes are: how far the wrong leaf is from the true one in the tree, how
 accuracy depends on the class's size, how many mistakes involve catch-all leaves (a leaf titled like its
-parent, e.g. `Косметика > Косметика`), and how often the predicted path is right down to each depth.
+parent, e.g. `Косметика > Косметика`), how often the predicted path is right down to each depth and
+the hF1 to each depth.
 `./run.sh errors [--model NAME]` prints it for any finished model."""
 from __future__ import annotations
 
@@ -64,16 +65,31 @@ def catch_all_share(y: np.ndarray, pred: np.ndarray, tree) -> dict:
 
 def by_depth(y: np.ndarray, pred: np.ndarray, tree) -> pd.DataFrame:
     """Per depth d: of the products whose true leaf is at least that deep, the share whose predicted path has
-    the true node at depth d."""
+    the true node at depth d; and hF1 to depth d (every product, both paths cut below depth d: the hF1 of a
+    tree that stopped at that depth)."""
     rows = []
     known = {int(n): tree.path(int(n)) for n in np.unique(np.r_[y, pred]) if n in tree}
     paths_t = [known[int(t)] for t in y.tolist()]
     paths_p = [known.get(int(p), []) for p in pred.tolist()]
-    for d in range(1, max((len(p) for p in paths_t), default=0) + 1):
-        has = [i for i, p in enumerate(paths_t) if len(p) >= d]
-        right = sum(len(paths_p[i]) >= d and paths_p[i][d - 1] == paths_t[i][d - 1] for i in has)
-        rows.append({"depth": d, "products": len(has), "right down to this depth": right / max(len(has), 1)})
+    common = np.array([_common_prefix(a, b) for a, b in zip(paths_t, paths_p)], np.int64)
+    len_t = np.array([len(p) for p in paths_t], np.int64)
+    len_p = np.array([len(p) for p in paths_p], np.int64)
+    for d in range(1, int(len_t.max(initial=0)) + 1):
+        has = len_t >= d
+        counts = np.c_[np.minimum(common, d), np.minimum(len_p, d), np.minimum(len_t, d)]
+        rows.append({"depth": d, "products": int(has.sum()),
+                     "right down to this depth": float((common[has] >= d).mean()) if has.any() else np.nan,
+                     "hF1 to this depth": hf1_of_counts(counts)})
     return pd.DataFrame(rows)
+
+
+def _common_prefix(a: list, b: list) -> int:
+    n = 0
+    for u, v in zip(a, b):
+        if u != v:
+            break
+        n += 1
+    return n
 
 
 def error_report(y: np.ndarray, pred: np.ndarray, tree) -> dict[str, pd.DataFrame]:
