@@ -93,7 +93,8 @@ class TfidfSettings:
 @dataclass
 class TrainerSettings:
     accelerator: str = setting("auto", "Lightning accelerator", choices=("auto", "cpu", "gpu", "cuda"))
-    devices: Union[int, str] = setting("auto", "devices per node ('auto': all GPUs)", min=1, choices=("auto",))
+    devices: Union[int, str] = setting("auto", "processes per node: GPUs ('auto': all of them); with accelerator: "
+                                       "cpu, CPU processes (gloo)", min=1, choices=("auto",))
     num_nodes: int = setting(1, "nodes (DDP)", min=1)
     strategy: str = setting("auto", "Lightning strategy", choices=("auto", "ddp", "ddp_spawn", "fsdp"))
     precision: str = setting("auto", "precision ('auto': bf16/16-mixed on a GPU, 32 on a CPU)",

@@ -1,10 +1,10 @@
 """One PyTorch Lightning Trainer for every neural model, built from a config's `trainer:` section.
 
     trainer:
-      accelerator: auto      # gpu when present, cpu otherwise
-      devices: auto          # GPUs per node (1 on a CPU)
+      accelerator: auto      # gpu when present, cpu otherwise (one process); 'cpu': devices = CPU processes
+      devices: auto          # processes per node: GPUs ('auto': all of them); 1 on a CPU unless accelerator: cpu
       num_nodes: 1
-      strategy: auto         # 'ddp' for several GPUs / nodes
+      strategy: auto         # 'ddp' for several GPUs / processes / nodes (batch_size stays the global batch)
       precision: auto        # bf16-mixed on a GPU that has it, else 16-mixed; 32-true on a CPU
       progress_bar: auto     # on when stderr is a terminal
       log_every_n_steps: 10
