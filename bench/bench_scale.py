@@ -140,13 +140,14 @@ def main() -> int:
     ap.add_argument("--config", default=str(ROOT / "configs" / "uhtt.yaml"))
     ap.add_argument("--seed", type=int, default=0, help="seed of the shuffle of extra_labeled")
     ap.add_argument("--plot", default=str(ROOT / "bench" / "scale.png"))
+    ap.add_argument("--again", action="store_true", help="measure the sizes again (else: reuse <work>/scale.json)")
     args = ap.parse_args()
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     results_path = work / "scale.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else []
-    done = {r["products"] for r in results}
+    done = set() if args.again else {r["products"] for r in results}
     for n in [int(s) for s in args.sizes.split(",")]:
         if n in done:
             print(f"{n}: measured earlier (in {results_path})")
@@ -164,6 +165,7 @@ def main() -> int:
                   "peak_rss_gb": max(s["peak_rss_gb"] for s in stages), "hF1": scores(data, workdir, args.config)}
         print(f"{n:>9,} total {result['minutes']:.1f} min, peak {result['peak_rss_gb']:.2f} GB, OOF hF1 "
               + ", ".join(f"{k} {v:.4f}" for k, v in result["hF1"].items()), flush=True)
+        results = json.loads(results_path.read_text()) if results_path.exists() else []  # another run may have added
         results = [r for r in results if r["products"] != n] + [result]
         results.sort(key=lambda r: r["products"])
         results_path.write_text(json.dumps(results, indent=1))
