@@ -109,6 +109,9 @@ def train_in_fresh_process(train_file: str, args: dict, save_to: str) -> None:
         env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
         done = subprocess.run([sys.executable, "-m", "prodcat.models.fasttext", str(job)], env=env,
                               stderr=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
+        for line in (done.stderr or "").splitlines():  # the worker's own notes (a retry after NaN) are shown
+            if line.startswith("[fasttext]"):
+                print(line, file=sys.stderr, flush=True)
         if done.returncode != 0 or not Path(save_to).exists():
             last = (done.stderr or "").strip().splitlines()[-1:] or [f"exit code {done.returncode}"]
             raise DataError(f"fastText could not train on these rows: {last[0]} (check models.fasttext: "
