@@ -58,7 +58,7 @@ class TreeMemory:
     def __init__(self, pid: int, every: float = 0.2):
         import psutil
 
-        self.proc, self.every, self.peak, self.peak_single = psutil.Process(pid), every, 0, 0
+        self.proc, self.every, self.peak = psutil.Process(pid), every, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -76,7 +76,6 @@ class TreeMemory:
                     except psutil.Error:
                         pass
                 self.peak = max(self.peak, sum(rss))
-                self.peak_single = max([self.peak_single] + rss)
             except psutil.Error:
                 pass
             self._stop.wait(self.every)

@@ -7,7 +7,8 @@
 #   WEIGHTS=/path/efficientnet_b3.bin bench/gpu_smoke.sh     ImageNet weights (a timm state dict); without
 #                                                            them the backbone starts from random weights
 #                                                            (the same speed: throughput does not depend on them)
-#   EPOCHS=2 bench/gpu_smoke.sh              epochs per model (default 2: the first one includes warm-up)
+#   EPOCHS=2 bench/gpu_smoke.sh              epochs per model (default 2; the first, with its warm-up, is not
+#                                            counted in the speeds when there are more)
 #
 # Without a GPU it prints why and exits 0 (nothing to measure). Outputs go to a temporary workdir.
 set -euo pipefail
@@ -52,6 +53,7 @@ for model, parts in (("image", [None]), ("coca", ["stage1", "stage2"])):
     for part in parts:
         s = stats if part is None else stats[part]
         label = model if part is None else f"{model} {part}"
-        print(f"gpu_smoke: {label:<13} {s.get('samples_per_s')} training images/s, {s.get('s_per_epoch')} s per epoch, "
+        unit = "feature rows" if part == "stage2" and stats["stage2"].get("mode") == "mlp" else "images"
+        print(f"gpu_smoke: {label:<13} {s.get('samples_per_s')} training {unit}/s, {s.get('s_per_epoch')} s per epoch, "
               f"{s.get('wall_s_per_step')} s per step ({s.get('processes')} process(es), {s.get('epochs')} epochs)")
 EOF

@@ -70,3 +70,27 @@ def test_image_and_coca_train_a_fold_with_two_processes(tiny, tmp_path):
         agree = (multi.labels[have, 0] == single.labels[have, 0]).mean()
         assert agree >= 0.8, (model, agree)
         assert np.abs(multi.scores[have, 0] - single.scores[have, 0]).mean() < 0.15
+
+
+def test_a_model_asking_for_another_process_count_than_the_running_one_stops_clearly():
+    """The processes Lightning started for one model serve the rest of the command: a later model asking for
+    another count would train on a wrong share of the data. It stops with a message instead."""
+    import socket
+
+    import pytest
+    import torch.distributed as dist
+
+    from prodcat.errors import DataError
+    from prodcat.models.nn.trainer import check_world
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        check_world({"accelerator": "cpu", "devices": 1}, "coca")  # the same count: fine
+        with pytest.raises(DataError, match="already trains with 1 processes, but this model's trainer section "
+                                            "asks for 2"):
+            check_world({"accelerator": "cpu", "devices": 2, "strategy": "ddp"}, "coca")
+    finally:
+        dist.destroy_process_group()

@@ -47,7 +47,6 @@ from prodcat.models.nn.trainer import (  # noqa: I001
     process_batch,
     save_state,
     seed,
-    steps_per_epoch,
 )
 from prodcat.models.nn.vision import (
     BackboneSpec,
@@ -254,7 +253,6 @@ class CocaModel(BaseModel):
         loader = data.loader(process_batch(cfg["batch_size"], cfg["trainer"]), shuffle=True,
                              drop_last=len(data) > 2 * int(cfg["batch_size"]), workers=int(cfg["num_workers"]))
         module = Stage1Module(net, cfg)
-        module.total_steps = epochs * steps_per_epoch(loader, cfg["trainer"])
         timer = StepTimer()
         trainer = make_trainer(cfg["trainer"], workdir, epochs, "stage1", callbacks=[timer],
                                gradient_clip_val=float(cfg["grad_clip"]))
@@ -287,7 +285,6 @@ class CocaModel(BaseModel):
                                              batch_size=process_batch(self.params["stage2_batch_size"],
                                                                       self.params["trainer"]), shuffle=True)
         epochs = int(self.params["stage2_epochs"])
-        head.total_steps = epochs * steps_per_epoch(loader, self.params["trainer"])
         timer = StepTimer()
         trainer = make_trainer(self.params["trainer"], workdir, epochs, "stage2", callbacks=[timer])
         trainer.fit(head, loader)
@@ -299,7 +296,6 @@ class CocaModel(BaseModel):
         loader = data.loader(process_batch(cfg["batch_size"], cfg["trainer"]), shuffle=True,
                              workers=int(cfg["num_workers"]))
         epochs = int(cfg["stage2_epochs"])
-        module.total_steps = epochs * steps_per_epoch(loader, cfg["trainer"])
         timer = StepTimer()
         trainer = make_trainer(cfg["trainer"], workdir, epochs, "stage2", callbacks=[timer],
                                gradient_clip_val=float(cfg["grad_clip"]))
@@ -524,12 +520,17 @@ class CocaNet(_nn().Module):
         caption = ce(coca.to_logits(text_tokens).transpose(1, 2), labels, ignore_index=coca.pad_id)
         latents = all_gather(torch.stack((coca.text_to_latents(text_embeds), coca.img_to_latents(image_embeds)), 1))
         text_latents, image_latents = latents.unbind(dim=1)
-        sim = text_latents @ image_latents.t() * coca.temperature.exp()
+        # Every process computes the loss of the whole gathered batch, but its gradient reaches only its own
+        # rows' latents, and DDP averages the processes' gradients: the rows' gradient is scaled back up by
+        # the number of processes W. The temperature sees the whole loss in every process: its gradient is
+        # scaled down by W first, so that it is exact too. The loss's value is unchanged.
+        w = dist.get_world_size()
+        temperature = coca.temperature / w + coca.temperature.detach() * (1 - 1 / w)
+        sim = text_latents @ image_latents.t() * temperature.exp()
         target = torch.arange(sim.shape[0], device=sim.device)
         contrastive = (ce(sim, target) + ce(sim.t(), target)) * 0.5
-        # DDP averages the processes' gradients, and each holds the contrastive gradient of its own rows only
-        return (caption * coca.caption_loss_weight
-                + contrastive * coca.contrastive_loss_weight * dist.get_world_size())
+        contrastive = contrastive * w - (contrastive * (w - 1)).detach()
+        return caption * coca.caption_loss_weight + contrastive * coca.contrastive_loss_weight
 
     def features(self, text, image, has):
         """[text CLS embedding, image CLS embedding (zero without a photo), has-photo] per row."""
@@ -541,7 +542,7 @@ class CocaNet(_nn().Module):
 class Stage1Module(pl.LightningModule):
     def __init__(self, net, params):
         super().__init__()
-        self.net, self.params, self.total_steps = net, params, 1
+        self.net, self.params = net, params
 
     def training_step(self, batch, _):
         loss = self.net.loss(batch["text"], batch["image"])
@@ -586,7 +587,7 @@ class JointModule(pl.LightningModule):
 
     def __init__(self, net, n_classes, params):
         super().__init__()
-        self.net, self.params, self.total_steps = net, params, 1
+        self.net, self.params = net, params
         self.head = mlp(2 * net.dim + 1, n_classes, params["head"])
         self.norm = _nn().LayerNorm(2 * net.dim + 1)
         self.loss = _nn().CrossEntropyLoss(label_smoothing=float(params["label_smoothing"]))
@@ -608,9 +609,14 @@ class JointModule(pl.LightningModule):
         w = float(self.params["joint_coca_weight"])
         if w > 0:
             h = batch["has"]
-            if int(h.sum()) > 1:
+            photos = h.sum()
+            if self.trainer.world_size > 1:  # the processes decide together: CoCa's loss gathers their rows
+                import torch.distributed as dist
+
+                dist.all_reduce(photos, op=dist.ReduceOp.MIN)
+            if int(photos) > 1:
                 loss = loss + w * self.net.loss(batch["text"][h], batch["image"][h])
-            elif self.trainer.world_size > 1:  # every DDP process must take part in the loss's all-gather
+            elif self.trainer.world_size > 1:  # a process with too few photos: every one takes part, weight 0
                 loss = loss + 0.0 * self.net.loss(batch["text"], batch["image"])
         self.log("loss", loss, prog_bar=True)
         return loss

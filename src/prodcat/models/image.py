@@ -32,7 +32,6 @@ from prodcat.models.nn.trainer import (
     load_state,
     process_batch,
     save_state,
-    steps_per_epoch,
 )
 from prodcat.models.nn.vision import (
     BackboneSpec,
@@ -139,7 +138,6 @@ class ImageModel(BaseModel):
         loader = torch.utils.data.DataLoader(
             torch.utils.data.TensorDataset(x, torch.from_numpy(np.searchsorted(self.classes, y))),
             batch_size=process_batch(self.params["batch_size"], self.params["trainer"]), shuffle=True)
-        module.total_steps = int(self.params["epochs"]) * steps_per_epoch(loader, self.params["trainer"])
         trainer = make_trainer(self.params["trainer"], workdir, int(self.params["epochs"]), "head")
         trainer.fit(module, loader)
         self.module = module.cpu().eval()
@@ -161,10 +159,9 @@ class ImageModel(BaseModel):
         paths = [p for p, k in zip(photos.paths, keep) if k]
         loader = torch.utils.data.DataLoader(
             PhotoDataset(paths, np.searchsorted(self.classes, y), train_transform(self.size, mean, std)),
-            batch_size=bs, shuffle=True, drop_last=len(paths) > bs, num_workers=workers,
+            batch_size=bs, shuffle=True, drop_last=len(paths) > int(self.params["batch_size"]), num_workers=workers,
             pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
         epochs = int(self.params["epochs"])
-        module.total_steps = epochs * steps_per_epoch(loader, self.params["trainer"])
         timer = StepTimer()
         trainer = make_trainer(self.params["trainer"], workdir, epochs, "finetune", callbacks=[timer],
                                gradient_clip_val=float(self.params["grad_clip"]))
@@ -257,7 +254,6 @@ class FineTuneModule(lightning().LightningModule):
         self.head = nn.Sequential(nn.Dropout(float(params["head"]["dropout"])),
                                   nn.Linear(backbone.num_features, n_classes))
         self.loss = nn.CrossEntropyLoss(label_smoothing=float(params["label_smoothing"]))
-        self.total_steps = 1
 
     def forward(self, x):
         return self.head(self.backbone(x))

@@ -56,8 +56,10 @@ def train_model(run, name: str, folds: list[int] | None = None, force: bool = Fa
     """Fit, save and predict the held-out rows of `name` on the requested folds (all by default); True when
     all folds are finished, None when the model cannot run on this data (the reason is echoed)."""
     model, base = make_model(run, name)
-    if not is_main_process() and not model.distributed:
-        return None  # an extra process of a multi-process (torchrun / SLURM) launch: rank 0 trains this one
+    if not is_main_process() and not model.distributed:  # an extra process of a torchrun / SLURM launch
+        echo(f"[{name}] not trained by this process (rank > 0): rank 0 trains it; one SLURM task per job "
+             "for independent folds")
+        return None
     train = run.ds.train_frame()
     reason = model.skip_reason(train)
     if reason:

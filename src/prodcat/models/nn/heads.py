@@ -34,7 +34,7 @@ class FeatureHead(lightning().LightningModule):
         from torch import nn
 
         super().__init__()
-        self.params, self.lr_key, self.total_steps = params, lr_key, 1
+        self.params, self.lr_key = params, lr_key
         self.register_buffer("mean", torch.zeros(in_dim) if mean is None else mean.float())
         self.register_buffer("std", torch.ones(in_dim) if std is None else std.float())
         self.net = mlp(in_dim, n_classes, params["head"])

@@ -61,7 +61,7 @@ def resolve(cfg: dict | None) -> dict:
     else:
         devices, nodes = 1, 1
     strategy = cfg["strategy"]
-    if devices == 1 and nodes == 1 and strategy in ("ddp", "ddp_spawn"):
+    if devices == 1 and nodes == 1:
         strategy = "auto"  # one process: no process group to set up
     progress = sys.stderr.isatty() if cfg["progress_bar"] == "auto" else bool(cfg["progress_bar"])
     return {"accelerator": accelerator, "devices": devices, "num_nodes": nodes, "strategy": strategy,
@@ -80,15 +80,23 @@ def world_size(cfg: dict | None) -> int:
 
 
 def process_batch(batch_size: int, cfg: dict | None) -> int:
-    """Each process's batch: `batch_size` is the global batch, split over the training processes, so that a
-    model's optimisation (its learning rate, its steps per epoch) does not depend on how many there are."""
+    """Each process's batch: `batch_size` is the global batch, split over the training processes (rounded
+    down), so that a model's optimisation (its learning rate, its steps per epoch) does not depend on how
+    many there are."""
     return max(int(batch_size) // world_size(cfg), 1)
 
 
-def steps_per_epoch(loader, cfg: dict | None) -> int:
-    """Optimizer steps per epoch of `loader` (built with `process_batch`) once Lightning shards it over the
-    training processes."""
-    return max(len(loader) // world_size(cfg), 1)
+def check_world(cfg: dict | None, name: str) -> None:
+    """Processes started for one model stay for the rest of the command: a later model of the same command
+    must ask for as many (else it would train on a wrong share of the data, or fail deep in Lightning)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() != world_size(cfg):
+        from prodcat.errors import DataError
+
+        raise DataError(f"{name}: this command already trains with {dist.get_world_size()} processes, but this "
+                        f"model's trainer section asks for {world_size(cfg)}: give every Lightning model of one "
+                        "command the same trainer devices / num_nodes (or train them with separate commands)")
 
 
 def lightning():
@@ -160,6 +168,9 @@ def make_trainer(cfg: dict | None, workdir: Path, max_epochs: int, name: str = "
     from prodcat.models.runner import is_main_process
 
     processes = world_size(cfg)
+    check_world(cfg, name or "fit")
+    if processes > 1 and settings["accelerator"] == "gpu":  # (torch's SyncBatchNorm runs on GPUs only)
+        extra = {"sync_batchnorm": True} | extra  # BatchNorm statistics over the global batch, not a shard
     if processes > 1 and is_main_process():
         backend = "nccl" if settings["accelerator"] == "gpu" else "gloo"
         print(f"[trainer] {name or 'fit'}: {processes} processes ({settings['devices']} per node x "
@@ -183,13 +194,14 @@ def count_params(module) -> int:
 
 
 def adamw_cosine(module, params: dict, groups: list[dict]) -> dict:
-    """AdamW with linear warm-up and cosine decay per step; `module.total_steps` sets the schedule length."""
+    """AdamW with linear warm-up and cosine decay per step, over the optimizer steps the fit will take
+    (Lightning's count: it knows each process's share of the data once the sampler shards it)."""
     import math
 
     import torch
 
     opt = torch.optim.AdamW(groups, weight_decay=float(params["weight_decay"]))
-    total = max(int(getattr(module, "total_steps", 1)), 1)
+    total = max(int(module.trainer.estimated_stepping_batches), 1)
     warm = int(params["warmup_steps"])
     warm = min(total // 20 if warm < 0 else warm, total - 1)  # -1: 5 % of the steps
 
@@ -239,11 +251,13 @@ class StepTimer:
 
             def summary(self) -> dict:
                 n = max(self.steps, 1)
-                total = sum(self.epochs)
+                timed = self.epochs[1:] or self.epochs  # the first epoch (warm-up, compilation) only if alone
+                per_epoch = sum(timed) / max(len(timed), 1)
+                samples = self.samples / max(len(self.epochs), 1) * self.world  # per epoch, every process
                 return {"steps": self.steps, "cpu_s_per_step": round(self.cpu / n, 4),
                         "wall_s_per_step": round(self.wall / n, 4), "processes": self.world,
-                        "epochs": len(self.epochs), "s_per_epoch": round(total / max(len(self.epochs), 1), 2),
-                        "samples_per_s": round(self.samples * self.world / total, 1) if total else None}
+                        "epochs": len(self.epochs), "s_per_epoch": round(per_epoch, 2),
+                        "samples_per_s": round(samples / per_epoch, 1) if per_epoch else None}
 
         return _Timer()
 
