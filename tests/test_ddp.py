@@ -81,16 +81,16 @@ def test_a_model_asking_for_another_process_count_than_the_running_one_stops_cle
     import torch.distributed as dist
 
     from prodcat.errors import DataError
-    from prodcat.models.nn.trainer import check_world
+    from prodcat.models.nn.trainer import check_world, world_size
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     try:
-        check_world({"accelerator": "cpu", "devices": 1}, "coca")  # the same count: fine
+        check_world(world_size({"accelerator": "cpu", "devices": 1}), "coca")  # the same count: fine
         with pytest.raises(DataError, match="already trains with 1 processes, but this model's trainer section "
                                             "asks for 2"):
-            check_world({"accelerator": "cpu", "devices": 2, "strategy": "ddp"}, "coca")
+            check_world(world_size({"accelerator": "cpu", "devices": 2, "strategy": "ddp"}), "coca")
     finally:
         dist.destroy_process_group()

@@ -86,16 +86,16 @@ def process_batch(batch_size: int, cfg: dict | None) -> int:
     return max(int(batch_size) // world_size(cfg), 1)
 
 
-def check_world(cfg: dict | None, name: str) -> None:
+def check_world(processes: int, name: str) -> None:
     """Processes started for one model stay for the rest of the command: a later model of the same command
     must ask for as many (else it would train on a wrong share of the data, or fail deep in Lightning)."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() != world_size(cfg):
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() != processes:
         from prodcat.errors import DataError
 
         raise DataError(f"{name}: this command already trains with {dist.get_world_size()} processes, but this "
-                        f"model's trainer section asks for {world_size(cfg)}: give every Lightning model of one "
+                        f"model's trainer section asks for {processes}: give every Lightning model of one "
                         "command the same trainer devices / num_nodes (or train them with separate commands)")
 
 
@@ -168,7 +168,7 @@ def make_trainer(cfg: dict | None, workdir: Path, max_epochs: int, name: str = "
     from prodcat.models.runner import is_main_process
 
     processes = world_size(cfg)
-    check_world(cfg, name or "fit")
+    check_world(processes, name or "fit")
     if processes > 1 and settings["accelerator"] == "gpu":  # (torch's SyncBatchNorm runs on GPUs only)
         extra = {"sync_batchnorm": True} | extra  # BatchNorm statistics over the global batch, not a shard
     if processes > 1 and is_main_process():
