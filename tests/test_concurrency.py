@@ -58,8 +58,9 @@ def test_a_killed_training_leaves_no_fasttext_worker(tiny, tmp_path):
     worker = None
     for _ in range(200):  # wait for the worker to start
         time.sleep(0.1)
-        found = subprocess.run(["pgrep", "-f", "prodcat.models.fasttext"], capture_output=True, text=True).stdout
-        pids = [int(x) for x in found.split() if int(x) != p.pid]
+        found = subprocess.run(["pgrep", "-P", str(p.pid), "-f", "prodcat.models.fasttext"], capture_output=True,
+                               text=True).stdout  # this CLI's worker, not another run's
+        pids = [int(x) for x in found.split()]
         if pids:
             worker = pids[0]
             break
