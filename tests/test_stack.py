@@ -228,3 +228,26 @@ def test_rankers_probabilities_are_averaged_over_the_union_of_candidates():
     rows, cls, proba = _average_test([one, two], 1.0, 10)
     got = dict(zip(cls.tolist(), proba.tolist()))
     assert got == pytest.approx({3: 0.25, 4: 0.25 + 0.375, 5: 0.125}) and np.isclose(proba.sum(), 1.0)
+
+
+def test_hidden_model_copies_and_the_oof_hf1_without_it(big_run):
+    """stack.hide: the rankers also learn from products shown without a model; the OOF hF1 without it is
+    reported (the fake fastText's mistakes are learnable: the stack beats it even alone)."""
+    run = big_run
+    y = run.ds.train["category_id"].to_numpy()
+    rng = np.random.default_rng(5)
+    fakes = {"fasttext": fake_model(run, "fasttext", y, rng.random(len(y)) < 0.6, rng)}
+    fake_model(run, "id_neighbours", y, rng.random(len(y)) < 0.9, rng, missing=rng.random(len(y)) < 0.01)
+    run.cfg["stack"] = dict(run.cfg["stack"], hide={"id_neighbours": 0.3, "image": 0.5})
+    info = run_stack(run, echo=lambda *a: None)
+    without = info["oof_hF1_without"]["id_neighbours"]
+    assert set(info["oof_hF1_without"]) == {"id_neighbours"}  # image is not stacked: nothing to hide
+    assert hf1(run, "fasttext") - 0.02 <= without <= hf1(run, "stack"), (without, hf1(run, "stack"))
+    # tomorrow's products: the id model has nothing to say about any of them; the stack falls back on fastText
+    frame = products(200, seed=9, start_id=50000)
+    truth = frame.pop("category_id").to_numpy()
+    stacker = Stacker.load(run.paths.models("stack"), run.ds.tree)
+    parts = {"fasttext": [fakes["fasttext"](frame, truth) for _ in range(run.k)],
+             "id_neighbours": [TopK.empty(frame["id"].to_numpy(), run.top_k)] * run.k}
+    test = stacker.predict(parts, frame)
+    assert not test.missing.any() and np.mean(test.top1() == truth) > 0.55

@@ -91,6 +91,16 @@ class TfidfSettings:
 
 
 @dataclass
+class IdNeighboursSettings:
+    window: int = setting(3, "training products on each side of a product (nearest ids) that vote", min=1)
+    max_gap: Union[int, str] = setting("auto", "ids further than this from a product do not vote ('auto': the "
+                                       "99th percentile of the gaps between consecutive training ids)", min=1,
+                                       choices=("auto",))
+    min_order: float = setting(0.1, "skipped unless consecutive training ids share a leaf at least this much "
+                               "more often than two random training products do", min=0.0, max=1.0)
+
+
+@dataclass
 class TrainerSettings:
     accelerator: str = setting("auto", "Lightning accelerator", choices=("auto", "cpu", "gpu", "cuda"))
     devices: Union[int, str] = setting("auto", "processes per node: GPUs ('auto': all of them); with accelerator: "
@@ -192,7 +202,7 @@ class CocaSettings:
 
 
 MODEL_SETTINGS = {"fasttext": FastTextSettings, "tfidf": TfidfSettings, "image": ImageSettings,
-                  "coca": CocaSettings}
+                  "coca": CocaSettings, "id_neighbours": IdNeighboursSettings}
 
 
 # -- stacker and run -----------------------------------------------------------------------------------
@@ -216,6 +226,11 @@ class StackSettings:
     monotone: bool = setting(True, "monotone constraints on the probability/rank features")
     exclude_features: list[str] = setting([], "feature names or suffixes left out")
     priors: list[str] = setting([], "lookup-prior keys (prodcat.stacking.priors), e.g. word1, word1+word2, char:Brand")
+    hide: dict = setting({"id_neighbours": 0.2}, "MODEL: SHARE - the rankers also learn from that share of the training products "
+                         "shown without MODEL's predictions, so that the stack does well where it has nothing to "
+                         "say (id_neighbours on tomorrow's products); the OOF hF1 without it is reported (models not "
+                         "stacked are ignored)",
+                         min=0.0, max=1.0)
 
 
 @dataclass
@@ -231,7 +246,7 @@ class RunSettings:
     seed: int = setting(42, "seed of folds and models")
     top_k: int = setting(20, "classes stored per product", min=1)
     folds: FoldSettings = setting(FoldSettings(), "cross-validation")
-    pipeline: list[str] = setting(["fasttext", "tfidf", "image", "coca"],
+    pipeline: list[str] = setting(["fasttext", "tfidf", "image", "coca", "id_neighbours"],
                                   "base models run by `all`, in order (a model its data cannot support is skipped)")
     text: TextSettings = setting(TextSettings(), "how a product's text is built")
     models: dict = setting({}, "per-model settings; a variant: NAME: {model: BASE, ...}")
@@ -349,6 +364,12 @@ def _check_value(f, value, where: str, path: str):
         names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
         _fail(where, path, f"expected {names}, got {value!r} ({type(value).__name__})")
     items = value if isinstance(value, list) else [value]
+    if isinstance(value, dict) and (meta.get("min") is not None or meta.get("max") is not None):
+        for key, v in value.items():  # a mapping of numbers (e.g. stack.hide: {MODEL: SHARE})
+            if not _is(v, float):
+                _fail(where, f"{path}.{key}", f"expected a number, got {v!r}")
+            _check_range(meta, v, where, f"{path}.{key}")
+        return value
     elem = _list_element(f.type) if isinstance(value, list) else None
     for v in items:
         if elem is not None and not _is(v, elem):
@@ -357,11 +378,15 @@ def _check_value(f, value, where: str, path: str):
             _fail(where, path, f"{v!r} is not allowed (allowed: {', '.join(map(str, meta['choices']))})"
                   + ("" if not isinstance(v, str) else _suggest(v, meta["choices"]).replace("; ", " - ")))
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            if meta.get("min") is not None and v < meta["min"]:
-                _fail(where, path, f"{v!r} is below the minimum {meta['min']}")
-            if meta.get("max") is not None and v > meta["max"]:
-                _fail(where, path, f"{v!r} is above the maximum {meta['max']}")
+            _check_range(meta, v, where, path)
     return value
+
+
+def _check_range(meta: dict, v, where: str, path: str) -> None:
+    if meta.get("min") is not None and v < meta["min"]:
+        _fail(where, path, f"{v!r} is below the minimum {meta['min']}")
+    if meta.get("max") is not None and v > meta["max"]:
+        _fail(where, path, f"{v!r} is above the maximum {meta['max']}")
 
 
 def _list_element(annotation):

@@ -25,6 +25,7 @@ MODELS = {  # name -> "module:Class"; imported only when used (torch is not load
     "tfidf": "prodcat.models.tfidf:TfidfModel",
     "image": "prodcat.models.image:ImageModel",
     "coca": "prodcat.models.coca:CocaModel",
+    "id_neighbours": "prodcat.models.id_neighbours:IdNeighboursModel",
 }
 MODEL_FILE = "model.json"  # written last by save_model: a folder without it holds no finished model
 

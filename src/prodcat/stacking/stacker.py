@@ -217,26 +217,29 @@ def fit_stacker(run: Run, names: list[str], p: dict, echo=print):
     per_fold = np.stack([np.bincount(y[folds == f], minlength=len(nodes.ids)) for f in range(run.k)])
     freq_oof = (counts[None, :] - per_fold).astype(np.float32)  # (k, nodes)
 
-    rows, cls = candidate_pairs(list(oof.values()), nodes, int(p["candidates"]))
     prod = product_features(run.ds.train, run.env.text) if p["product_features"] else None
-    x = pair_features(oof, nodes, rows, cls, freq_oof, folds, prod)
     priors = None
     if p["priors"]:
         from prodcat.stacking.priors import LookupPriors
 
         priors = LookupPriors.fit(p["priors"], run.ds.train, y, folds, run.k, len(nodes.ids))
-        x = pd.concat([x, priors.features(priors.codes(run.ds.train), rows, cls, folds[rows])], axis=1)
+    codes = priors.codes(run.ds.train) if priors is not None else None
+    rows, cls, x = _pairs(oof, nodes, p, freq_oof, folds, prod, priors, codes)
+    x = x.drop(columns=[c for c in x.columns if any(c == e or c.endswith("_" + e) for e in p["exclude_features"] or [])])
     is_true = cls == y[rows]
-    drop = [c for c in x.columns if any(c == e or c.endswith("_" + e) for e in p["exclude_features"] or [])]
-    x = x.drop(columns=drop)
     has_truth = np.zeros(n_train, bool)
     has_truth[rows[is_true]] = True
     recall = float(has_truth.mean())
     echo(f"[stack] {', '.join(names)}: {len(rows) / n_train:.1f} candidates per product, truth among them "
          f"for {recall:.2%}, {x.shape[1]} features ({time.time() - start:.0f}s)")
+    hidden = {}  # model -> (rows, cls, x) of every product as if that model had said nothing
+    for m, share in _hidden_models(p, names).items():
+        parts = {name: (TopK.empty(v.ids, v.k) if name == m else v) for name, v in oof.items()}
+        r, c, xh = _pairs(parts, nodes, p, freq_oof, folds, prod, priors, codes)
+        hidden[m] = (r, c, xh.reindex(columns=x.columns, fill_value=0.0), share)
 
-    boosters, score_oof, importance = _fit_rankers(run, p, x, rows, is_true, has_truth, stack_folds, n_folds,
-                                                   echo, start)
+    boosters, score_oof, importance, score_hidden = _fit_rankers(run, p, x, rows, is_true, has_truth, stack_folds,
+                                                                 n_folds, echo, start, hidden, y)
     temp = fit_temperature(rows, score_oof, is_true)
     proba_oof = group_softmax(rows, score_oof, temp)
     # decoding: measure both on the OOF rows, keep the configured one. Expected-hF1 decoding needs the
@@ -249,6 +252,11 @@ def fit_stacker(run: Run, names: list[str], p: dict, echo=print):
         decided[method] = decode(rows, cls, proba_oof, nodes, n_train, method, f_level)
         results[method] = hierarchical_f1(y_ids, nodes.category(decided[method]), run.ds.tree)
     method = p["decoding"]
+    without = {}  # OOF hF1 where a hidden model says nothing (e.g. id_neighbours on tomorrow's products)
+    for m, (r, c, _, _) in hidden.items():
+        chosen = decode(r, c, group_softmax(r, score_hidden[m], temp), nodes, n_train, method, f_level)
+        without[m] = hierarchical_f1(y_ids, nodes.category(chosen), run.ds.tree)
+        echo(f"[stack] OOF hF1 without {m} (as for products it has nothing to say about): {without[m]:.4f}")
     oof_top = _to_topk(run.ds.train["id"].to_numpy(), rows, cls, proba_oof, decided[method], nodes, run.top_k)
     meta = {"models": names, "params": p, "k": run.k, "n_rankers": n_folds, "temperature": temp,
             "fallback": [f for f, b in enumerate(boosters) if isinstance(b, MeanProbability)],
@@ -257,7 +265,7 @@ def fit_stacker(run: Run, names: list[str], p: dict, echo=print):
     stacker = Stacker(run.ds.tree, meta, boosters, freq_oof, counts, priors)
     info = {"data": run.ds.fingerprint, "k": run.k, "models": names, "params": p, "temperature": temp,
             "candidates_per_product": round(len(rows) / n_train, 2), "candidate_recall": recall,
-            "oof_hF1": results, "decoding": method, "seconds": round(time.time() - start, 1),
+            "oof_hF1": results, "oof_hF1_without": without, "decoding": method, "seconds": round(time.time() - start, 1),
             "feature_importance": dict(sorted(zip(x.columns, importance.round(1).tolist()),
                                               key=lambda kv: -kv[1]))}
     echo(f"[stack] OOF hF1 argmax {results['argmax']:.4f}, expected-hF1 decoding {results['expected_hf1']:.4f} "
@@ -265,8 +273,25 @@ def fit_stacker(run: Run, names: list[str], p: dict, echo=print):
     return stacker, oof_top, info
 
 
-def _fit_rankers(run, p, x, rows, is_true, has_truth, stack_folds, n_folds, echo, start):
-    """One LightGBM ranker per fold on the other folds' products; their scores of the held-out pairs."""
+def _pairs(parts: dict[str, TopK], nodes, p, freq_oof, folds, prod, priors, codes):
+    """(rows, classes, features) of the OOF candidates of every training product."""
+    rows, cls = candidate_pairs(list(parts.values()), nodes, int(p["candidates"]))
+    x = pair_features(parts, nodes, rows, cls, freq_oof, folds, prod)
+    if priors is not None:
+        x = pd.concat([x, priors.features(codes, rows, cls, folds[rows])], axis=1)
+    return rows, cls, x
+
+
+def _hidden_models(p, names: list[str]) -> dict[str, float]:
+    """The stacked models of `stack.hide` and the share of training products shown without each (a model
+    not stacked here, e.g. skipped on this data, has nothing to hide)."""
+    return {m: float(share) for m, share in (p["hide"] or {}).items() if m in names and share > 0}
+
+
+def _fit_rankers(run, p, x, rows, is_true, has_truth, stack_folds, n_folds, echo, start, hidden=None, y=None):
+    """One LightGBM ranker per fold on the other folds' products; their scores of the held-out pairs (and of
+    the held-out pairs of every hidden-model copy). A hidden model's copy of a sampled `share` of the
+    training products joins the ranker's training queries, so that it ranks well without that model."""
     import lightgbm as lgb
 
     params = {"objective": p["objective"], "learning_rate": p["learning_rate"], "num_leaves": p["num_leaves"],
@@ -280,9 +305,12 @@ def _fit_rankers(run, p, x, rows, is_true, has_truth, stack_folds, n_folds, echo
     if p["objective"] == "lambdarank":
         params |= {"lambdarank_truncation_level": 10, "eval_at": [1]}
     rng = np.random.default_rng(run.seed)
+    hidden = hidden or {}
     n_train = len(has_truth)
+    shown = {m: rng.random(n_train) < share for m, (_, _, _, share) in hidden.items()}  # products in the copy
     pair_fold = stack_folds[rows]
     score_oof = np.zeros(len(rows))
+    score_hidden = {m: np.zeros(len(r)) for m, (r, _, _, _) in hidden.items()}
     importance = np.zeros(x.shape[1])
     boosters = []
     for f in range(n_folds):
@@ -290,19 +318,34 @@ def _fit_rankers(run, p, x, rows, is_true, has_truth, stack_folds, n_folds, echo
         if len(train_prod) > p["max_train_products"]:
             train_prod = np.sort(rng.choice(train_prod, int(p["max_train_products"]), replace=False))
         sel = np.isin(rows, train_prod)
-        held = pair_fold == f
         if not sel.any():
             echo(f"warning: [stack] fold {f}: no product of the other folds has its true class among the "
                  "candidates (e.g. every class has one product): candidates are ranked by the base models' "
                  "mean probability")
             booster = MeanProbability()
         else:
-            groups = np.bincount(rows[sel], minlength=n_train)
-            groups = groups[groups > 0]
-            ds = lgb.Dataset(x[sel], label=is_true[sel].astype(int), group=groups, free_raw_data=True)
+            xs, labels, groups = [x[sel]], [is_true[sel]], [_group_sizes(rows[sel], n_train)]
+            for m, (r, c, xh, _) in hidden.items():
+                take = np.isin(r, train_prod) & shown[m][r]
+                xs.append(xh[take])
+                labels.append(c[take] == y[r[take]])
+                groups.append(_group_sizes(r[take], n_train))
+            ds = lgb.Dataset(pd.concat(xs, ignore_index=True) if len(xs) > 1 else xs[0],
+                             label=np.concatenate(labels).astype(int), group=np.concatenate(groups),
+                             free_raw_data=True)
             booster = lgb.train(params, ds, num_boost_round=int(p["num_boost_round"]))
             importance += booster.feature_importance("gain")
+        held = pair_fold == f
         score_oof[held] = booster.predict(x[held])
+        for m, (r, _, xh, _) in hidden.items():
+            held_h = stack_folds[r] == f
+            score_hidden[m][held_h] = booster.predict(xh[held_h])
         boosters.append(booster)
         echo(f"[stack] fold {f}: ranker on {len(train_prod)} products ({time.time() - start:.0f}s)")
-    return boosters, score_oof, importance
+    return boosters, score_oof, importance, score_hidden
+
+
+def _group_sizes(rows: np.ndarray, n: int) -> np.ndarray:
+    """Pairs per query of sorted pair rows (LightGBM's `group`)."""
+    counts = np.bincount(rows, minlength=n)
+    return counts[counts > 0]

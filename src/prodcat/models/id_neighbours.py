@@ -1,0 +1,117 @@
+"""Catalogue-order base model: the categories of the training products listed just before and after.
+
+A catalogue's ids are handed out in the order products are listed, and products are listed in batches (a
+seller's upload, a section of a supplier's price list): on uhtt_ke the training product with the next id is
+in the same leaf 77 % of the time. That is a view of a product the text models do not have - it knows how
+the catalogue files *this* product line (a catch-all leaf or its specific sibling), not what the words say.
+
+Per product: the `window` nearest training ids on each side vote for their leaf with weight 1/d (d = 1 for
+the nearest on that side), ids further than `max_gap` from the product do not vote, and the votes are
+normalised into probabilities. A product with no training id within `max_gap` gets no prediction (missing):
+tomorrow's products, whose ids lie past every training id, are left to the text models (`stack.hide`
+teaches the stacker to do without it). Where consecutive training ids share a leaf hardly more often than
+two random products (`min_order`), the ids carry no listing order and the model is skipped (the Flipkart demo).
+
+Saved per fold: the training ids, their leaves and the gap limit (npz).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from prodcat.models.base import BaseModel
+from prodcat.probs import TopK, from_sparse
+
+
+class IdNeighboursModel(BaseModel):
+    name = "id_neighbours"
+
+    def __init__(self, params, env):
+        super().__init__(params, env)
+        self.ids: np.ndarray | None = None  # training ids, sorted
+        self.labels: np.ndarray | None = None  # their leaves
+        self.max_gap: float = 0.0
+
+    def settings(self) -> dict:  # no text: the shared text settings do not change this model
+        return {"params": self.params, "top_k": self.env.top_k}
+
+    def skip_reason(self, train) -> str | None:
+        same, chance = listing_order(train)
+        if same - chance < float(self.params["min_order"]):
+            return (f"the ids carry no listing order here: consecutive training ids share a leaf {same:.1%} of "
+                    f"the time, two random products {chance:.1%} (models.id_neighbours.min_order: "
+                    f"{self.params['min_order']})")
+        return None
+
+    def fit(self, train, workdir: Path, fold: int = 0):
+        ids = train["id"].to_numpy(np.int64)
+        order = np.argsort(ids, kind="stable")
+        fitted = IdNeighboursModel(self.params, self.env)
+        fitted.name = self.name
+        fitted.ids, fitted.labels = ids[order], train["category_id"].to_numpy(np.int64)[order]
+        fitted.max_gap = float(gap_limit(fitted.ids, self.params["max_gap"]))
+        return fitted
+
+    def predict(self, frame) -> TopK:
+        query = frame["id"].to_numpy(np.int64)
+        k = self.env.top_k
+        if len(query) == 0 or len(self.ids) == 0:
+            return TopK.empty(query, k)
+        votes, classes = self.votes(query)
+        total = np.asarray(votes.sum(axis=1)).ravel()
+        missing = total == 0
+        votes = sp.diags(1.0 / np.where(missing, 1.0, total)) @ votes
+        return from_sparse(query, votes.tocsr(), classes, k, missing)
+
+    def votes(self, query: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
+        """(n, C) summed neighbour weights per class, and the class ids of its columns."""
+        window = int(self.params["window"])
+        n, m = len(query), len(self.ids)
+        pos = np.searchsorted(self.ids, query, side="left")  # first training id >= the product's
+        rows, cols, weights = [], [], []
+        for d in range(1, window + 1):
+            for at in (pos - d, pos + d - 1):  # d-th on the left, d-th on the right
+                ok = (at >= 0) & (at < m)
+                at = np.clip(at, 0, m - 1)
+                ok &= np.abs(self.ids[at] - query) <= self.max_gap
+                rows.append(np.flatnonzero(ok))
+                cols.append(at[ok])
+                weights.append(np.full(int(ok.sum()), 1.0 / d, np.float32))
+        rows, cols, weights = np.concatenate(rows), np.concatenate(cols), np.concatenate(weights)
+        classes, col = np.unique(self.labels[cols], return_inverse=True)
+        if len(classes) == 0:
+            classes = np.array([0], np.int64)
+        return sp.csr_matrix((weights, (rows, col.ravel())), shape=(n, len(classes))), classes
+
+    def save(self, folder: Path) -> None:
+        from prodcat.outputs import write_npz
+
+        write_npz({"ids": self.ids, "labels": self.labels, "max_gap": np.array(self.max_gap)},
+                  folder / "neighbours.npz")
+
+    @classmethod
+    def load(cls, folder: Path, params: dict, env) -> "IdNeighboursModel":
+        model = cls(params, env)
+        with np.load(folder / "neighbours.npz") as z:
+            model.ids, model.labels, model.max_gap = z["ids"], z["labels"], float(z["max_gap"])
+        return model
+
+
+def listing_order(train) -> tuple[float, float]:
+    """How often consecutive training ids share a leaf, and how often two random training products do."""
+    labels = train.sort_values("id")["category_id"].to_numpy()
+    if len(labels) < 2:
+        return 0.0, 0.0
+    share = np.unique(labels, return_counts=True)[1] / len(labels)
+    return float(np.mean(labels[1:] == labels[:-1])), float(np.sum(share ** 2))
+
+
+def gap_limit(sorted_ids: np.ndarray, setting) -> float:
+    """`max_gap` as a number: the setting itself, or ('auto') the 99th percentile of the gaps between
+    consecutive training ids (at least 1)."""
+    if setting != "auto":
+        return float(setting)
+    gaps = np.diff(sorted_ids)
+    return float(max(np.percentile(gaps, 99), 1.0)) if len(gaps) else 1.0

@@ -1,0 +1,78 @@
+"""Catalogue-order base model: neighbours' votes, the gap limit, saving and the fold contract."""
+import numpy as np
+import pandas as pd
+from click.testing import CliRunner
+
+from prodcat.cli import main
+from prodcat.models.base import ModelEnv, load_model, save_model
+from prodcat.models.id_neighbours import IdNeighboursModel, gap_limit
+from prodcat.probs import TopK
+from prodcat.settings import IdNeighboursSettings, defaults_of
+
+from conftest import products, write_dataset
+
+
+def model(**params):
+    return IdNeighboursModel(defaults_of(IdNeighboursSettings) | params, ModelEnv(text={}, top_k=3))
+
+
+def frame(ids, cats=None):
+    df = pd.DataFrame({"id": np.asarray(ids, np.int64)})
+    if cats is not None:
+        df["category_id"] = np.asarray(cats, np.int64)
+    return df
+
+
+def test_nearest_ids_vote_with_weight_one_over_distance():
+    train = frame([10, 11, 12, 20, 21, 22], [1, 1, 2, 3, 3, 3])
+    fitted = model(window=2, max_gap=100).fit(train, None)
+    top = fitted.predict(frame([13]))
+    # left: 12 (class 2, weight 1), 11 (class 1, 1/2); right: 20 (class 3, 1), 21 (class 3, 1/2)
+    assert top.labels[0].tolist() == [3, 2, 1]
+    np.testing.assert_allclose(top.scores[0].astype(float), [1.5 / 3, 1 / 3, 0.5 / 3], atol=1e-3)
+
+
+def test_ids_past_the_gap_limit_do_not_vote():
+    train = frame([10, 11, 1000], [1, 1, 2])
+    fitted = model(window=1, max_gap=5).fit(train, None)
+    top = fitted.predict(frame([12, 500, 1003, 5000]))
+    assert top.labels[:, 0].tolist()[:1] == [1] and top.labels[2, 0] == 2
+    assert top.missing.tolist() == [False, True, False, True]  # nothing within 5 ids: left to the other models
+
+
+def test_auto_gap_limit_is_the_99th_percentile_of_training_gaps():
+    ids = np.cumsum(np.r_[1, np.ones(198, np.int64), 1000])
+    assert gap_limit(ids, "auto") == np.percentile(np.diff(ids), 99)
+    assert gap_limit(np.array([5]), "auto") == 1.0 and gap_limit(ids, 7) == 7.0
+
+
+def test_saved_model_predicts_the_same_in_a_fresh_load(tmp_path):
+    train = products(200, seed=3)
+    fitted = model().fit(train, tmp_path)
+    save_model(fitted, tmp_path / "m", "id_neighbours", {"fold": 0})
+    again = load_model(tmp_path / "m")
+    query = products(50, seed=4, labels=False, start_id=1050)
+    a, b = fitted.predict(query), again.predict(query)
+    assert np.array_equal(a.labels, b.labels) and np.array_equal(a.scores, b.scores)
+
+
+def test_trains_folds_and_predicts_listing_batches(tmp_path, tiny_config):
+    # products listed in batches of one category: the neighbours model recovers them from the ids alone
+    train = products(150, seed=5)
+    train["category_id"] = np.repeat([11, 12, 21, 23, 24], 30)
+    data = write_dataset(tmp_path / "batches", train=train)
+    w = tmp_path / "w"
+    r = CliRunner().invoke(main, ["train", "id_neighbours", "--data", str(data), "--config", str(tiny_config),
+                                  "--workdir", str(w)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    oof = TopK.load(w / "oof" / "batches" / "id_neighbours" / "oof.npz").align(train["id"].to_numpy())
+    assert not oof.missing.any()
+    assert np.mean(oof.top1() == train["category_id"].to_numpy()) > 0.9
+
+
+def test_skipped_where_the_ids_carry_no_listing_order():
+    shuffled = products(300, seed=6)  # categories drawn at random along the ids
+    reason = model().skip_reason(shuffled)
+    assert reason and "no listing order" in reason and "min_order" in reason
+    batches = shuffled.assign(category_id=np.repeat([11, 12, 21, 23, 24], 60))
+    assert model().skip_reason(batches) is None
