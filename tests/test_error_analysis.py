@@ -3,7 +3,8 @@ import numpy as np
 import pandas as pd
 
 from prodcat.data.tree import CategoryTree
-from prodcat.evaluation.error_analysis import by_class_size, by_depth, catch_all_leaves, error_report, mistake_kinds
+from prodcat.evaluation.error_analysis import (by_class_size, by_depth, catch_all_leaves, error_report, mistake_kinds,
+                                              others_right)
 
 # root 1 > {10 Food > {11 Milk, 12 Bread, 13 Food (catch-all)}, 20 Pets > {21 Cat, 22 Dog > {23 Dry, 24 Wet}}}
 TREE = CategoryTree.from_frame(pd.DataFrame({
@@ -36,3 +37,11 @@ def test_catch_all_leaves_class_sizes_and_depth():
     assert hf1[1] == 1.0  # every top level is right
     assert np.isclose(hf1[3], hierarchical_f1(y, pred, TREE))  # cut at the deepest level: the whole hF1
     assert hf1[2] > hf1[3]  # the deeper, the more of the mistakes count
+
+
+def test_others_right_counts_the_mistakes_another_model_gets_right():
+    y = np.array([11, 12, 21, 23, 24])
+    pred = np.array([11, 11, 11, 23, 23])  # wrong on 12, 21 and 24
+    table = others_right(y, pred, {"a": np.array([11, 12, 21, 24, -1]), "b": y.copy()}).set_index("model")
+    assert table.loc["a", "right where this one is wrong"] == 2 and table.loc["b", "share of its mistakes"] == 1.0
+    assert np.isclose(table.loc["a", "share of products"], 2 / 5)

@@ -244,8 +244,9 @@ def report(run):
 @click.option("--model", default="stack", show_default=True, help="Any finished model (scores lists them).")
 def errors(run, model):
     """Where a model's OOF mistakes are: sibling / other branch / other top level, by class size, catch-all
-    leaves, and how often the predicted path is right down to each depth (CSVs under reports/<dataset>/)."""
-    from prodcat.evaluation.error_analysis import error_report
+    leaves, how often the predicted path is right down to each depth, and which other models get them right
+    (CSVs under reports/<dataset>/)."""
+    from prodcat.evaluation.error_analysis import error_report, others_right
     from prodcat.evaluation.scores import comparison_predictions
     from prodcat.outputs import write_csv
 
@@ -256,10 +257,13 @@ def errors(run, model):
     y = run.ds.train["category_id"].to_numpy()
     have = ~oof.missing
     tables = error_report(y[have], oof.top1()[have], run.ds.tree)
+    tables["others"] = others_right(y[have], oof.top1()[have],
+                                    {m: p.top1()[have] for m, p in preds.items() if m != model})
     titles = {"mistakes": "Wrong leaves, by where they are in the tree",
               "class_size": "By the class's number of training products",
               "catch_all": "Catch-all leaves (titled like their parent)",
-              "depth": "Predicted path right down to each depth"}
+              "depth": "Predicted path right down to each depth",
+              "others": "The other models on its mistakes (a different view gets them right)"}
     click.echo(f"OOF error analysis of {model} on {run.ds.name} ({int(have.sum())} products, "
                f"accuracy {float((oof.top1()[have] == y[have]).mean()):.4f})")
     for name, table in tables.items():

@@ -1,7 +1,7 @@
 """Where a model's out-of-fold mistakes are: how far the wrong leaf is from the true one in the tree, how
 accuracy depends on the class's size, how many mistakes involve catch-all leaves (a leaf titled like its
 parent, e.g. `Косметика > Косметика`), how often the predicted path is right down to each depth and
-the hF1 to each depth.
+the hF1 to each depth, and which other models get its mistakes right.
 `./run.sh errors [--model NAME]` prints it for any finished model."""
 from __future__ import annotations
 
@@ -90,6 +90,18 @@ def _common_prefix(a: list, b: list) -> int:
             break
         n += 1
     return n
+
+
+def others_right(y: np.ndarray, pred: np.ndarray, others: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Per other model (its top-1 leaves, -1: no prediction): how many of this model's mistakes it gets
+    right - where its view differs."""
+    wrong = pred != y
+    rows = [{"model": name, "right where this one is wrong": int((wrong & (o == y)).sum()),
+             "share of its mistakes": float((wrong & (o == y)).sum() / max(int(wrong.sum()), 1)),
+             "share of products": float((wrong & (o == y)).mean()) if len(y) else np.nan}
+            for name, o in others.items()]
+    return pd.DataFrame(rows, columns=["model", "right where this one is wrong", "share of its mistakes",
+                                       "share of products"])
 
 
 def error_report(y: np.ndarray, pred: np.ndarray, tree) -> dict[str, pd.DataFrame]:
