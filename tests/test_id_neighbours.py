@@ -5,7 +5,7 @@ from click.testing import CliRunner
 
 from prodcat.cli import main
 from prodcat.models.base import ModelEnv, load_model, save_model
-from prodcat.models.id_neighbours import IdNeighboursModel, gap_limit
+from prodcat.models.id_neighbours import IdNeighboursModel, gap_setting
 from prodcat.probs import TopK
 from prodcat.settings import IdNeighboursSettings, defaults_of
 
@@ -23,13 +23,16 @@ def frame(ids, cats=None):
     return df
 
 
-def test_nearest_ids_vote_with_weight_one_over_distance():
+def test_nearest_ids_vote_with_weight_one_over_distance_and_gap():
     train = frame([10, 11, 12, 20, 21, 22], [1, 1, 2, 3, 3, 3])
-    fitted = model(window=2, max_gap=100).fit(train, None)
+    fitted = model(window=2, max_gap=100, gap_scale=1, doubt=0.5).fit(train, None)
     top = fitted.predict(frame([13]))
-    # left: 12 (class 2, weight 1), 11 (class 1, 1/2); right: 20 (class 3, 1), 21 (class 3, 1/2)
-    assert top.labels[0].tolist() == [3, 2, 1]
-    np.testing.assert_allclose(top.scores[0].astype(float), [1.5 / 3, 1 / 3, 0.5 / 3], atol=1e-3)
+    # left: 12 (class 2, 1/1 / (1 + 1)), 11 (class 1, 1/2 / (1 + 2)); right: 20 (class 3, 1/1 / (1 + 7)),
+    # 21 (class 3, 1/2 / (1 + 8))
+    w = {2: 1 / 2, 1: 1 / 6, 3: 1 / 8 + 1 / 18}
+    total = sum(w.values()) + 0.5
+    assert top.labels[0].tolist() == [2, 3, 1]
+    np.testing.assert_allclose(top.scores[0].astype(float), [w[2] / total, w[3] / total, w[1] / total], atol=1e-3)
 
 
 def test_ids_past_the_gap_limit_do_not_vote():
@@ -40,10 +43,13 @@ def test_ids_past_the_gap_limit_do_not_vote():
     assert top.missing.tolist() == [False, True, False, True]  # nothing within 5 ids: left to the other models
 
 
-def test_auto_gap_limit_is_the_99th_percentile_of_training_gaps():
+def test_auto_gaps_are_percentiles_of_the_training_gaps():
     ids = np.cumsum(np.r_[1, np.ones(198, np.int64), 1000])
-    assert gap_limit(ids, "auto") == np.percentile(np.diff(ids), 99)
-    assert gap_limit(np.array([5]), "auto") == 1.0 and gap_limit(ids, 7) == 7.0
+    assert gap_setting(ids, "auto", 99) == np.percentile(np.diff(ids), 99)
+    assert gap_setting(ids, "auto", 50) == 1.0
+    assert gap_setting(np.array([5]), "auto", 99) == 1.0 and gap_setting(ids, 7, 99) == 7.0
+    fitted = model().fit(frame(ids, np.zeros(len(ids))), None)
+    assert fitted.max_gap == np.percentile(np.diff(ids), 99) and fitted.gap_scale == 1.0
 
 
 def test_saved_model_predicts_the_same_in_a_fresh_load(tmp_path):

@@ -5,9 +5,10 @@ seller's upload, a section of a supplier's price list): on uhtt_ke the training 
 in the same leaf 77 % of the time. That is a view of a product the text models do not have - it knows how
 the catalogue files *this* product line (a catch-all leaf or its specific sibling), not what the words say.
 
-Per product: the `window` nearest training ids on each side vote for their leaf with weight 1/d (d = 1 for
-the nearest on that side), ids further than `max_gap` from the product do not vote, and the votes are
-normalised into probabilities. A product with no training id within `max_gap` gets no prediction (missing):
+Per product: the `window` nearest training ids on each side vote for their leaf with weight
+1/d / (1 + gap/gap_scale) (d = 1 for the nearest on that side, gap = how far its id is), ids further than
+`max_gap` do not vote, and a leaf's probability is its votes over (all votes + `doubt`): few, far or split
+neighbours give low probabilities. A product with no training id within `max_gap` gets no prediction (missing):
 tomorrow's products, whose ids lie past every training id, are left to the text models (`stack.hide`
 teaches the stacker to do without it). Where consecutive training ids share a leaf hardly more often than
 two random products (`min_order`), the ids carry no listing order and the model is skipped (the Flipkart demo).
@@ -33,6 +34,7 @@ class IdNeighboursModel(BaseModel):
         self.ids: np.ndarray | None = None  # training ids, sorted
         self.labels: np.ndarray | None = None  # their leaves
         self.max_gap: float = 0.0
+        self.gap_scale: float = 1.0
 
     def settings(self) -> dict:  # no text: the shared text settings do not change this model
         return {"params": self.params, "top_k": self.env.top_k}
@@ -48,10 +50,11 @@ class IdNeighboursModel(BaseModel):
     def fit(self, train, workdir: Path, fold: int = 0):
         ids = train["id"].to_numpy(np.int64)
         order = np.argsort(ids, kind="stable")
-        fitted = IdNeighboursModel(self.params, self.env)
+        fitted = type(self)(self.params, self.env)
         fitted.name = self.name
         fitted.ids, fitted.labels = ids[order], train["category_id"].to_numpy(np.int64)[order]
-        fitted.max_gap = float(gap_limit(fitted.ids, self.params["max_gap"]))
+        fitted.max_gap = gap_setting(fitted.ids, self.params["max_gap"], 99)
+        fitted.gap_scale = gap_setting(fitted.ids, self.params["gap_scale"], 50)
         return fitted
 
     def predict(self, frame) -> TopK:
@@ -62,7 +65,7 @@ class IdNeighboursModel(BaseModel):
         votes, classes = self.votes(query)
         total = np.asarray(votes.sum(axis=1)).ravel()
         missing = total == 0
-        votes = sp.diags(1.0 / np.where(missing, 1.0, total)) @ votes
+        votes = sp.diags(1.0 / (total + float(self.params["doubt"]))) @ votes
         return from_sparse(query, votes.tocsr(), classes, k, missing)
 
     def votes(self, query: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
@@ -75,10 +78,11 @@ class IdNeighboursModel(BaseModel):
             for at in (pos - d, pos + d - 1):  # d-th on the left, d-th on the right
                 ok = (at >= 0) & (at < m)
                 at = np.clip(at, 0, m - 1)
-                ok &= np.abs(self.ids[at] - query) <= self.max_gap
+                gap = np.abs(self.ids[at] - query)
+                ok &= gap <= self.max_gap
                 rows.append(np.flatnonzero(ok))
                 cols.append(at[ok])
-                weights.append(np.full(int(ok.sum()), 1.0 / d, np.float32))
+                weights.append((1.0 / d / (1.0 + gap[ok] / self.gap_scale)).astype(np.float32))
         rows, cols, weights = np.concatenate(rows), np.concatenate(cols), np.concatenate(weights)
         classes, col = np.unique(self.labels[cols], return_inverse=True)
         if len(classes) == 0:
@@ -88,14 +92,15 @@ class IdNeighboursModel(BaseModel):
     def save(self, folder: Path) -> None:
         from prodcat.outputs import write_npz
 
-        write_npz({"ids": self.ids, "labels": self.labels, "max_gap": np.array(self.max_gap)},
-                  folder / "neighbours.npz")
+        write_npz({"ids": self.ids, "labels": self.labels, "max_gap": np.array(self.max_gap),
+                   "gap_scale": np.array(self.gap_scale)}, folder / "neighbours.npz")
 
     @classmethod
     def load(cls, folder: Path, params: dict, env) -> "IdNeighboursModel":
         model = cls(params, env)
         with np.load(folder / "neighbours.npz") as z:
-            model.ids, model.labels, model.max_gap = z["ids"], z["labels"], float(z["max_gap"])
+            model.ids, model.labels = z["ids"], z["labels"]
+            model.max_gap, model.gap_scale = float(z["max_gap"]), float(z["gap_scale"])
         return model
 
 
@@ -108,10 +113,10 @@ def listing_order(train) -> tuple[float, float]:
     return float(np.mean(labels[1:] == labels[:-1])), float(np.sum(share ** 2))
 
 
-def gap_limit(sorted_ids: np.ndarray, setting) -> float:
-    """`max_gap` as a number: the setting itself, or ('auto') the 99th percentile of the gaps between
+def gap_setting(sorted_ids: np.ndarray, setting, percentile: float) -> float:
+    """A gap setting as a number of ids: the setting itself, or ('auto') that percentile of the gaps between
     consecutive training ids (at least 1)."""
     if setting != "auto":
         return float(setting)
     gaps = np.diff(sorted_ids)
-    return float(max(np.percentile(gaps, 99), 1.0)) if len(gaps) else 1.0
+    return float(max(np.percentile(gaps, percentile), 1.0)) if len(gaps) else 1.0
