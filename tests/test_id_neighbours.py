@@ -16,8 +16,8 @@ def model(**params):
     return IdNeighboursModel(defaults_of(IdNeighboursSettings) | params, ModelEnv(text={}, top_k=3))
 
 
-def frame(ids, cats=None):
-    df = pd.DataFrame({"id": np.asarray(ids, np.int64)})
+def frame(ids, cats=None, titles=None):
+    df = pd.DataFrame({"id": np.asarray(ids, np.int64), "title": titles if titles is not None else [""] * len(ids)})
     if cats is not None:
         df["category_id"] = np.asarray(cats, np.int64)
     return df
@@ -33,6 +33,15 @@ def test_nearest_ids_vote_with_weight_one_over_distance_and_gap():
     total = sum(w.values()) + 0.5
     assert top.labels[0].tolist() == [2, 3, 1]
     np.testing.assert_allclose(top.scores[0].astype(float), [w[2] / total, w[3] / total, w[1] / total], atol=1e-3)
+
+
+def test_a_neighbour_of_the_same_product_type_counts_more():
+    train = frame([10, 12], [1, 2], ["Конфеты шоколадные", "Чай чёрный"])
+    fitted = model(window=1, max_gap=100, gap_scale=1e6, word_bonus=5.0, doubt=0.0).fit(train, None)
+    top = fitted.predict(frame([11, 11], titles=["ЧАЙ зелёный", "Сок"]))
+    assert top.labels[0].tolist()[:2] == [2, 1]
+    np.testing.assert_allclose(top.scores[0, :2].astype(float), [6 / 7, 1 / 7], atol=1e-3)
+    np.testing.assert_allclose(np.sort(top.scores[1, :2].astype(float)), [0.5, 0.5], atol=1e-3)  # no match
 
 
 def test_ids_past_the_gap_limit_do_not_vote():

@@ -92,7 +92,9 @@ class TfidfSettings:
 
 @dataclass
 class IdNeighboursSettings:
-    window: int = setting(3, "training products on each side of a product (nearest ids) that vote", min=1)
+    window: int = setting(6, "training products on each side of a product (nearest ids) that vote", min=1)
+    word_bonus: float = setting(5.0, "a voter whose title starts with the product's first word counts 1 + this",
+                                min=0.0)
     max_gap: Union[int, str] = setting("auto", "ids further than this from a product do not vote ('auto': the "
                                        "99th percentile of the gaps between consecutive training ids)", min=1,
                                        choices=("auto",))

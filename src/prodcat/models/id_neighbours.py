@@ -6,20 +6,22 @@ in the same leaf 77 % of the time. That is a view of a product the text models d
 the catalogue files *this* product line (a catch-all leaf or its specific sibling), not what the words say.
 
 Per product: the `window` nearest training ids on each side vote for their leaf with weight
-1/d / (1 + gap/gap_scale) (d = 1 for the nearest on that side, gap = how far its id is), ids further than
-`max_gap` do not vote, and a leaf's probability is its votes over (all votes + `doubt`): few, far or split
-neighbours give low probabilities. A product with no training id within `max_gap` gets no prediction (missing):
+1/d / (1 + gap/gap_scale) (d = 1 for the nearest on that side, gap = how far its id is), times
+(1 + `word_bonus`) when the neighbour's title starts with the same word (the product type of a retail
+title: a batch may mix types); ids further than `max_gap` do not vote, and a leaf's probability is its votes
+over (all votes + `doubt`): few, far or split neighbours give low probabilities. A product with no training id within `max_gap` gets no prediction (missing):
 tomorrow's products, whose ids lie past every training id, are left to the text models (`stack.hide`
 teaches the stacker to do without it). Where consecutive training ids share a leaf hardly more often than
 two random products (`min_order`), the ids carry no listing order and the model is skipped (the Flipkart demo).
 
-Saved per fold: the training ids, their leaves and the gap limit (npz).
+Saved per fold: the training ids, their leaves, a hash of their titles' first words and the gaps (npz).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from prodcat.models.base import BaseModel
@@ -33,6 +35,7 @@ class IdNeighboursModel(BaseModel):
         super().__init__(params, env)
         self.ids: np.ndarray | None = None  # training ids, sorted
         self.labels: np.ndarray | None = None  # their leaves
+        self.words: np.ndarray | None = None  # hashes of their titles' first words
         self.max_gap: float = 0.0
         self.gap_scale: float = 1.0
 
@@ -53,6 +56,7 @@ class IdNeighboursModel(BaseModel):
         fitted = type(self)(self.params, self.env)
         fitted.name = self.name
         fitted.ids, fitted.labels = ids[order], train["category_id"].to_numpy(np.int64)[order]
+        fitted.words = first_words(train)[order]
         fitted.max_gap = gap_setting(fitted.ids, self.params["max_gap"], 99)
         fitted.gap_scale = gap_setting(fitted.ids, self.params["gap_scale"], 50)
         return fitted
@@ -62,15 +66,15 @@ class IdNeighboursModel(BaseModel):
         k = self.env.top_k
         if len(query) == 0 or len(self.ids) == 0:
             return TopK.empty(query, k)
-        votes, classes = self.votes(query)
+        votes, classes = self.votes(query, first_words(frame))
         total = np.asarray(votes.sum(axis=1)).ravel()
         missing = total == 0
         votes = sp.diags(1.0 / (total + float(self.params["doubt"]))) @ votes
         return from_sparse(query, votes.tocsr(), classes, k, missing)
 
-    def votes(self, query: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
+    def votes(self, query: np.ndarray, words: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
         """(n, C) summed neighbour weights per class, and the class ids of its columns."""
-        window = int(self.params["window"])
+        window, bonus = int(self.params["window"]), float(self.params["word_bonus"])
         n, m = len(query), len(self.ids)
         pos = np.searchsorted(self.ids, query, side="left")  # first training id >= the product's
         rows, cols, weights = [], [], []
@@ -82,7 +86,8 @@ class IdNeighboursModel(BaseModel):
                 ok &= gap <= self.max_gap
                 rows.append(np.flatnonzero(ok))
                 cols.append(at[ok])
-                weights.append((1.0 / d / (1.0 + gap[ok] / self.gap_scale)).astype(np.float32))
+                same = (self.words[at[ok]] == words[ok]) & (words[ok] != 0)
+                weights.append((1.0 / d / (1.0 + gap[ok] / self.gap_scale) * (1.0 + bonus * same)).astype(np.float32))
         rows, cols, weights = np.concatenate(rows), np.concatenate(cols), np.concatenate(weights)
         classes, col = np.unique(self.labels[cols], return_inverse=True)
         if len(classes) == 0:
@@ -92,16 +97,23 @@ class IdNeighboursModel(BaseModel):
     def save(self, folder: Path) -> None:
         from prodcat.outputs import write_npz
 
-        write_npz({"ids": self.ids, "labels": self.labels, "max_gap": np.array(self.max_gap),
+        write_npz({"ids": self.ids, "labels": self.labels, "words": self.words, "max_gap": np.array(self.max_gap),
                    "gap_scale": np.array(self.gap_scale)}, folder / "neighbours.npz")
 
     @classmethod
     def load(cls, folder: Path, params: dict, env) -> "IdNeighboursModel":
         model = cls(params, env)
         with np.load(folder / "neighbours.npz") as z:
-            model.ids, model.labels = z["ids"], z["labels"]
+            model.ids, model.labels, model.words = z["ids"], z["labels"], z["words"]
             model.max_gap, model.gap_scale = float(z["max_gap"]), float(z["gap_scale"])
         return model
+
+
+def first_words(frame) -> np.ndarray:
+    """A 64-bit hash of each title's first word (lower case, ё -> е); 0 for a title without a word."""
+    word = frame["title"].fillna("").astype(str).str.lower().str.replace("ё", "е").str.extract(r"(\w+)", expand=False)
+    hashed = pd.util.hash_array(word.fillna("").to_numpy(object))
+    return np.where(word.isna().to_numpy(), np.uint64(0), hashed).astype(np.uint64)
 
 
 def listing_order(train) -> tuple[float, float]:
