@@ -91,3 +91,40 @@ def test_skipped_where_the_ids_carry_no_listing_order():
     assert reason and "no listing order" in reason and "min_order" in reason
     batches = shuffled.assign(category_id=np.repeat([11, 12, 21, 23, 24], 60))
     assert model().skip_reason(batches) is None
+
+
+def listed_in_batches(n: int, seed: int) -> pd.DataFrame:
+    """Products whose ids run in blocks of one leaf (a catalogue listed batch by batch); titles name the leaf
+    for half of them only, so the text alone is often unsure."""
+    df = products(n, seed=seed).sort_values("category_id", kind="stable").reset_index(drop=True)
+    df["id"] = np.arange(1000, 1000 + n, dtype=np.int64)
+    vague = np.random.default_rng(seed).random(n) < 0.5
+    df.loc[vague, "title"] = "item brand0"
+    return df
+
+
+def test_stack_and_predict_with_listing_order_and_for_tomorrows_products(tmp_path):
+    from conftest import REPO
+
+    train = listed_in_batches(300, seed=7)
+    inside = train.sample(40, random_state=0).drop(columns="category_id").assign(id=lambda d: d["id"] * 10 + 5)
+    data = write_dataset(tmp_path / "cat", train=train.assign(id=train["id"] * 10), test=inside)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"extends: {REPO / 'configs' / 'default.yaml'}\nfolds:\n  k: 3\n"
+                   "pipeline: [tfidf, id_neighbours]\n")
+    common = ["--data", str(data), "--config", str(cfg), "--workdir", str(tmp_path / "w")]
+    r = CliRunner().invoke(main, ["all", *common], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "[stack] tfidf, id_neighbours" in r.output and "OOF hF1 without id_neighbours" in r.output
+    info = __import__("json").loads((tmp_path / "w" / "oof" / "cat" / "stack" / "stack.json").read_text())
+    assert info["oof_hF1"]["expected_hf1"] > info["oof_hF1_without"]["id_neighbours"]
+    # tomorrow's products: ids past every training id; the listing model says nothing, the stack still decides
+    tomorrow = train.drop(columns="category_id").assign(id=lambda d: d["id"] + 10**7)
+    tomorrow.to_parquet(tmp_path / "tomorrow.parquet", index=False)
+    r = CliRunner().invoke(main, ["predict", "--input", str(tmp_path / "tomorrow.parquet"), "--out",
+                                  str(tmp_path / "out.parquet"), *common], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    out = pd.read_parquet(tmp_path / "out.parquet")
+    assert len(out) == len(tomorrow) and out["predicted_category_id"].isin([11, 12, 21, 23, 24]).all()
+    named = train["title"].to_numpy() != "item brand0"  # where the text names the leaf, it is still right
+    assert np.mean(out["predicted_category_id"].to_numpy()[named] == train["category_id"].to_numpy()[named]) > 0.9
