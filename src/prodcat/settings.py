@@ -98,8 +98,9 @@ class IdNeighboursSettings:
     max_gap: Union[int, str] = setting("auto", "ids further than this from a product do not vote ('auto': the "
                                        "99th percentile of the gaps between consecutive training ids)", min=1,
                                        choices=("auto",))
-    gap_scale: Union[float, str] = setting("auto", "a voter's weight is 1/d / (1 + gap/gap_scale) ('auto': the median gap "
-                                           "between consecutive training ids)", min=1e-6, choices=("auto",))
+    gap_scale: Union[float, str] = setting("auto", "a voter's weight is 1/d / (1 + gap/gap_scale) ('auto': the "
+                                           "median gap between consecutive training ids)", min=1e-6,
+                                           choices=("auto",))
     doubt: float = setting(0.5, "probability of a leaf: its votes / (all votes + doubt)", min=0.0)
     min_order: float = setting(0.1, "skipped unless consecutive training ids share a leaf at least this much "
                                "more often than two random training products do", min=0.0, max=1.0)
@@ -231,7 +232,8 @@ class StackSettings:
     monotone: bool = setting(True, "monotone constraints on the probability/rank features")
     exclude_features: list[str] = setting([], "feature names or suffixes left out")
     priors: list[str] = setting([], "lookup-prior keys (prodcat.stacking.priors), e.g. word1, word1+word2, char:Brand")
-    hide: dict = setting({"id_neighbours": 0.2}, "MODEL: SHARE - the rankers also learn from that share of the training products "
+    hide: dict = setting({"id_neighbours": 0.2}, "MODEL: SHARE - the rankers also learn from that share of the "
+                         "training products "
                          "shown without MODEL's predictions, so that the stack does well where it has nothing to "
                          "say (id_neighbours on tomorrow's products); the OOF hF1 without it is reported (models not "
                          "stacked are ignored)",

@@ -9,7 +9,8 @@ Per product: the `window` nearest training ids on each side vote for their leaf 
 1/d / (1 + gap/gap_scale) (d = 1 for the nearest on that side, gap = how far its id is), times
 (1 + `word_bonus`) when the neighbour's title starts with the same word (the product type of a retail
 title: a batch may mix types); ids further than `max_gap` do not vote, and a leaf's probability is its votes
-over (all votes + `doubt`): few, far or split neighbours give low probabilities. A product with no training id within `max_gap` gets no prediction (missing):
+over (all votes + `doubt`): few, far or split neighbours give low probabilities. A product with no
+training id within `max_gap` gets no prediction (missing):
 tomorrow's products, whose ids lie past every training id, are left to the text models (`stack.hide`
 teaches the stacker to do without it). Where consecutive training ids share a leaf hardly more often than
 two random products (`min_order`), the ids carry no listing order and the model is skipped (the Flipkart demo).

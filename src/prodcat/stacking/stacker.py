@@ -7,7 +7,9 @@ model's top probability, the model's top probability and entropy, whether it ran
 whether the model is missing for the product (no photo) and its flags; shared: how many models rank the
 candidate first, the mean and max probability, the candidate's training frequency and depth, the number of
 candidates; optionally lookup priors (prodcat.stacking.priors: how often the candidate goes with the product's first
-title words or brand in the other folds' labels). A LightGBM ranker (lambdarank by default, one query per
+title words or brand in the other folds' labels). `stack.hide` adds to the rankers' training a copy of a share
+of the products without a sometimes-silent model (id_neighbours on tomorrow's products) and reports the OOF hF1
+without it. A LightGBM ranker (lambdarank by default, one query per
 product, the true leaf relevant) scores the pairs; a softmax per product with a temperature fitted on the OOF
 rows turns scores into probabilities.
 
@@ -225,7 +227,8 @@ def fit_stacker(run: Run, names: list[str], p: dict, echo=print):
         priors = LookupPriors.fit(p["priors"], run.ds.train, y, folds, run.k, len(nodes.ids))
     codes = priors.codes(run.ds.train) if priors is not None else None
     rows, cls, x = _pairs(oof, nodes, p, freq_oof, folds, prod, priors, codes)
-    x = x.drop(columns=[c for c in x.columns if any(c == e or c.endswith("_" + e) for e in p["exclude_features"] or [])])
+    excluded = p["exclude_features"] or []
+    x = x.drop(columns=[c for c in x.columns if any(c == e or c.endswith("_" + e) for e in excluded)])
     is_true = cls == y[rows]
     has_truth = np.zeros(n_train, bool)
     has_truth[rows[is_true]] = True
@@ -265,7 +268,8 @@ def fit_stacker(run: Run, names: list[str], p: dict, echo=print):
     stacker = Stacker(run.ds.tree, meta, boosters, freq_oof, counts, priors)
     info = {"data": run.ds.fingerprint, "k": run.k, "models": names, "params": p, "temperature": temp,
             "candidates_per_product": round(len(rows) / n_train, 2), "candidate_recall": recall,
-            "oof_hF1": results, "oof_hF1_without": without, "decoding": method, "seconds": round(time.time() - start, 1),
+            "oof_hF1": results, "oof_hF1_without": without, "decoding": method,
+            "seconds": round(time.time() - start, 1),
             "feature_importance": dict(sorted(zip(x.columns, importance.round(1).tolist()),
                                               key=lambda kv: -kv[1]))}
     echo(f"[stack] OOF hF1 argmax {results['argmax']:.4f}, expected-hF1 decoding {results['expected_hf1']:.4f} "
