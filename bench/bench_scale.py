@@ -9,7 +9,8 @@ Per size, each stage runs as its own CLI process in a fresh workdir: folds, trai
 stack, submit (the saved models predicting test.parquet). Printed per stage: wall time and peak RSS (the
 sum over the stage's process tree - fastText trains in a worker process - sampled every 0.2 s); per size:
 OOF hF1 of each model. Results are merged into bench/scale.json (committed: the record behind the README's
-table; --results elsewhere) and drawn as a learning-curve PNG (OOF hF1 and wall time vs products). Bars (issue 11) at 850k: wall <= 3.3x the 283k run, peak RSS <= 12 GB.
+table; --results elsewhere) and drawn as a learning-curve PNG (OOF hF1 and wall time vs products).
+Bars (issue 11) at 850k: wall <= 3.3x the 283k run, peak RSS <= 12 GB.
 """
 from __future__ import annotations
 

@@ -256,16 +256,16 @@ def errors(run, model):
     oof = preds[model]
     y = run.ds.train["category_id"].to_numpy()
     have = ~oof.missing
-    tables = error_report(y[have], oof.top1()[have], run.ds.tree)
-    tables["others"] = others_right(y[have], oof.top1()[have],
-                                    {m: p.top1()[have] for m, p in preds.items() if m != model})
+    y, pred = y[have], oof.top1()[have]
+    tables = error_report(y, pred, run.ds.tree)
+    tables["others"] = others_right(y, pred, {m: p.top1()[have] for m, p in preds.items() if m != model})
     titles = {"mistakes": "Wrong leaves, by where they are in the tree",
               "class_size": "By the class's number of training products",
               "catch_all": "Catch-all leaves (titled like their parent)",
               "depth": "Predicted path right down to each depth",
               "others": "The other models on its mistakes (a different view gets them right)"}
     click.echo(f"OOF error analysis of {model} on {run.ds.name} ({int(have.sum())} products, "
-               f"accuracy {float((oof.top1()[have] == y[have]).mean()):.4f})")
+               f"accuracy {float((pred == y).mean()):.4f})")
     for name, table in tables.items():
         click.echo(f"\n{titles[name]}")
         click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))

@@ -233,11 +233,9 @@ class StackSettings:
     exclude_features: list[str] = setting([], "feature names or suffixes left out")
     priors: list[str] = setting([], "lookup-prior keys (prodcat.stacking.priors), e.g. word1, word1+word2, char:Brand")
     hide: dict = setting({"id_neighbours": 0.2}, "MODEL: SHARE - the rankers also learn from that share of the "
-                         "training products "
-                         "shown without MODEL's predictions, so that the stack does well where it has nothing to "
-                         "say (id_neighbours on tomorrow's products); the OOF hF1 without it is reported (models not "
-                         "stacked are ignored)",
-                         min=0.0, max=1.0)
+                         "training products shown without MODEL's predictions, so that the stack does well where it "
+                         "has nothing to say (id_neighbours on tomorrow's products); the OOF hF1 without it is "
+                         "reported (models not stacked are ignored)", min=0.0, max=1.0)
 
 
 @dataclass

@@ -96,10 +96,12 @@ def others_right(y: np.ndarray, pred: np.ndarray, others: dict[str, np.ndarray])
     """Per other model (its top-1 leaves, -1: no prediction): how many of this model's mistakes it gets
     right - where its view differs."""
     wrong = pred != y
-    rows = [{"model": name, "right where this one is wrong": int((wrong & (o == y)).sum()),
-             "share of its mistakes": float((wrong & (o == y)).sum() / max(int(wrong.sum()), 1)),
-             "share of products": float((wrong & (o == y)).mean()) if len(y) else np.nan}
-            for name, o in others.items()]
+    rows = []
+    for name, o in others.items():
+        fixed = wrong & (o == y)
+        rows.append({"model": name, "right where this one is wrong": int(fixed.sum()),
+                     "share of its mistakes": float(fixed.sum() / max(int(wrong.sum()), 1)),
+                     "share of products": float(fixed.mean()) if len(y) else np.nan})
     return pd.DataFrame(rows, columns=["model", "right where this one is wrong", "share of its mistakes",
                                        "share of products"])
 
