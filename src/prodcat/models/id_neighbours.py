@@ -113,7 +113,8 @@ class IdNeighboursModel(BaseModel):
 
 def first_words(frame) -> np.ndarray:
     """A 64-bit hash of each title's first word (lower case, ё -> е); 0 for a title without a word. Vectorised
-    pandas string ops, not prodcat.data.text.normalize: that took 18.6 s on uhtt_ke's 283k titles (each fit and predict)."""
+    pandas string ops, not prodcat.data.text.normalize: that took 18.6 s on uhtt_ke's 283k titles (each fit
+    and predict)."""
     titles = frame["title"].fillna("").astype(str)
     word = titles.str.lower().str.replace("ё", "е").str.extract(r"(\w+)", expand=False)
     hashed = pd.util.hash_array(word.fillna("").to_numpy(object))
