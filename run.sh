@@ -15,8 +15,11 @@ bootstrap() {
   if [[ -x "$PY" && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
     return 0
   fi
-  echo "run.sh: installing the environment into $VENV (first run only) ..." >&2
-  [[ -x "$PY" ]] || python3 -m venv "$VENV"
+  echo "run.sh: installing the environment into $VENV (first run, or the pins changed) ..." >&2
+  # changed pins rebuild the environment from scratch: a package dropped from requirements.txt
+  # (a replaced build of the same module, say) must not linger beside its successor
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
   "$PY" -m pip install --quiet --upgrade "pip>=24"
   "$PY" -m pip install --quiet -r requirements.txt -c constraints.txt
   echo "$want" > "$STAMP"

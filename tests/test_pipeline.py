@@ -144,11 +144,18 @@ def test_a_model_the_data_cannot_support_is_skipped_with_its_reason_only(tiny, t
     assert "not all folds finished" not in r.output
 
 
-def test_a_fasttext_worker_failure_is_one_message(tmp_path):
+def test_a_fasttext_training_failure_is_one_message(tmp_path):
     import pytest
 
-    from prodcat.errors import DataError
-    from prodcat.models.fasttext import train_in_fresh_process
+    from conftest import products
 
-    with pytest.raises(DataError, match="fastText could not train on these rows: ValueError"):
-        train_in_fresh_process(str(tmp_path / "missing.txt"), {"epoch": 1, "lr": 0.1}, str(tmp_path / "model.bin"))
+    from prodcat.errors import DataError
+    from prodcat.models.base import ModelEnv
+    from prodcat.models.fasttext import FastTextModel
+    from prodcat.settings import TextSettings, defaults_of
+
+    model = FastTextModel({"epoch": 1}, ModelEnv(text=defaults_of(TextSettings)))
+    model.params["loss"] = "unknown"  # past the settings check: what fastText itself refuses
+    with pytest.raises(DataError, match="fastText could not train on these rows: Unrecognized loss name"):
+        model.fit(products(30), tmp_path / "m")
+    assert not list((tmp_path / "m").glob("*.txt"))  # its training file is removed
