@@ -278,8 +278,9 @@ def test_image_model_kfold_missing_and_corrupt_photos(tiny, tmp_path):
     assert pred.missing.tolist() == [i == 9000 for i in test["id"]]
 
     r = invoke("scores", *common)
+    header = next(line for line in r.output.splitlines() if line.split()[:1] == ["model"]).split()
     row = next(line for line in r.output.splitlines() if line.split()[:1] == ["image"])
-    assert row.split()[-1] == "6"  # the missing count
+    assert row.split()[header.index("missing")] == "6"  # the missing count
 
     r = invoke("train", "image", "--fold", "1", "--force", *common)
     assert "embeddings: 0 computed, 116 from the cache" in r.output and "fold 1: trained" in r.output
@@ -315,6 +316,12 @@ def test_image_save_load_fresh_process(tmp_path):
 
     meta = json.loads((folder / "image.json").read_text())
     (folder / "image.json").write_text(json.dumps(meta | {"weights_id": "tf_efficientnet_lite0|other.pth:1"}))
+    from prodcat.models.base import file_checksums
+
+    with pytest.raises(ValueError, match="image.json: damaged or incomplete model file"):
+        load_model(folder)  # the edited file no longer matches model.json's checksum
+    described = json.loads((folder / "model.json").read_text())  # a consistent folder, other weights
+    (folder / "model.json").write_text(json.dumps(described | {"files": file_checksums(folder)}))
     with pytest.raises(WeightsError, match="retrain the image model"):
         load_model(folder)
 

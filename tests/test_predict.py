@@ -74,7 +74,7 @@ def test_stacker_predicts_identically_after_loading_in_a_fresh_process(trained):
 
     common, models, tmp = trained
     run = Run.open(common[1], common[3], common[5])
-    stacker, _, _ = fit_stacker(run, ["fasttext", "tfidf"], stack_params(run), echo=lambda *a: None)
+    stacker, _, _, _ = fit_stacker(run, ["fasttext", "tfidf"], stack_params(run), echo=lambda *a: None)
     stacker.save(tmp / "st")
     frame = run.ds.test_with_photos()
     parts = Predictor.load(models, "stack").fold_predictions(frame)
@@ -109,8 +109,10 @@ def test_predict_equals_the_all_submission_and_has_the_review_columns(trained):
     assert pred["category_path"].iloc[0].count(" > ") >= 1 and pred["confidence"].between(0, 1).all()
     assert pred["top1_category_id"].tolist() == pred["predicted_category_id"].tolist()
     # --threshold flags exactly the products under it; the Python API gives the same table
-    r = invoke("predict", "--input", tiny / "test.parquet", "--out", tmp / "p2.parquet", "--threshold", 2, *common)
-    assert pd.read_parquet(tmp / "p2.parquet")["needs_review"].all()
+    r = invoke("predict", "--input", tiny / "test.parquet", "--out", tmp / "p2.parquet", "--threshold", 0.9, *common)
+    p2 = pd.read_parquet(tmp / "p2.parquet")
+    assert r.exit_code == 0 and p2["needs_review"].tolist() == (p2["confidence"] < 0.9).tolist()
+    assert set(p2["prediction_kind"]) == {"all models"}
     api = Predictor.load(models).predict(pd.read_parquet(tiny / "test.parquet"))
     assert api["predicted_category_id"].tolist() == sub["predicted_category_id"].tolist()
 
@@ -201,7 +203,8 @@ def test_min_precision_prints_the_expected_coverage(trained):
     r = invoke("predict", "--input", common[1] / "test.parquet", "--out", tmp / "p.parquet",
                "--min-precision", 0.9, *common)
     assert r.exit_code == 0, r.output
-    assert "for precision >= 0.9: expected coverage" in r.output
+    assert "products predicted with all models: threshold" in r.output
+    assert "for precision >= 0.9 (expected coverage" in r.output
     line = next(ln for ln in r.output.splitlines() if "need review" in ln)
     flagged = int(line.split(";")[1].split()[0])
     assert flagged == int(pd.read_parquet(tmp / "p.parquet")["needs_review"].sum())

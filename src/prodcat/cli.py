@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from prodcat.errors import DataError
+from prodcat.errors import DataError, UsageError
 
 
 def user_path(ctx, param, value):
@@ -87,6 +87,10 @@ class Main(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except UsageError as exc:  # an argument the saved models cannot serve: bad usage, exit code 2
+            if ctx.meta.get("debug"):
+                raise
+            raise click.UsageError(str(exc)) from None
         except DataError as exc:
             if ctx.meta.get("debug"):
                 raise
@@ -168,10 +172,13 @@ def submit(run, model, name):
 @click.option("--models", "models_dir", type=click.Path(path_type=Path), callback=user_path, default=None,
               help="Saved models (default: <workdir>/models/<dataset>/ of --data / the config).")
 @click.option("--model", default=None, help="stack, average or a base model (default: stack when saved).")
-@click.option("--top", default=3, show_default=True, help="Alternatives per product in the output.")
-@click.option("--threshold", type=float, default=None, help="Flag needs_review below this confidence.")
-@click.option("--min-precision", type=float, default=None,
-              help="Pick the threshold whose auto-accepted products reach this precision (from OOF).")
+@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Alternatives per product in the output (at most the models' stored top_k, 20 by default).")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+              help="Flag needs_review below this confidence (0 to 1).")
+@click.option("--min-precision", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Pick the threshold whose auto-accepted products reach this precision (from OOF; "
+                   "between 0 and 1, both excluded).")
 @click.option("--data", "data", type=click.Path(), default=None, callback=user_path,
               help="Training dataset folder (for its name).")
 @click.option("--config", "config", type=click.Path(), default=None, callback=user_path, help="YAML config.")
@@ -182,6 +189,8 @@ def predict(input_path, out_path, images, models_dir, model, top, threshold, min
     """Categorise any file of products with the saved models (no training data needed)."""
     from prodcat.predict import predict_file
 
+    if threshold is not None and min_precision is not None:
+        raise click.UsageError("give --threshold or --min-precision, not both")
     if models_dir is None:
         from prodcat.run import models_root
 
@@ -191,7 +200,8 @@ def predict(input_path, out_path, images, models_dir, model, top, threshold, min
 
 @main.command()
 @run_options
-@click.option("--top-levels", default=15, show_default=True, help="Rows of the per-top-level hF1 table (0: none).")
+@click.option("--top-levels", type=click.IntRange(min=0), default=15, show_default=True,
+              help="Rows of the per-top-level hF1 table (0: none).")
 def scores(run, top_levels):
     """OOF hF1 / weighted F1 / accuracy of every base model, their plain average and the stacker."""
     echo_scores(run, top_levels)
@@ -201,8 +211,10 @@ def echo_scores(run, top_levels: int = 15) -> None:
     from prodcat.evaluation.scores import comparison_predictions, comparison_table, format_table, top_level_table
 
     preds = comparison_predictions(run)
-    click.echo(f"OOF scores on {run.ds.name} ({len(run.ds.train)} products, {run.k} folds)")
-    click.echo(format_table(comparison_table(run, preds)))
+    table = comparison_table(run, preds)
+    folds = "/".join(str(k) for k in sorted(set(table["folds"].dropna().astype(int)))) or "no"
+    click.echo(f"OOF scores on {run.ds.name} ({len(run.ds.train)} products, {folds} folds)")
+    click.echo(format_table(table))
     if preds:
         from prodcat.evaluation.scores import review_table
 

@@ -8,6 +8,14 @@ class DataError(ValueError):
     """Bad input data: the message names the file, the column and the offending rows."""
 
 
+class NotTrainedError(DataError):
+    """A model that is needed is not saved yet, or is out of date with what it was made from."""
+
+
+class UsageError(DataError):
+    """A request the saved models cannot answer as asked (an argument out of their range)."""
+
+
 def describe_rows(rows: Iterable, limit: int = 5) -> str:
     """'rows 3, 17, 42 (and 5 more)' for an iterable of row numbers or ids."""
     rows = list(rows)

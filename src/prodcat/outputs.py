@@ -14,6 +14,7 @@ import pandas as pd
 
 MODEL_ORDER = ("fasttext", "tfidf", "image", "coca")  # registry order, for listing finished models
 STACK = "stack"  # the stacker's outputs: oof/<dataset>/stack/, models/<dataset>/stack/
+TRAIN_IDS = "train_ids.npz"  # beside the saved models: the ids of the products they were trained on
 
 
 @dataclass(frozen=True)

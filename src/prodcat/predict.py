@@ -19,13 +19,15 @@ import numpy as np
 import pandas as pd
 
 from prodcat.data.tree import CategoryTree
-from prodcat.errors import DataError
+from prodcat.errors import DataError, UsageError
 from prodcat.evaluation.metrics import hf1_of_counts
 from prodcat.models.base import MODEL_FILE, load_model
-from prodcat.outputs import STACK
+from prodcat.outputs import STACK, TRAIN_IDS
 from prodcat.probs import NO_LABEL, TopK, average
 
 AVERAGE = "average"
+ALL = "all models"  # the kind of a prediction every stacked model took part in
+WITHOUT = "oof_confidence_without_"  # + model + .npz: the stacker's OOF confidences without that model
 
 
 def saved_base_models(root: Path) -> dict[str, int]:
@@ -60,9 +62,10 @@ class Predictor:
         self._stacker = None
 
     @classmethod
-    def load(cls, root: str | Path, model: str | None = None) -> "Predictor":
+    def load(cls, root: str | Path, model: str | None = None, preload: bool = True) -> "Predictor":
         """Models under `root`; `model`: stack (the default when saved), average, or a base model (the
-        default without a stacker: the base model with the best OOF hF1)."""
+        default without a stacker: the base model with the best OOF hF1). `preload`: load every model
+        now (else at the first prediction)."""
         root = Path(root)
         tree_file = root / "categories_tree.csv"
         if not tree_file.exists():
@@ -84,9 +87,34 @@ class Predictor:
             raise DataError(f"model '{model}' has no saved fold models under {root.resolve()} "
                             f"(saved: {', '.join(known) or 'none'})")
         predictor = cls(root, tree, model, available)
-        for name in predictor.base_names():
+        for name in predictor.base_names() if preload else []:
             predictor.base(name)  # load now: predicting then costs no load time
         return predictor
+
+    @property
+    def text_settings(self) -> dict:
+        """The shared text settings the models were trained with."""
+        if self.model == STACK:
+            return self.stacker().meta["text"]
+        return json.loads((self.root / self.base_names()[0] / "fold0" / MODEL_FILE).read_text())["env"]["text"]
+
+    def seen_rows(self, frame: pd.DataFrame) -> np.ndarray:
+        """Rows of the frame whose ids are training ids of these models (none known: none)."""
+        from prodcat.data.dataset import seen_rows
+
+        path = self.root / TRAIN_IDS
+        if not path.exists():
+            return np.zeros(0, np.int64)
+        with np.load(path) as z:
+            return seen_rows(frame["id"].to_numpy(), z["ids"])
+
+    @property
+    def top_k(self) -> int:
+        """Classes kept per product by the saved models (the most `predict --top` can show)."""
+        if self.model == STACK:
+            return int(self.stacker().meta["top_k"])
+        return min(int(json.loads((self.root / m / "fold0" / MODEL_FILE).read_text())["env"]["top_k"])
+                   for m in self.base_names())
 
     def base_names(self) -> list[str]:
         if self.model == STACK:
@@ -105,9 +133,11 @@ class Predictor:
 
     def stacker(self):
         if self._stacker is None:
-            from prodcat.stacking.stacker import Stacker
+            from prodcat.stacking.stacker import Stacker, check_fresh
 
-            self._stacker = Stacker.load(self.root / STACK, self.tree)
+            stacker = Stacker.load(self.root / STACK, self.tree)
+            check_fresh(stacker.meta, self.root / STACK)  # fitted on the fold models saved beside it
+            self._stacker = stacker
         return self._stacker
 
     # -- prediction ---------------------------------------------------------------------------------------
@@ -118,11 +148,26 @@ class Predictor:
     def predict_topk(self, frame: pd.DataFrame) -> TopK:
         """TopK of the chosen model for every product of the frame (stack: column 0 is the decided leaf).
         Products it cannot predict (a base image model without a photo) take the next best model's."""
+        return self.predict_kinds(frame)[0]
+
+    def hidden(self) -> list[str]:
+        """The stacked models whose silence makes a product another kind of prediction (`stack.hide`:
+        id_neighbours says nothing about a product past every training id)."""
+        if self.model != STACK:
+            return []
+        return [m for m in self.stacker().names if (self.root / STACK / f"{WITHOUT}{m}.npz").exists()]
+
+    def predict_kinds(self, frame: pd.DataFrame) -> tuple[TopK, np.ndarray]:
+        """(TopK, kind of each product's prediction): `ALL`, or `without MODEL` where a hidden model said
+        nothing about the product (the review threshold of that kind applies to it)."""
         parts = self.fold_predictions(frame)
+        kinds = np.full(len(frame), ALL, dtype=object)
+        for m in self.hidden():
+            kinds[average(parts[m]).missing & (kinds == ALL)] = f"without {m}"
         if self.model == STACK:
-            return self.stacker().predict(parts, frame)
+            return self.stacker().predict(parts, frame), kinds
         if self.model == AVERAGE:
-            return average([average(p) for p in parts.values()])
+            return average([average(p) for p in parts.values()]), kinds
         top = average(parts[self.model])
         if top.missing.any():
             others = sorted(set(self.available) - {self.model},
@@ -135,27 +180,40 @@ class Predictor:
                 for arr, src in ((top.labels, fill.labels), (top.scores, fill.scores)):
                     arr[todo, :src.shape[1]] = src[:, :arr.shape[1]]
                 top.missing[todo] = fill.missing
-        return top
+        return top, kinds
 
-    def predict(self, frame: pd.DataFrame, top: int = 3, threshold: float | None = None) -> pd.DataFrame:
+    def predict(self, frame: pd.DataFrame, top: int = 3, threshold: float | None = None,
+                min_precision: float | None = None) -> pd.DataFrame:
         """Per product: id, predicted_category_id, confidence, category_path, top-N alternatives with
-        their probabilities, needs_review (confidence below `threshold`; None: nothing flagged)."""
-        return to_frame(self.predict_topk(frame), self.tree, top, threshold)
+        their probabilities, prediction_kind, needs_review (confidence below `threshold`, or below the
+        threshold of the product's kind that reaches `min_precision`; neither: nothing flagged)."""
+        topk, kinds = self.predict_kinds(frame)
+        if min_precision is not None:
+            if threshold is not None:
+                raise DataError("give a threshold or a minimal precision, not both")
+            by_kind = {kind: t for kind, (t, _, _) in self.thresholds_for(min_precision).items()}
+            threshold = np.array([by_kind[k] for k in kinds], np.float64)
+        return to_frame(topk, self.tree, top, threshold, kinds)
 
     # -- review thresholds ---------------------------------------------------------------------------------
-    def oof_confidence(self) -> dict[str, np.ndarray]:
-        path = self.root / self.model / "oof_confidence.npz"
+    def oof_confidence(self, kind: str = ALL) -> dict[str, np.ndarray]:
+        """The model's OOF confidences and correctness for predictions of this kind."""
+        name = "oof_confidence.npz" if kind == ALL else f"{WITHOUT}{kind.removeprefix('without ')}.npz"
+        path = self.root / self.model / name
         if self.model == AVERAGE or not path.exists():
             raise DataError(f"no out-of-fold confidences for model '{self.model}' "
                             f"({path} missing): set --threshold directly")
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
 
-    def threshold_for(self, precision: float) -> tuple[float, float, float]:
-        """(threshold, expected coverage, expected precision) for a target precision of the accepted
-        products, from the model's OOF confidences."""
-        c = self.oof_confidence()
-        return pick_threshold(c["confidence"], c["correct"], precision)
+    def thresholds_for(self, precision: float) -> dict[str, tuple[float, float, float]]:
+        """{kind: (threshold, expected coverage, expected precision)} for a target precision of the
+        accepted products, each from the OOF confidences of that kind of prediction."""
+        out = {}
+        for kind in [ALL] + [f"without {m}" for m in self.hidden()]:
+            c = self.oof_confidence(kind)
+            out[kind] = pick_threshold(c["confidence"], c["correct"], precision)
+        return out
 
 
 def pick_threshold(confidence: np.ndarray, correct: np.ndarray, precision: float, z: float = 1.645
@@ -193,8 +251,8 @@ def coverage_curve(confidence: np.ndarray, correct: np.ndarray, hcounts: np.ndar
     return pd.DataFrame(rows)
 
 
-def to_frame(top: TopK, tree: CategoryTree, n_top: int = 3, threshold: float | None = None) -> pd.DataFrame:
-    """The output table of `predict` from a TopK."""
+def to_frame(top: TopK, tree: CategoryTree, n_top: int = 3, threshold=None, kinds=None) -> pd.DataFrame:
+    """The output table of `predict` from a TopK; `threshold`: one for all products or one per product."""
     pred = top.labels[:, 0]
     conf = np.where(top.missing, np.nan, top.scores[:, 0].astype(np.float32))
     out = {"id": top.ids, "predicted_category_id": pred, "confidence": conf,
@@ -204,6 +262,7 @@ def to_frame(top: TopK, tree: CategoryTree, n_top: int = 3, threshold: float | N
         out[f"top{j + 1}_category_id"] = top.labels[:, j] if has else np.full(len(top), NO_LABEL)
         out[f"top{j + 1}_probability"] = top.scores[:, j].astype(np.float32) if has else np.zeros(len(top),
                                                                                                    np.float32)
+    out["prediction_kind"] = np.full(len(top), ALL, dtype=object) if kinds is None else kinds
     out["needs_review"] = top.missing | (np.nan_to_num(conf, nan=-1) < threshold if threshold is not None
                                          else np.zeros(len(top), bool))
     return pd.DataFrame(out)
@@ -214,31 +273,41 @@ def predict_file(root: Path, input_path: Path, out_path: Path, images: Path | No
                  min_precision: float | None = None, echo=print) -> pd.DataFrame:
     """`./run.sh predict`: read and validate the input, predict, write the output parquet."""
     from prodcat.data.dataset import ImageFolder, read_input, with_photos
+    from prodcat.data.text import product_texts, report_empty_products
     from prodcat.outputs import write_parquet
 
-    if top < 1:
-        raise DataError(f"--top must be at least 1 (got {top})")
-    if threshold is not None and min_precision is not None:
-        raise DataError("give --threshold or --min-precision, not both")
     start = time.time()
-    predictor = Predictor.load(root, model)
+    predictor = Predictor.load(root, model, preload=False)
+    if top > predictor.top_k:
+        raise UsageError(f"--top {top}: the saved models keep {predictor.top_k} classes per product; give "
+                         f"--top {predictor.top_k} or less (or retrain with a larger top_k)")
+    if min_precision is not None:
+        predictor.thresholds_for(min_precision)  # fails now, not after the models have loaded
     frame = read_input(input_path)
     if images is not None and not images.is_dir():
         raise DataError(f"{images.resolve()}: --images folder not found")
     images = images if images is not None else input_path.parent / "images"  # the task's layout
     frame = with_photos(frame, ImageFolder(images), None)
+    reports = Path(root).resolve().parent.parent / "reports" / Path(root).name
+    report_empty_products(frame, product_texts(frame, predictor.text_settings), reports /
+                          f"empty_products_{input_path.stem}.csv", "products to predict", echo)
+    seen = predictor.seen_rows(frame)
+    if len(seen):
+        echo(f"warning: {len(seen)} products to predict have training ids (e.g. {frame['id'].iloc[seen[:3]].tolist()}): "
+             "the models were trained on them, so their predictions are optimistic (the listing-order model "
+             "reads their own label); give them new ids to predict them as new products")
     if any(getattr(m, "uses_photos", False) for name in predictor.base_names() for m in predictor.base(name)):
         from prodcat.models.nn.vision import report_skipped
 
-        csv = Path(root).resolve().parent.parent / "reports" / Path(root).name / f"skipped_photos_{input_path.stem}.csv"
-        echo("[predict] " + report_skipped(frame, csv))
+        echo("[predict] " + report_skipped(frame, reports / f"skipped_photos_{input_path.stem}.csv"))
     echo(f"[predict] {len(frame)} products from {input_path} with '{predictor.model}' "
          f"(loaded in {time.time() - start:.1f}s)")
+    table = predictor.predict(frame, top, threshold, min_precision)
     if min_precision is not None:
-        threshold, coverage, prec = predictor.threshold_for(min_precision)
-        echo(f"[predict] threshold {threshold:.4f} for precision >= {min_precision}: expected coverage "
-             f"{coverage:.1%} (OOF precision {prec:.4f})")
-    table = predictor.predict(frame, top, threshold)
+        for kind, (t, coverage, prec) in predictor.thresholds_for(min_precision).items():
+            n = int((table["prediction_kind"] == kind).sum())
+            echo(f"[predict] {n} products predicted with {kind}: threshold {t:.4f} for precision >= "
+                 f"{min_precision} (expected coverage {coverage:.1%}, OOF precision {prec:.4f})")
     write_parquet(table, out_path)
     flagged = int(table["needs_review"].sum())
     echo(f"[predict] {len(table)} products -> {out_path}; {flagged} need review "

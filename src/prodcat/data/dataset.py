@@ -157,11 +157,18 @@ def read_test(path: Path, train: pd.DataFrame | None = None) -> pd.DataFrame:
     """A test file (the training layout without category_id); ids must not be training ids."""
     test = read_products(path, TEST_COLUMNS)
     if train is not None:
-        overlap = np.intersect1d(train["id"].to_numpy(), test["id"].to_numpy())
-        if len(overlap):
-            rows = np.flatnonzero(test["id"].isin(overlap).to_numpy())
-            fail(path, "id", f"ids also present in train.parquet: {overlap[:5].tolist()}", rows)
+        rows = seen_rows(test["id"].to_numpy(), train["id"].to_numpy())
+        if len(rows):
+            fail(path, "id", f"ids also present in train.parquet: {test['id'].iloc[rows[:5]].tolist()} (a test "
+                 "set holds new products only)", rows)
     return test
+
+
+def seen_rows(ids: np.ndarray, train_ids: np.ndarray) -> np.ndarray:
+    """Rows of `ids` that are training ids: products the models were trained on. The one rule: a test set
+    (`submit`) must not hold any; `predict` predicts them with a warning (their predictions are optimistic,
+    and the listing-order model reads their own label)."""
+    return np.flatnonzero(np.isin(ids, train_ids))
 
 
 def read_input(path: Path) -> pd.DataFrame:
@@ -174,7 +181,7 @@ def read_products(path: Path, columns: tuple[str, ...], optional: tuple[str, ...
     if not path.exists():
         fail(path.resolve(), None, "file not found")
     try:
-        df = pd.read_parquet(path)
+        df = pd.read_parquet(path).reset_index(drop=True)  # a stored pandas index (even a repeated one) is no data
     except Exception as exc:  # noqa: BLE001 - re-raised with the file's name
         fail(path, None, f"cannot be read as parquet: {exc}")
     for col in optional:

@@ -144,3 +144,17 @@ def product_texts(frame: pd.DataFrame, cfg: dict | None, cache_dir=None) -> pd.S
         _MEMO[cfg_key] = memo
         known = pd.Index(memo.index).get_indexer(hashes)
     return pd.Series(memo.to_numpy()[known], index=frame["id"].to_numpy(), name="text")
+
+
+def report_empty_products(frame, texts, path, what: str, echo) -> None:
+    """Products whose text is empty once cleaned (no title, description or characteristics, or only
+    emoji, symbols or control characters) are kept, as empty texts, and listed in `path` (a CSV), with one
+    summary line."""
+    from prodcat.outputs import write_csv
+
+    empty = (texts.str.strip() == "").to_numpy()
+    if not empty.any():
+        return
+    write_csv(pd.DataFrame({"id": frame["id"].to_numpy()[empty], "reason": "no usable text (nothing left of the "
+                            "title, description and characteristics once cleaned): treated as an empty text"}), path)
+    echo(f"warning: {int(empty.sum())} {what} have no usable text (listed in {path})")

@@ -44,16 +44,44 @@ def comparison_predictions(run: Run) -> dict[str, TopK]:
     preds = {name: load_oof(run, name) for name in names}
     if len(names) >= 2:
         preds[AVERAGE] = average(list(preds.values()), k=run.top_k)
-    if STACK in finished_models(run):
+    if STACK in finished_models(run) and stack_is_fresh(run):
         preds[STACK] = load_oof(run, STACK)
+        for path in sorted(run.paths.oof(STACK).glob("oof_without_*.npz")):  # as for products a model
+            name = path.stem.removeprefix("oof_without_")                   # says nothing about
+            preds[f"{STACK} without {name}"] = TopK.load(path).align(run.ds.train["id"].to_numpy())
     return preds
 
 
+def stack_is_fresh(run: Run) -> bool:
+    """False (with a warning) when the stacker's base models were retrained since it was fitted."""
+    import json
+    import warnings
+
+    from prodcat.stacking.stacker import stale_inputs
+
+    meta_path = run.paths.models(STACK) / "stacker.json"
+    stale = stale_inputs(json.loads(meta_path.read_text()), run.paths.models_root) if meta_path.exists() else ["?"]
+    if stale:
+        warnings.warn(f"the stacker's scores are left out: it was fitted on other {', '.join(stale)} fold models "
+                      "than the saved ones (retrained or removed since); refit it with ./run.sh stack")
+    return not stale
+
+
 def comparison_table(run: Run, preds: dict[str, TopK] | None = None) -> pd.DataFrame:
-    """OOF hF1, weighted F1, accuracy of every base model, the plain average and the stacker."""
+    """OOF hF1, weighted F1, accuracy of every base model, the plain average and the stacker, and the
+    number of folds each was trained with (as stored, whatever the current settings say)."""
     preds = comparison_predictions(run) if preds is None else preds
-    rows = [{"model": name} | score_oof(run, oof) for name, oof in preds.items()]
-    return pd.DataFrame(rows, columns=["model", "hF1", "weighted_F1", "accuracy", "n", "missing"])
+    rows = [{"model": name} | score_oof(run, oof) | {"folds": stored_folds(run, name)} for name, oof in preds.items()]
+    return pd.DataFrame(rows, columns=["model", "hF1", "weighted_F1", "accuracy", "n", "missing", "folds"])
+
+
+def stored_folds(run: Run, name: str) -> int | None:
+    """The fold count a finished model's OOF predictions were made with (the average: its models')."""
+    import json
+
+    names = base_models(run) if name == AVERAGE else [name.split(" without ")[0]]
+    ks = {json.loads((run.paths.oof(m) / "complete.json").read_text()).get("k") for m in names}
+    return ks.pop() if len(ks) == 1 else None
 
 
 def top_level_table(run: Run, preds: dict[str, TopK] | None = None) -> pd.DataFrame:

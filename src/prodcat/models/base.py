@@ -7,6 +7,7 @@ a BaseModel subclass plus one line in MODELS (and its settings class in prodcat.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 import prodcat
-from prodcat.errors import DataError
+from prodcat.errors import DataError, NotTrainedError
 from prodcat.outputs import write_json
 from prodcat.probs import TopK
 from prodcat.settings import MODEL_SETTINGS, complete, config_hash, deep_merge
@@ -106,21 +107,62 @@ def model_class(name: str) -> type[BaseModel]:
 
 
 def save_model(model: BaseModel, folder: Path, base: str, meta: dict) -> None:
-    """`model.save(folder)`, then model.json (written last): which class, settings and provenance."""
+    """`model.save(folder)`, then model.json (written last): which class, settings, provenance and the size
+    and checksum of every file the model saved."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MODEL_FILE).unlink(missing_ok=True)
     model.save(folder)
     write_json({"model": base, "name": model.name, "params": model.params, "env": model.env.to_json(),
-                "prodcat_version": prodcat.__version__, "settings": config_hash(model.settings())} | meta,
-               folder / MODEL_FILE)
+                "prodcat_version": prodcat.__version__, "settings": config_hash(model.settings()),
+                "files": file_checksums(folder)} | meta, folder / MODEL_FILE)
+
+
+def file_checksums(folder: Path, skip: str = MODEL_FILE) -> dict[str, dict]:
+    """{relative path: {size, sha256}} of every file in a model folder but its description `skip`."""
+    return {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": sha256_of(p)}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.relative_to(folder).as_posix() != skip}
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_model_meta(folder: Path, checksums: bool = True) -> dict:
+    """model.json of a saved model, after `verify_files` of every file it lists."""
+    meta_path = folder / MODEL_FILE
+    if not meta_path.exists():
+        raise NotTrainedError(f"{folder}: no saved model here ({MODEL_FILE} missing; train it first)")
+    try:
+        meta = json.loads(meta_path.read_text())
+        files = meta["files"]
+    except (ValueError, KeyError, TypeError):
+        raise DataError(f"{meta_path}: not a model description of this prodcat version (unreadable, or "
+                        "saved without file checksums): retrain the model (./run.sh train MODEL --force)") from None
+    verify_files(folder, files, checksums)
+    return meta
+
+
+def verify_files(folder: Path, files: dict, checksums: bool = True) -> None:
+    """Every file of `files` (from `file_checksums`) is in `folder` with its recorded size and, with
+    `checksums`, its SHA-256: a damaged or half-copied model is named, never loaded."""
+    for name, want in files.items():
+        path = folder / name
+        size = path.stat().st_size if path.is_file() else None
+        if size != want["size"] or (checksums and sha256_of(path) != want["sha256"]):
+            found = "missing" if size is None else (f"{size:,} bytes where its description records "
+                                                    f"{want['size']:,}" if size != want["size"]
+                                                    else "its SHA-256 checksum differs from the recorded one")
+            raise DataError(f"{path}: damaged or incomplete model file ({found}): copy the models folder "
+                            "again, or retrain the model")
 
 
 def load_model(folder: Path) -> BaseModel:
-    """A saved model, ready to predict (in any process)."""
-    meta_path = folder / MODEL_FILE
-    if not meta_path.exists():
-        raise DataError(f"{folder}: no saved model here ({MODEL_FILE} missing; train it first)")
-    meta = json.loads(meta_path.read_text())
+    """A saved model, ready to predict (in any process); its files are checked against model.json first."""
+    meta = read_model_meta(folder)
     env = ModelEnv(**meta["env"])
     model = model_class(meta["model"]).load(folder, meta["params"], env)
     model.name = meta["name"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from prodcat.errors import DataError
-from prodcat.models.base import MODEL_FILE, MODELS, BaseModel, model_class, save_model
+from prodcat.models.base import MODELS, BaseModel, model_class, read_model_meta, save_model
 from prodcat.outputs import write_json
 from prodcat.probs import TopK
 from prodcat.settings import config_hash
@@ -45,8 +45,14 @@ def fold_meta(run, model: BaseModel, fold: int) -> dict:
 
 
 def fold_done(run, model: BaseModel, fold: int) -> bool:
+    """The fold's model is saved whole (its files as model.json records them, checksums included) and was
+    made from the same training content and settings."""
     meta_path = run.paths.oof(model.name) / f"fold{fold}.json"
-    if not meta_path.exists() or not (run.paths.models(model.name) / f"fold{fold}" / MODEL_FILE).exists():
+    if not meta_path.exists():
+        return False
+    try:
+        read_model_meta(run.paths.models(model.name) / f"fold{fold}")
+    except DataError:
         return False
     meta = json.loads(meta_path.read_text())
     return all(meta.get(key) == value for key, value in fold_meta(run, model, fold).items())
@@ -78,7 +84,10 @@ def train_model(run, name: str, folds: list[int] | None = None, force: bool = Fa
 
             clean_stale_temps(run.paths.oof(name), run.paths.models(name), run.paths.cache,
                               run.paths.folds.parent)  # what a killed run left
-            report_empty_products(run, train, echo)
+            from prodcat.data.text import report_empty_products
+
+            report_empty_products(train, run.env.texts(train), run.paths.reports / "empty_products_train.csv",
+                                  "training products", echo)
         if getattr(model, "uses_photos", False) and is_main_process():
             from prodcat.models.nn.vision import report_skipped
 
@@ -98,23 +107,6 @@ def train_model(run, name: str, folds: list[int] | None = None, force: bool = Fa
                 collect(run, name, config_hash(model.settings()))
         return all(fold_done(run, model, f) for f in range(run.k))
     return False
-
-
-def report_empty_products(run, train, echo) -> None:
-    """Products with no title, description or characteristics are kept (as empty texts) and listed in
-    reports/<dataset>/empty_products_train.csv, with one summary line."""
-    import pandas as pd
-
-    from prodcat.data.dataset import TEXT_COLUMNS
-    from prodcat.outputs import write_csv
-
-    empty = train[list(TEXT_COLUMNS)].apply(lambda c: c.fillna("").astype(str).str.strip() == "").all(axis=1)
-    if not empty.any():
-        return
-    path = run.paths.reports / "empty_products_train.csv"
-    write_csv(pd.DataFrame({"id": train.loc[empty, "id"], "reason": "no title, description or characteristics: "
-                            "treated as an empty text"}), path)
-    echo(f"warning: {int(empty.sum())} training products have no text at all (listed in {path})")
 
 
 def _lock(run, name: str, echo):
@@ -159,14 +151,22 @@ def collected(run, model: BaseModel) -> bool:
 
 
 def _save_tree(run) -> None:
-    """The category tree beside the saved models, so that they predict without the training data."""
-    from prodcat.outputs import atomic_path
+    """The category tree and the training ids beside the saved models, so that they predict without the
+    training data (and `predict` knows which products they were trained on)."""
+    from prodcat.outputs import TRAIN_IDS, atomic_path, write_npz
 
     target = run.paths.models_root / "categories_tree.csv"
     source = run.ds.root / "categories_tree.csv"
     if not target.exists() or target.read_bytes() != source.read_bytes():
         with atomic_path(target) as tmp:
             shutil.copyfile(source, tmp)
+    ids = np.sort(run.ds.train["id"].to_numpy(np.int64))
+    ids_file = run.paths.models_root / TRAIN_IDS
+    if ids_file.exists():
+        with np.load(ids_file) as z:
+            if np.array_equal(z["ids"], ids):
+                return
+    write_npz({"ids": ids}, ids_file)
 
 
 def is_main_process() -> bool:
@@ -189,7 +189,7 @@ def collect(run, name: str, settings: str = "") -> None:
                out / "complete.json")
 
 
-def save_confidence(run, oof: TopK, folder: Path) -> None:
+def save_confidence(run, oof: TopK, folder: Path, name: str = "oof_confidence.npz") -> None:
     """OOF confidence and correctness beside the saved model: `predict --min-precision` picks its threshold
     from them without the training data."""
     from prodcat.evaluation.metrics import hierarchical_counts
@@ -202,4 +202,4 @@ def save_confidence(run, oof: TopK, folder: Path) -> None:
     if have.any():
         counts[have] = hierarchical_counts(y[have], pred[have], run.ds.tree)
     write_npz({"confidence": oof.scores[:, 0].astype(np.float32), "correct": (pred == y) & have,
-               "missing": ~have, "hcounts": counts}, folder / "oof_confidence.npz")
+               "missing": ~have, "hcounts": counts}, folder / name)

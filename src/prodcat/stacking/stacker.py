@@ -27,6 +27,7 @@ oof/<dataset>/stack/oof.npz in the base models' format (column 0 = the decided l
 """
 from __future__ import annotations
 
+import shutil
 import time
 
 import numpy as np
@@ -48,15 +49,45 @@ def stack_params(run: Run) -> dict:
 
 
 def inputs_key(run: Run, names: list[str], p: dict) -> str:
-    """Hash of the stacker's settings and of its inputs' files: an unchanged stack is reused."""
+    """Hash of the stacker's settings and of its inputs (the base models' fold models, whose held-out
+    predictions are its training rows): an unchanged stack is reused."""
     from prodcat.settings import config_hash
 
-    files = []
+    return config_hash({"params": p, "models": names, "inputs": input_fingerprints(run.paths.models_root, names),
+                        "data": run.ds.fingerprint, "folds": run.k, "seed": run.seed, "top_k": run.top_k,
+                        "text": run.cfg["text"]})
+
+
+def input_fingerprints(models_root, names: list[str]) -> dict[str, list[str]]:
+    """{base model: SHA-256 of each fold's model.json} (model.json holds the checksums of the fold model's
+    files, so a retrained fold changes it); a fold without a saved model is None."""
+    import hashlib
+
+    from prodcat.models.base import MODEL_FILE
+
+    out = {}
     for m in names:
-        st = (run.paths.oof(m) / "oof.npz").stat()
-        files.append([m, st.st_size, st.st_mtime_ns])
-    return config_hash({"params": p, "models": names, "files": files, "data": run.ds.fingerprint,
-                        "folds": run.k, "seed": run.seed, "top_k": run.top_k, "text": run.cfg["text"]})
+        metas = sorted((models_root / m).glob(f"fold*/{MODEL_FILE}"), key=lambda f: int(f.parent.name[4:]))
+        out[m] = [hashlib.sha256(f.read_bytes()).hexdigest() for f in metas]
+    return out
+
+
+def stale_inputs(meta: dict, models_root) -> list[str]:
+    """The base models whose saved fold models are not the ones this stacker was fitted on."""
+    recorded = meta.get("inputs") or {}
+    now = input_fingerprints(models_root, meta["models"])
+    return [m for m in meta["models"] if recorded.get(m) != now[m]]
+
+
+def check_fresh(meta: dict, folder) -> None:
+    """Refuse a stacker whose base models were retrained (or removed) since it was fitted."""
+    from prodcat.errors import NotTrainedError
+
+    stale = stale_inputs(meta, folder.parent)
+    if stale:
+        raise NotTrainedError(f"{folder}: the stacker was fitted on other {', '.join(stale)} fold models than "
+                              "the saved ones (retrained or removed since): refit it with ./run.sh stack "
+                              "(./run.sh all does it too)")
 
 
 class MeanProbability:
@@ -120,6 +151,9 @@ class Stacker:
                         int(self.meta["top_k"]))
 
     def save(self, folder) -> None:
+        """Rankers, counts and priors, then stacker.json (last) with the checksums of every file in the
+        folder (the OOF confidences saved before it included)."""
+        from prodcat.models.base import file_checksums
         from prodcat.outputs import atomic_path, write_npz
 
         (folder / "stacker.json").unlink(missing_ok=True)
@@ -131,6 +165,7 @@ class Stacker:
         write_npz({"freq": self.freq, "counts": self.counts}, folder / "counts.npz")
         if self.priors is not None:
             self.priors.save(folder)
+        self.meta["files"] = file_checksums(folder, skip="stacker.json")
         write_json(self.meta, folder / "stacker.json")  # last: the folder holds a stacker only with it
 
     @classmethod
@@ -139,11 +174,16 @@ class Stacker:
 
         import lightgbm as lgb
 
-        from prodcat.errors import DataError
+        from prodcat.errors import NotTrainedError
+        from prodcat.models.base import verify_files
 
         if not (folder / "stacker.json").exists():
-            raise DataError(f"{folder}: no saved stacker here (run ./run.sh stack first)")
+            raise NotTrainedError(f"{folder}: no saved stacker here (run ./run.sh stack first)")
         meta = json.loads((folder / "stacker.json").read_text())
+        if "files" not in meta:
+            raise NotTrainedError(f"{folder}: a stacker saved by an older prodcat (no file checksums): refit "
+                                  "it with ./run.sh stack --force")
+        verify_files(folder, meta["files"])
         boosters = [MeanProbability() if f in meta.get("fallback", []) else
                     lgb.Booster(model_file=str(folder / f"ranker{f}.txt")) for f in range(meta["n_rankers"])]
         with np.load(folder / "counts.npz") as z:
@@ -187,13 +227,21 @@ def _run_stack(run: Run, models: list[str] | None, echo, force: bool) -> dict:
                  f"{info['oof_hF1'][info['decoding']]:.4f}; --force to recompute)")
             return info
     (out / "complete.json").unlink(missing_ok=True)  # half-written outputs are never complete
-    stacker, oof_top, info = fit_stacker(run, names, p, echo)
-    folder.mkdir(parents=True, exist_ok=True)
-    stacker.save(folder)
-    oof_top.save(out / "oof.npz")
+    stacker, oof_top, without, info = fit_stacker(run, names, p, echo)
+    if folder.exists():
+        shutil.rmtree(folder)  # no file of an earlier stacker (a ranker of another fold count) lingers
+    folder.mkdir(parents=True)
     from prodcat.models.runner import save_confidence
 
+    for old in out.glob("oof_without_*.npz"):
+        old.unlink()
+    oof_top.save(out / "oof.npz")
     save_confidence(run, oof_top, folder)
+    for m, top in without.items():  # what new products that model says nothing about are judged by
+        top.save(out / f"oof_without_{m}.npz")
+        save_confidence(run, top, folder, f"oof_confidence_without_{m}.npz")
+    stacker.meta["inputs"] = input_fingerprints(run.paths.models_root, names)
+    stacker.save(folder)
     write_json(info, out / "stack.json")
     write_json({"data": run.ds.fingerprint, "k": run.k, "models": STACK, "inputs": names, "key": key},
                out / "complete.json")
@@ -201,7 +249,8 @@ def _run_stack(run: Run, models: list[str] | None, echo, force: bool) -> dict:
 
 
 def fit_stacker(run: Run, names: list[str], p: dict, echo=print):
-    """Cross-validate the ranker over the OOF rows; returns the Stacker, its OOF TopK and a summary."""
+    """Cross-validate the ranker over the OOF rows; returns the Stacker, its OOF TopK, its OOF TopK without
+    each `stack.hide` model ({model: TopK}) and a summary."""
     from prodcat.outputs import load_oof
 
     start = time.time()
@@ -255,12 +304,15 @@ def fit_stacker(run: Run, names: list[str], p: dict, echo=print):
         decided[method] = decode(rows, cls, proba_oof, nodes, n_train, method, f_level)
         results[method] = hierarchical_f1(y_ids, nodes.category(decided[method]), run.ds.tree)
     method = p["decoding"]
-    without = {}  # OOF hF1 where a hidden model says nothing (e.g. id_neighbours on tomorrow's products)
+    without, without_top = {}, {}  # OOF where a hidden model says nothing (id_neighbours on new products)
+    ids = run.ds.train["id"].to_numpy()
     for m, (r, c, _, _) in hidden.items():
-        chosen = decode(r, c, group_softmax(r, score_hidden[m], temp), nodes, n_train, method, f_level)
+        proba_h = group_softmax(r, score_hidden[m], temp)
+        chosen = decode(r, c, proba_h, nodes, n_train, method, f_level)
         without[m] = hierarchical_f1(y_ids, nodes.category(chosen), run.ds.tree)
+        without_top[m] = _to_topk(ids, r, c, proba_h, chosen, nodes, run.top_k)
         echo(f"[stack] OOF hF1 without {m} (as for products it has nothing to say about): {without[m]:.4f}")
-    oof_top = _to_topk(run.ds.train["id"].to_numpy(), rows, cls, proba_oof, decided[method], nodes, run.top_k)
+    oof_top = _to_topk(ids, rows, cls, proba_oof, decided[method], nodes, run.top_k)
     meta = {"models": names, "params": p, "k": run.k, "n_rankers": n_folds, "temperature": temp,
             "fallback": [f for f, b in enumerate(boosters) if isinstance(b, MeanProbability)],
             "f_level": f_level, "decoding": method, "columns": list(x.columns), "top_k": run.top_k,
@@ -274,7 +326,7 @@ def fit_stacker(run: Run, names: list[str], p: dict, echo=print):
                                               key=lambda kv: -kv[1]))}
     echo(f"[stack] OOF hF1 argmax {results['argmax']:.4f}, expected-hF1 decoding {results['expected_hf1']:.4f} "
          f"-> {method}; temperature {temp:.2f} ({time.time() - start:.0f}s)")
-    return stacker, oof_top, info
+    return stacker, oof_top, without_top, info
 
 
 def _pairs(parts: dict[str, TopK], nodes, p, freq_oof, folds, prod, priors, codes):
