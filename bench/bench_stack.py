@@ -71,7 +71,7 @@ def main() -> int:
           f"expected-hF1 {stack['oof_hF1']['expected_hf1']:.4f} (decoding: {stack['decoding']})")
     table = comparison_table(run)
     print("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    base = table[~table["model"].isin(["average", "stack"])]
+    base = table[~table["model"].isin(["average"]) & ~table["model"].str.startswith("stack")]
     best = base["hF1"].max()
     st = float(table.loc[table["model"] == "stack", "hF1"].iloc[0])
     avg = table.loc[table["model"] == "average", "hF1"]

@@ -38,6 +38,17 @@ def resolve_raw(raw: dict, n=None):
     ({"models": {"fasttext": {"thread": "all"}}}, "models.fasttext.thread: 'all' is not allowed (allowed: auto)"),
     ({"text": {"fields": ["title", "brand"]}}, "text.fields: 'brand' is not allowed"),
     ({"folds": {"k": True}}, "folds.k: expected int, got True (bool)"),
+    # a string is not a list because the declared type's name contains `str` (each kind of declared type)
+    ({"text": {"fields": "title"}}, "text.fields: expected a list of str, got 'title' (str)"),
+    ({"stack": {"priors": "word1"}}, "stack.priors: expected a list of str, got 'word1' (str)"),
+    ({"models": {"tfidf": {"word_ngrams": 2}}}, "models.tfidf.word_ngrams: expected a list of int, got 2 (int)"),
+    ({"models": {"tfidf": {"word_ngrams": [1, "2"]}}}, "models.tfidf.word_ngrams: expected a list of int"),
+    ({"stack": {"models": "tfidf"}}, "stack.models: expected a list of str or null, got 'tfidf' (str)"),
+    ({"stack": {"hide": ["id_neighbours"]}}, "stack.hide: expected dict, got ['id_neighbours'] (list)"),
+    ({"models": {"fasttext": {"thread": 1.5}}}, "models.fasttext.thread: expected int or str, got 1.5 (float)"),
+    ({"models": {"fasttext": {"lr": "fast"}}}, "models.fasttext.lr: expected float, got 'fast' (str)"),
+    ({"text": {"lemmatize": "yes"}}, "text.lemmatize: expected bool, got 'yes' (str)"),
+    ({"text": 3}, "text: expected a mapping of settings, got 3"),
     ({"pipeline": ["fasttext", "tfdf"]}, "my.yaml: pipeline: unknown model 'tfdf'; did you mean 'tfidf'?"),
     ({"models": {"fastext": {"dim": 3}}}, "models.fastext: unknown model (a variant needs `model: BASE`); "
                                            "did you mean 'fasttext'?"),

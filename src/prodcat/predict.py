@@ -60,6 +60,7 @@ class Predictor:
         self.available = available  # {base model: number of folds} saved under root
         self._base: dict[str, list] = {}
         self._stacker = None
+        self._thresholds: dict[float, dict] = {}
 
     @classmethod
     def load(cls, root: str | Path, model: str | None = None, preload: bool = True) -> "Predictor":
@@ -209,11 +210,13 @@ class Predictor:
     def thresholds_for(self, precision: float) -> dict[str, tuple[float, float, float]]:
         """{kind: (threshold, expected coverage, expected precision)} for a target precision of the
         accepted products, each from the OOF confidences of that kind of prediction."""
-        out = {}
-        for kind in [ALL] + [f"without {m}" for m in self.hidden()]:
-            c = self.oof_confidence(kind)
-            out[kind] = pick_threshold(c["confidence"], c["correct"], precision)
-        return out
+        if precision not in self._thresholds:  # picked once per precision (the OOF files do not change)
+            out = {}
+            for kind in [ALL] + [f"without {m}" for m in self.hidden()]:
+                c = self.oof_confidence(kind)
+                out[kind] = pick_threshold(c["confidence"], c["correct"], precision)
+            self._thresholds[precision] = out
+        return self._thresholds[precision]
 
 
 def pick_threshold(confidence: np.ndarray, correct: np.ndarray, precision: float, z: float = 1.645

@@ -15,7 +15,7 @@ import hashlib
 import json
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Union
+from typing import Union, get_args, get_origin, get_type_hints
 
 from prodcat.errors import DataError
 
@@ -333,40 +333,34 @@ def check(schema, raw, where: str, prefix: str) -> dict:
     if not isinstance(raw, dict):
         _fail(where, prefix, f"expected a mapping of settings, got {raw!r}")
     valid = {f.name: f for f in fields(schema)}
+    hints = get_type_hints(schema)
     out = {}
     for key, value in raw.items():
         path = f"{prefix}.{key}" if prefix else str(key)
         if key not in valid:
             _fail(where, path, "unknown key" + _suggest(str(key), valid))
-        f = valid[key]
-        nested = _nested(f)
-        out[key] = check(nested, value, where, path) if nested is not None else _check_value(f, value, where, path)
+        f, declared = valid[key], hints[key]
+        nested = declared if isinstance(declared, type) and is_dataclass(declared) else None  # e.g. `head`
+        out[key] = (check(nested, value, where, path) if nested is not None
+                    else _check_value(f, declared, value, where, path))
     return out
 
 
-def _nested(f):
-    """The settings class of a nested section (e.g. `head`, `trainer`), else None."""
-    cls = globals().get(f.type) if isinstance(f.type, str) else f.type
-    return cls if isinstance(cls, type) and is_dataclass(cls) else None
+def _allowed_types(declared) -> tuple:
+    """The Python types a YAML value may have for a declared type (`list[int]` -> list, `Union[int, str]`
+    -> int, str; `Optional[X]` admits None)."""
+    args = get_args(declared) if get_origin(declared) is Union else (declared,)
+    return tuple(get_origin(a) or a for a in args)
 
 
-def _allowed_types(annotation) -> tuple:
-    """Python types a YAML value may have for a declared annotation (given as a string)."""
-    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-    kinds = []
-    for name, kind in (("bool", bool), ("int", int), ("float", float), ("str", str), ("list", list),
-                       ("dict", dict), ("None", type(None))):
-        if name in text:
-            kinds.append(kind)
-    return tuple(kinds)
-
-
-def _check_value(f, value, where: str, path: str):
-    kinds = _allowed_types(f.type)
+def _check_value(f, declared, value, where: str, path: str):
+    kinds = _allowed_types(declared)
     meta = f.metadata
     ok = any(_is(value, k) for k in kinds)
     if not ok:
-        names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+        elem = _list_element(declared)
+        names = " or ".join("null" if k is type(None) else f"a list of {elem.__name__}" if k is list and elem
+                            else k.__name__ for k in kinds)
         _fail(where, path, f"expected {names}, got {value!r} ({type(value).__name__})")
     items = value if isinstance(value, list) else [value]
     if isinstance(value, dict) and (meta.get("min") is not None or meta.get("max") is not None):
@@ -375,7 +369,7 @@ def _check_value(f, value, where: str, path: str):
                 _fail(where, f"{path}.{key}", f"expected a number, got {v!r}")
             _check_range(meta, v, where, f"{path}.{key}")
         return value
-    elem = _list_element(f.type) if isinstance(value, list) else None
+    elem = _list_element(declared) if isinstance(value, list) else None
     for v in items:
         if elem is not None and not _is(v, elem):
             _fail(where, path, f"expected a list of {elem.__name__}, got {value!r}")
@@ -394,12 +388,11 @@ def _check_range(meta: dict, v, where: str, path: str) -> None:
         _fail(where, path, f"{v!r} is above the maximum {meta['max']}")
 
 
-def _list_element(annotation):
-    text = str(annotation)
-    for name, kind in (("list[str]", str), ("list[int]", int), ("list[float]", float)):
-        if name in text:
-            return kind
-    return None
+def _list_element(declared):
+    """The element type of a declared `list[X]` (None: any element)."""
+    lists = [a for a in (get_args(declared) if get_origin(declared) is Union else (declared,)) if get_origin(a) is list]
+    elem = get_args(lists[0]) if lists else ()
+    return elem[0] if elem and isinstance(elem[0], type) else None
 
 
 def _is(value, kind) -> bool:
