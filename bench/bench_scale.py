@@ -173,7 +173,7 @@ def main() -> int:
         results = json.loads(results_path.read_text()) if results_path.exists() else []  # another run may have added
         results = [r for r in results if r["products"] != n] + [result]
         results.sort(key=lambda r: r["products"])
-        from prodcat.outputs import write_json
+        from prodcat.storage import write_json
 
         write_json(results, results_path)  # atomic: a killed run leaves the previous record
         shutil.rmtree(workdir / "cache", ignore_errors=True)

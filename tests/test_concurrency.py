@@ -36,7 +36,8 @@ def test_two_trainings_with_different_settings_do_not_mix_their_folds(tiny, tiny
 
 
 def test_a_second_writer_waits_and_names_the_holder(tiny, tiny_config, tmp_path):
-    from prodcat.outputs import Paths, locked
+    from prodcat.outputs import Paths
+    from prodcat.storage import locked
 
     with locked(Paths(tmp_path / "w", "tiny"), "tfidf.fold0"):  # this test process holds fold 0
         p = start("train", "tfidf", "--data", tiny, "--config", tiny_config, "--workdir", tmp_path / "w")

@@ -5,7 +5,7 @@ from conftest import REPO
 from nbclient import NotebookClient
 
 from prodcat.models.runner import train_model
-from prodcat.outputs import write_json
+from prodcat.storage import write_json
 from prodcat.probs import TopK
 from prodcat.run import Run
 from prodcat.stacking.stacker import run_stack

@@ -8,7 +8,8 @@ from conftest import REPO, TREE, products, write_dataset
 
 from prodcat.data.tree import CategoryTree
 from prodcat.evaluation.scores import comparison_table
-from prodcat.outputs import load_oof, write_json
+from prodcat.outputs import load_oof
+from prodcat.storage import write_json
 from prodcat.probs import TopK
 from prodcat.run import Run
 from prodcat.stacking.decoding import decode, group_softmax

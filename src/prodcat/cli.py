@@ -134,7 +134,8 @@ def folds(run, force):
 @click.option("--force", is_flag=True, help="Retrain folds that are already finished.")
 def train(run, model, fold, force):
     """Train MODEL on one fold or all folds: saves each fold model and its held-out (OOF) probabilities."""
-    from prodcat.models.runner import is_main_process, known_models, train_model
+    from prodcat.distributed import is_main_process
+    from prodcat.models.runner import known_models, train_model
 
     if model not in known_models(run):
         raise click.BadParameter(f"unknown model '{model}' (known: {', '.join(known_models(run))})",
@@ -260,7 +261,7 @@ def errors(run, model):
     (CSVs under reports/<dataset>/)."""
     from prodcat.evaluation.error_analysis import error_report, others_right
     from prodcat.evaluation.scores import comparison_predictions
-    from prodcat.outputs import write_csv
+    from prodcat.storage import write_csv
 
     preds = comparison_predictions(run)
     if model not in preds:
@@ -294,7 +295,7 @@ def notebook(run):
     from nbclient import NotebookClient
     from nbconvert import HTMLExporter
 
-    from prodcat.outputs import atomic_path
+    from prodcat.storage import atomic_path
 
     os.environ |= {"PRODCAT_DATA": str(run.ds.root.resolve()), "PRODCAT_WORKDIR": str(run.paths.workdir.resolve()),
                    "PRODCAT_CONFIG": str(run.config_file or "")}
@@ -325,7 +326,8 @@ def all_(run, force):
     """Folds, every base model of the pipeline its data supports (fold models saved), the stacker, then
     the saved models predict test.parquet into the validated submission; the score table."""
     from prodcat.evaluation.submission import write_submission
-    from prodcat.models.runner import is_main_process, train_model
+    from prodcat.distributed import is_main_process
+    from prodcat.models.runner import train_model
     from prodcat.stacking.stacker import STACK, base_models, run_stack
 
     start = time.time()

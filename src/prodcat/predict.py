@@ -277,7 +277,7 @@ def predict_file(root: Path, input_path: Path, out_path: Path, images: Path | No
     """`./run.sh predict`: read and validate the input, predict, write the output parquet."""
     from prodcat.data.dataset import ImageFolder, read_input, with_photos
     from prodcat.data.text import product_texts, report_empty_products
-    from prodcat.outputs import write_parquet
+    from prodcat.storage import write_parquet
 
     start = time.time()
     predictor = Predictor.load(root, model, preload=False)

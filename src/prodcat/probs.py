@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from prodcat.outputs import write_npz
+from prodcat.storage import write_npz
 
 NO_LABEL = -1
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from prodcat.data.dataset import Dataset
 from prodcat.errors import DataError
-from prodcat.outputs import write_json, write_parquet
+from prodcat.storage import write_json, write_parquet
 
 
 def assign_folds(labels, k: int, seed: int) -> np.ndarray:

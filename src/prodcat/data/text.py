@@ -12,7 +12,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from prodcat.outputs import write_parquet
+from prodcat.storage import write_parquet
 from prodcat.progress import progress
 from prodcat.settings import TextSettings, config_hash, defaults_of
 
@@ -150,7 +150,7 @@ def report_empty_products(frame, texts, path, what: str, echo) -> None:
     """Products whose text is empty once cleaned (no title, description or characteristics, or only
     emoji, symbols or control characters) are kept, as empty texts, and listed in `path` (a CSV), with one
     summary line."""
-    from prodcat.outputs import write_csv
+    from prodcat.storage import write_csv
 
     empty = (texts.str.strip() == "").to_numpy()
     if not empty.any():

@@ -148,7 +148,7 @@ def write_report(run: Run) -> list[Path]:
     import matplotlib
 
     from prodcat.errors import DataError
-    from prodcat.outputs import atomic_path, write_csv
+    from prodcat.storage import atomic_path, write_csv
 
     matplotlib.use("Agg")  # files only, no display needed
     plt = _plt()

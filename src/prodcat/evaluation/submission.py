@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from prodcat.errors import DataError
-from prodcat.outputs import write_parquet
+from prodcat.storage import write_parquet
 from prodcat.run import Run
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 import prodcat
 from prodcat.errors import DataError, NotTrainedError
-from prodcat.outputs import write_json
+from prodcat.storage import write_json
 from prodcat.probs import TopK
 from prodcat.settings import MODEL_SETTINGS, complete, config_hash, deep_merge
 

@@ -97,7 +97,7 @@ class IdNeighboursModel(BaseModel):
         return sp.csr_matrix((weights, (rows, col.ravel())), shape=(n, len(classes))), classes
 
     def save(self, folder: Path) -> None:
-        from prodcat.outputs import write_npz
+        from prodcat.storage import write_npz
 
         write_npz({"ids": self.ids, "labels": self.labels, "words": self.words,
                    "max_gap": np.array(self.max_gap), "gap_scale": np.array(self.gap_scale)}, folder / "neighbours.npz")

@@ -43,8 +43,8 @@ from prodcat.models.nn.vision import (
     photo_embeddings,
     photo_paths,
 )
-from prodcat.models.runner import is_main_process
-from prodcat.outputs import write_json, write_npz
+from prodcat.distributed import is_main_process
+from prodcat.storage import write_json, write_npz
 from prodcat.probs import TopK
 
 META = "image.json"

@@ -9,16 +9,16 @@ oof.npz (every held-out row, in train order). Test products are never seen while
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
+from prodcat.distributed import is_main_process
 from prodcat.errors import DataError
 from prodcat.models.base import MODELS, BaseModel, model_class, read_model_meta, save_model
-from prodcat.outputs import write_json
+from prodcat.storage import write_json
 from prodcat.probs import TopK
 from prodcat.settings import config_hash
 
@@ -80,7 +80,7 @@ def train_model(run, name: str, folds: list[int] | None = None, force: bool = Fa
         echo(f"[{name}] fold {f}: finished earlier, reused (--force to retrain)")
     if todo:
         if is_main_process():
-            from prodcat.outputs import clean_stale_temps
+            from prodcat.storage import clean_stale_temps
 
             clean_stale_temps(run.paths.oof(name), run.paths.models(name), run.paths.cache,
                               run.paths.folds.parent)  # what a killed run left
@@ -113,7 +113,7 @@ def _lock(run, name: str, echo):
     """The outputs' lock in the process that writes (rank 0 under DDP: other ranks must not wait on it)."""
     from contextlib import nullcontext
 
-    from prodcat.outputs import locked
+    from prodcat.storage import locked
 
     return locked(run.paths, name, echo) if is_main_process() else nullcontext()
 
@@ -153,7 +153,8 @@ def collected(run, model: BaseModel) -> bool:
 def _save_tree(run) -> None:
     """The category tree and the training ids beside the saved models, so that they predict without the
     training data (and `predict` knows which products they were trained on)."""
-    from prodcat.outputs import TRAIN_IDS, atomic_path, write_npz
+    from prodcat.outputs import TRAIN_IDS
+    from prodcat.storage import atomic_path, write_npz
 
     target = run.paths.models_root / "categories_tree.csv"
     source = run.ds.root / "categories_tree.csv"
@@ -167,12 +168,6 @@ def _save_tree(run) -> None:
             if np.array_equal(z["ids"], ids):
                 return
     write_npz({"ids": ids}, ids_file)
-
-
-def is_main_process() -> bool:
-    """False in the extra processes of a multi-GPU / multi-node (DDP) run: rank 0 alone writes outputs."""
-    return all(int(os.environ.get(var, 0) or 0) == 0
-               for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
 def collect(run, name: str, settings: str = "") -> None:
@@ -193,7 +188,7 @@ def save_confidence(run, oof: TopK, folder: Path, name: str = "oof_confidence.np
     """OOF confidence and correctness beside the saved model: `predict --min-precision` picks its threshold
     from them without the training data."""
     from prodcat.evaluation.metrics import hierarchical_counts
-    from prodcat.outputs import write_npz
+    from prodcat.storage import write_npz
 
     y = run.ds.train["category_id"].to_numpy()
     pred = oof.top1()

@@ -151,7 +151,7 @@ class Featurizer:
 
     def save(self, folder: Path) -> None:
         """Vocabularies (parquet: term, column) and IDF weights (npz)."""
-        from prodcat.outputs import write_npz, write_parquet
+        from prodcat.storage import write_npz, write_parquet
 
         for name, vec in (("word", self.word), ("char", self.char)):
             vocab = pd.Series(vec.vocabulary_).sort_values()
@@ -268,7 +268,7 @@ class ShortlistSoftmax:
 
     def save(self, path: Path, classes: np.ndarray) -> None:
         """Sparse weights, bias and class centroids (npz), with the category id of each class index."""
-        from prodcat.outputs import write_npz
+        from prodcat.storage import write_npz
 
         if hasattr(self, "w"):
             self.sparsify()

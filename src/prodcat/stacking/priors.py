@@ -141,7 +141,7 @@ class LookupPriors:
         return pd.DataFrame(out)
 
     def save(self, folder) -> None:
-        from prodcat.outputs import write_npz, write_parquet
+        from prodcat.storage import write_npz, write_parquet
 
         arrays = {}
         for i, vocab in enumerate(self.vocab):

@@ -34,7 +34,8 @@ import numpy as np
 import pandas as pd
 
 from prodcat.evaluation.metrics import hierarchical_f1
-from prodcat.outputs import STACK, base_models, write_json
+from prodcat.outputs import STACK, base_models
+from prodcat.storage import write_json
 from prodcat.probs import TopK
 from prodcat.run import Run
 from prodcat.settings import StackSettings, defaults_of
@@ -154,7 +155,7 @@ class Stacker:
         """Rankers, counts and priors, then stacker.json (last) with the checksums of every file in the
         folder (the OOF confidences saved before it included)."""
         from prodcat.models.base import file_checksums
-        from prodcat.outputs import atomic_path, write_npz
+        from prodcat.storage import atomic_path, write_npz
 
         (folder / "stacker.json").unlink(missing_ok=True)
         for f, booster in enumerate(self.boosters):
@@ -201,7 +202,7 @@ def run_stack(run: Run, models: list[str] | None = None, echo=print, force: bool
     models/<dataset>/stack/ and its OOF predictions under oof/<dataset>/stack/ (one process at a time).
 
     Reused (not refitted) when the settings and the base models' OOF files are unchanged, unless `force`."""
-    from prodcat.outputs import locked
+    from prodcat.storage import locked
 
     with locked(run.paths, STACK, echo):
         return _run_stack(run, models, echo, force)

@@ -165,7 +165,7 @@ def make_trainer(cfg: dict | None, workdir: Path, max_epochs: int, name: str = "
     workdir = Path(workdir)
     settings = resolve(cfg)
     logger = TensorBoardLogger(save_dir=str(workdir), name="tb", version=name or "", default_hp_metric=False)
-    from prodcat.models.runner import is_main_process
+    from prodcat.distributed import is_main_process
 
     processes = world_size(cfg)
     check_world(processes, name or "fit")
@@ -274,7 +274,7 @@ def save_state(module, path: Path) -> None:
     `load_state(path)` (torch.load with weights_only=True: nothing is executed on load)."""
     import torch
 
-    from prodcat.outputs import atomic_path
+    from prodcat.storage import atomic_path
 
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     with atomic_path(path) as tmp:

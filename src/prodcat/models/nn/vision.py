@@ -336,7 +336,7 @@ def report_skipped(frame, csv_path: Path) -> str:
     summary line that points to it."""
     import pandas as pd
 
-    from prodcat.outputs import write_csv
+    from prodcat.storage import write_csv
 
     photos = check_photos(photo_paths(frame))
     has = np.array([p is not None for p in photos.paths], bool)
@@ -430,7 +430,7 @@ def photo_embeddings(paths: list, spec: BackboneSpec, size: int, grid: int = 3, 
         pooled, toks, usable = _embed(todo, spec, size, grid, batch_size, echo)
         store.add(todo, pooled, toks, usable)
         if cache is not None and _main_process():
-            from prodcat.outputs import write_npz
+            from prodcat.storage import write_npz
 
             h = hashlib.sha1(repr(todo).encode()).hexdigest()[:12]
             name = f"img-{spec.name}-{group}-{h}.npz"
@@ -506,6 +506,6 @@ def _embed(idents: list, spec: BackboneSpec, size: int, grid: int, batch_size: i
 
 
 def _main_process() -> bool:
-    from prodcat.models.runner import is_main_process
+    from prodcat.distributed import is_main_process
 
     return is_main_process()
