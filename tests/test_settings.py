@@ -56,9 +56,11 @@ def resolve_raw(raw: dict, n=None):
     ({"models": {"v": {"model": "fasttext", "epochs": 1}}}, "models.v.epochs: unknown key; did you mean 'epoch'?"),
 ])
 def test_bad_settings_name_the_file_the_key_and_the_fix(raw, message):
-    with pytest.raises(DataError) as err:
+    from prodcat.errors import SettingsError
+
+    with pytest.raises(SettingsError) as err:  # a DataError of its own kind (a service maps it to a status)
         resolve_raw(raw)
-    assert message in str(err.value)
+    assert message in str(err.value) and isinstance(err.value, DataError)
 
 
 def test_every_key_of_the_shipped_configs_is_declared():

@@ -1,11 +1,18 @@
-"""The one error type a user sees for bad input, with helpers to name the offending rows."""
+"""The errors a user can cause (bad data, bad settings, not trained yet, bad usage), with helpers to name the
+offending rows."""
 from __future__ import annotations
 
 from typing import Iterable
 
 
 class DataError(ValueError):
-    """Bad input data: the message names the file, the column and the offending rows."""
+    """A failure the user can cause and fix: the base of prodcat's errors (each mapped to one message; a
+    service maps the kinds to status codes). Raised as such: bad input data, the message naming the file,
+    the column and the offending rows."""
+
+
+class SettingsError(DataError):
+    """A bad setting: a config file, a `--set` value or the settings a model was built with."""
 
 
 class NotTrainedError(DataError):

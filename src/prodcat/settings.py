@@ -17,7 +17,7 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Union, get_args, get_origin, get_type_hints
 
-from prodcat.errors import DataError
+from prodcat.errors import SettingsError
 
 DEFAULT_CONFIG = Path("configs/default.yaml")
 
@@ -319,7 +319,7 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 
 def _fail(where: str, key: str, problem: str) -> None:
-    raise DataError(f"{where}: {key}: {problem}")
+    raise SettingsError(f"{where}: {key}: {problem}")
 
 
 def _suggest(key: str, valid) -> str:
@@ -500,13 +500,13 @@ def load_layers(path: str | Path) -> list[tuple[str, dict]]:
 
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path.resolve()}: config file not found")
+        raise SettingsError(f"{path.resolve()}: config file not found")
     try:
         raw = OmegaConf.to_container(OmegaConf.load(path)) or {}
     except (OmegaConfBaseException, Exception) as exc:  # noqa: BLE001 - YAML errors of any kind
-        raise DataError(f"{path}: not a valid YAML config: {exc}") from None
+        raise SettingsError(f"{path}: not a valid YAML config: {exc}") from None
     if not isinstance(raw, dict):
-        raise DataError(f"{path}: a config must be a mapping of sections")
+        raise SettingsError(f"{path}: a config must be a mapping of sections")
     base = raw.pop("extends", None)
     return (load_layers(path.parent / base) if base else []) + [(str(path), raw)]
 
@@ -517,11 +517,11 @@ def parse_sets(items: list[str] | tuple[str, ...]) -> dict:
 
     bad = [s for s in items if "=" not in s or not s.split("=", 1)[0].strip()]
     if bad:
-        raise DataError(f"--set {bad[0]!r}: expected KEY.PATH=VALUE, e.g. --set models.fasttext.epoch=10")
+        raise SettingsError(f"--set {bad[0]!r}: expected KEY.PATH=VALUE, e.g. --set models.fasttext.epoch=10")
     try:
         return OmegaConf.to_container(OmegaConf.from_dotlist(list(items)))
     except Exception as exc:  # noqa: BLE001
-        raise DataError(f"--set: {exc}") from None
+        raise SettingsError(f"--set: {exc}") from None
 
 
 def load_config(path: str | Path | None = None, sets: dict | None = None, n_products: int | None = None) -> dict:
