@@ -166,3 +166,19 @@ def test_the_review_threshold_of_a_product_comes_from_its_own_kind_of_prediction
     assert "stack without id_neighbours" in review
     info = json.loads((tmp / "w" / "oof" / "listed" / "stack" / "stack.json").read_text())
     assert "id_neighbours" in info["oof_hF1_without"]
+
+
+def test_the_predictor_validates_a_frame_as_a_file_is_validated(trained):
+    from prodcat.errors import DataError
+
+    common, models, tmp = trained
+    predictor = Predictor.load(models)
+    frame = products(6, labels=False, start_id=80_000)
+    with pytest.raises(DataError, match=r"products, column 'rating': wrong dtype \w+: expected numbers"):
+        predictor.predict(frame.assign(rating=["good"] * 6))
+    with pytest.raises(DataError, match="products, column 'id': duplicate ids"):
+        predictor.predict(pd.concat([frame, frame.head(1)]))
+    with pytest.raises(DataError, match="products, column 'id': missing column"):
+        predictor.predict(frame.drop(columns="id"))
+    only_ids = predictor.predict(frame[["id", "title"]])  # optional columns may be absent, as in a file
+    assert only_ids["id"].tolist() == frame["id"].tolist()

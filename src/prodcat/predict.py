@@ -160,7 +160,11 @@ class Predictor:
 
     def predict_kinds(self, frame: pd.DataFrame) -> tuple[TopK, np.ndarray]:
         """(TopK, kind of each product's prediction): `ALL`, or `without MODEL` where a hidden model said
-        nothing about the product (the review threshold of that kind applies to it)."""
+        nothing about the product (the review threshold of that kind applies to it). The frame is
+        validated first, as a file would be (`validate_products`)."""
+        from prodcat.data.dataset import validate_products
+
+        frame = validate_products(frame)
         parts = self.fold_predictions(frame)
         kinds = np.full(len(frame), ALL, dtype=object)
         for m in self.hidden():

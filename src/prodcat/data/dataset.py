@@ -177,30 +177,42 @@ def read_input(path: Path) -> pd.DataFrame:
 
 
 def read_products(path: Path, columns: tuple[str, ...], optional: tuple[str, ...] = ()) -> pd.DataFrame:
-    """Read a products parquet, check columns and dtypes, return a clean frame (text as str or None)."""
+    """Read a products parquet and `validate_products` it (errors name the file)."""
     if not path.exists():
         fail(path.resolve(), None, "file not found")
     try:
-        df = pd.read_parquet(path).reset_index(drop=True)  # a stored pandas index (even a repeated one) is no data
+        df = pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file's name
         fail(path, None, f"cannot be read as parquet: {exc}")
+    return validate_products(df, path, columns, optional)
+
+
+def validate_products(df: pd.DataFrame, where="products", columns: tuple[str, ...] = TEST_COLUMNS,
+                      optional: tuple[str, ...] = TEXT_COLUMNS + NUMERIC_COLUMNS) -> pd.DataFrame:
+    """Check a frame of products - columns, dtypes, duplicate ids - and return a clean copy (text as str or
+    None, numbers as float, a fresh row index); `where` names the source in errors. The one check of
+    products: files (`read_products`) and frames given to the Predictor both pass through it."""
+    if not isinstance(df, pd.DataFrame):
+        fail(where, None, f"expected a table of products, got {type(df).__name__}")
+    df = df.reset_index(drop=True)  # a stored pandas index (even a repeated one) is no data
     for col in optional:
         if col not in df.columns:
             df[col] = None if col in TEXT_COLUMNS else np.nan
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        fail(path, missing[0], f"missing column(s) {missing} (found: {list(df.columns)})")
+        fail(where, missing[0], f"missing column(s) {missing} (found: {list(df.columns)})")
     out = pd.DataFrame(index=pd.RangeIndex(len(df)))
     for col in ("id",) + (("category_id",) if "category_id" in columns else ()):
-        out[col] = _integers(df[col], path, col)
+        out[col] = _integers(df[col], where, col)
     dup = np.flatnonzero(out["id"].duplicated(keep=False).to_numpy())
     if len(dup):
-        fail(path, "id", f"duplicate ids {sorted(set(out['id'].iloc[dup].tolist()))[:5]}", dup)
+        fail(where, "id", f"duplicate ids {sorted(set(out['id'].iloc[dup].tolist()))[:5]}", dup)
     for col in TEXT_COLUMNS:
-        out[col] = _texts(df[col], path, col)
+        out[col] = _texts(df[col], where, col)
     for col in NUMERIC_COLUMNS:
-        out[col] = _floats(df[col], path, col)
-    return out[list(columns)]
+        out[col] = _floats(df[col], where, col)
+    extra = [c for c in ("image_path",) if c in df.columns]  # photos already resolved by the caller
+    return pd.concat([out[list(columns)], df[extra]], axis=1) if extra else out[list(columns)]
 
 
 def check_labels(train: pd.DataFrame, tree: CategoryTree, path: Path) -> None:
