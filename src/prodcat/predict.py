@@ -195,7 +195,7 @@ class Predictor:
         topk, kinds = self.predict_kinds(frame)
         if min_precision is not None:
             if threshold is not None:
-                raise DataError("give a threshold or a minimal precision, not both")
+                raise UsageError("give a threshold or a minimal precision, not both")
             by_kind = {kind: t for kind, (t, _, _) in self.thresholds_for(min_precision).items()}
             threshold = np.array([by_kind[k] for k in kinds], np.float64)
         return to_frame(topk, self.tree, top, threshold, kinds)
