@@ -82,7 +82,7 @@ def test_size_rules_apply_under_files_and_over_defaults():
     small = resolve_raw({}, n=800)
     assert small.values["models"]["fasttext"]["epoch"] == defaults_of(MODEL_SETTINGS["fasttext"])["epoch"]
     big = resolve_raw({}, n=LARGE)
-    assert big.values["models"]["fasttext"]["epoch"] == 10 and big.values["stack"]["priors"]
+    assert big.values["models"]["fasttext"]["epoch"] == 5 and big.values["stack"]["priors"]
     assert big.sources["models.fasttext.epoch"] == "size rule" and "283" not in big.note
     mine = resolve_raw({"models": {"fasttext": {"epoch": 7}}}, n=LARGE)  # a file wins over the rule
     assert mine.values["models"]["fasttext"]["epoch"] == 7 and mine.sources["models.fasttext.epoch"] == "my.yaml"

@@ -269,20 +269,20 @@ def size_rules(n_products: int) -> tuple[dict, str]:
 
     Below LARGE products the declared defaults hold (tuned on the 800-product demo: many fastText epochs on
     one deterministic thread, a small stacker, no lookup priors - they cost hF1 on few products). From LARGE
-    products on (tuned on uhtt_ke, 283k): fastText 10 epochs of a dim-50 softmax on all cores, a leaner
+    products on (tuned on uhtt_ke, 283k): fastText 5 epochs of a small softmax on all cores, a leaner
     TF-IDF, a bigger stacker trained on up to 250k products, and the lookup priors on."""
     if n_products < LARGE:
         return {}, f"size rule: {n_products:,} training products < {LARGE:,}: the declared defaults"
     rules = {
         "models": {
-            "fasttext": {"epoch": 10, "lr": 1.2, "dim": 50, "bucket": 1_000_000, "thread": "auto"},
+            "fasttext": {"epoch": 5, "lr": 0.8, "dim": 30, "bucket": 1_000_000, "thread": "auto"},
             "tfidf": {"char_ngrams": [3, 5], "shortlist": 40, "epochs": 5, "lr": 4.0, "prune": 0.05},
         },
         "stack": {"candidates": 8, "num_leaves": 31, "min_data_in_leaf": 100, "max_train_products": 250_000,
                   "num_boost_round": 300, "num_threads": 2, "priors": list(PRIOR_KEYS)},
     }
-    return rules, (f"size rule: {n_products:,} training products >= {LARGE:,}: fastText 10 epochs, dim 50, "
-                   "on all cores, TF-IDF char 3-5-grams, shortlist 40, 5 epochs, weights pruned below 0.05, "
+    return rules, (f"size rule: {n_products:,} training products >= {LARGE:,}: fastText 5 epochs on all cores, "
+                   "TF-IDF char 3-5-grams, shortlist 40, 5 epochs, weights pruned below 0.05, "
                    "a 300-round stacker with lookup priors")
 
 

@@ -12,9 +12,9 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from prodcat.storage import write_parquet
 from prodcat.progress import progress
 from prodcat.settings import TextSettings, config_hash, defaults_of
+from prodcat.storage import write_parquet
 
 UNITS = ("мл", "л", "гр", "г", "кг", "мг", "см", "мм", "м", "шт", "уп", "пак", "таб", "капс", "%", "ml", "l",
          "gr", "g", "kg", "mg", "cm", "mm", "m", "pcs", "pc", "inch", "in", "вт", "w", "в", "v", "мач", "mah",

@@ -60,7 +60,11 @@ def stack_is_fresh(run: Run) -> bool:
     from prodcat.stacking.stacker import stale_inputs
 
     meta_path = run.paths.models(STACK) / "stacker.json"
-    stale = stale_inputs(json.loads(meta_path.read_text()), run.paths.models_root) if meta_path.exists() else ["?"]
+    if not meta_path.exists():
+        warnings.warn(f"the stacker's scores are left out: its saved model is missing ({meta_path}); refit it "
+                      "with ./run.sh stack")
+        return False
+    stale = stale_inputs(json.loads(meta_path.read_text()), run.paths.models_root)
     if stale:
         warnings.warn(f"the stacker's scores are left out: it was fitted on other {', '.join(stale)} fold models "
                       "than the saved ones (retrained or removed since); refit it with ./run.sh stack")

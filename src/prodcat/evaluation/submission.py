@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 
 from prodcat.errors import DataError
-from prodcat.storage import write_parquet
 from prodcat.run import Run
+from prodcat.storage import write_parquet
 
 
 def build_submission(run: Run, model: str | None = None) -> tuple[pd.DataFrame, str]:

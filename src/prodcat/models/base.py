@@ -17,9 +17,9 @@ import pandas as pd
 
 import prodcat
 from prodcat.errors import DataError, NotTrainedError
-from prodcat.storage import write_json
 from prodcat.probs import TopK
 from prodcat.settings import MODEL_SETTINGS, complete, config_hash, deep_merge
+from prodcat.storage import write_json
 
 MODELS = {  # name -> "module:Class"; imported only when used (torch is not loaded for fastText)
     "fasttext": "prodcat.models.fasttext:FastTextModel",

@@ -57,9 +57,9 @@ from prodcat.models.nn.vision import (
     photo_paths,
 )
 from prodcat.distributed import is_main_process
-from prodcat.storage import atomic_path, write_json, write_npz
 from prodcat.probs import TopK
 from prodcat.settings import config_hash
+from prodcat.storage import atomic_path, write_json, write_npz
 
 pl = lightning()
 META = "coca.json"

@@ -44,8 +44,8 @@ from prodcat.models.nn.vision import (
     photo_paths,
 )
 from prodcat.distributed import is_main_process
-from prodcat.storage import write_json, write_npz
 from prodcat.probs import TopK
+from prodcat.storage import write_json, write_npz
 
 META = "image.json"
 

@@ -18,9 +18,9 @@ import numpy as np
 from prodcat.distributed import is_main_process
 from prodcat.errors import DataError
 from prodcat.models.base import MODELS, BaseModel, model_class, read_model_meta, save_model
-from prodcat.storage import write_json
 from prodcat.probs import TopK
 from prodcat.settings import config_hash
+from prodcat.storage import write_json
 
 
 def known_models(run) -> list[str]:

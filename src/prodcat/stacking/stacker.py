@@ -35,12 +35,12 @@ import pandas as pd
 
 from prodcat.evaluation.metrics import hierarchical_f1
 from prodcat.outputs import STACK, base_models
-from prodcat.storage import write_json
 from prodcat.probs import TopK
 from prodcat.run import Run
 from prodcat.settings import StackSettings, defaults_of
 from prodcat.stacking.decoding import _average_test, _to_topk, decode, fit_temperature, group_softmax
 from prodcat.stacking.features import NodeIndex, candidate_pairs, monotone_constraints, pair_features, product_features
+from prodcat.storage import write_json
 
 DEFAULTS = defaults_of(StackSettings)  # declared (with their docs) in prodcat.settings
 
