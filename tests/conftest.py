@@ -57,3 +57,19 @@ def tiny_config(tmp_path) -> Path:
     path.write_text(f"extends: {REPO / 'configs' / 'default.yaml'}\nfolds:\n  k: 3\npipeline: [fasttext]\n"
                     "models:\n  fasttext:\n    epoch: 50\n    lr: 0.5\n    dim: 16\n    bucket: 10000\n    thread: 1\n")
     return path
+
+
+@pytest.fixture
+def trained(tiny, tiny_config, tmp_path):
+    """fastText + TF-IDF + stacker on the tiny dataset (3 folds), through `all`: (the common command-line
+    options, the models folder, tmp_path)."""
+    from click.testing import CliRunner
+
+    from prodcat.cli import main
+
+    cfg = tmp_path / "both.yaml"
+    cfg.write_text(tiny_config.read_text().replace("pipeline: [fasttext]", "pipeline: [fasttext, tfidf]"))
+    common = ["--data", tiny, "--config", cfg, "--workdir", tmp_path / "w"]
+    r = CliRunner().invoke(main, [str(a) for a in ["all", *common]])
+    assert r.exit_code == 0, r.output
+    return common, tmp_path / "w" / "models" / "tiny", tmp_path

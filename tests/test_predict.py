@@ -32,17 +32,6 @@ def assert_same(a: TopK, b: TopK):
     assert np.array_equal(a.scores, b.scores) and np.array_equal(a.missing, b.missing)
 
 
-@pytest.fixture
-def trained(tiny, tiny_config, tmp_path):
-    """fastText + TF-IDF + stacker on the tiny dataset, through `all`."""
-    cfg = tmp_path / "both.yaml"
-    cfg.write_text(tiny_config.read_text().replace("pipeline: [fasttext]", "pipeline: [fasttext, tfidf]"))
-    common = ["--data", tiny, "--config", cfg, "--workdir", tmp_path / "w"]
-    r = invoke("all", *common)
-    assert r.exit_code == 0, r.output
-    return common, tmp_path / "w" / "models" / "tiny", tmp_path
-
-
 def test_fold_models_predict_their_oof_rows_identically_in_a_fresh_process(trained):
     """Each fold model, loaded in a new process, reproduces the held-out predictions its in-memory self
     made while training (stored in oof/)."""

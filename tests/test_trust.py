@@ -18,17 +18,6 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-@pytest.fixture
-def trained(tiny, tiny_config, tmp_path):
-    """fastText + TF-IDF + stacker on the tiny dataset (3 folds), through `all`."""
-    cfg = tmp_path / "both.yaml"
-    cfg.write_text(tiny_config.read_text().replace("pipeline: [fasttext]", "pipeline: [fasttext, tfidf]"))
-    common = ["--data", tiny, "--config", cfg, "--workdir", tmp_path / "w"]
-    r = invoke("all", *common)
-    assert r.exit_code == 0, r.output
-    return common, tmp_path / "w" / "models" / "tiny", tmp_path
-
-
 def test_a_stacker_whose_base_models_were_retrained_is_refused_until_refitted(trained):
     common, models, tmp = trained
     test = common[1] / "test.parquet"
