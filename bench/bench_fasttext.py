@@ -3,7 +3,7 @@
   ./run.sh python bench/bench_fasttext.py [--data ../shared/data/uhtt_ke] [--config configs/uhtt.yaml]
 
 Runs `python -m prodcat train fasttext --force` in a fresh temporary workdir (so nothing is reused),
-sampling the total RSS of the whole process tree (the CLI and its fastText worker) every 0.2 s.
+sampling the total RSS of the whole process tree every 0.2 s.
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def main() -> None:
     oof_dir = next((workdir / "oof").iterdir()) / "fasttext"
     size = sum(p.stat().st_size for p in oof_dir.glob("*.npz"))
     print(f"\nfastText 5-fold train + OOF + test predictions: wall {wall / 60:.1f} min, "
-          f"peak RSS (CLI + worker) {peak / 2**30:.2f} GB, stored probabilities {size / 2**20:.0f} MB "
+          f"peak RSS (process tree) {peak / 2**30:.2f} GB, stored probabilities {size / 2**20:.0f} MB "
           f"({oof_dir})")
 
 

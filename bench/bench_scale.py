@@ -7,7 +7,7 @@ Nested training sets: uhtt_ke's train.parquet, then train + the first rows of a 
 extra_labeled.parquet (same source, tree and columns). Every size predicts the same uhtt_ke test file.
 Per size, each stage runs as its own CLI process in a fresh workdir: folds, train fasttext, train tfidf,
 stack, submit (the saved models predicting test.parquet). Printed per stage: wall time and peak RSS (the
-sum over the stage's process tree - fastText trains in a worker process - sampled every 0.2 s); per size:
+sum over the stage's process tree, sampled every 0.2 s); per size:
 OOF hF1 of each model. Results are merged into bench/scale.json (committed: the record behind the README's
 table; --results elsewhere) and drawn as a learning-curve PNG (OOF hF1 and wall time vs products).
 Bars (issue 11) at 850k: wall <= 3.3x the 283k run, peak RSS <= 12 GB.
