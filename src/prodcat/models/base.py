@@ -131,7 +131,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_model_meta(folder: Path, checksums: bool = True) -> dict:
+def read_model_meta(folder: Path) -> dict:
     """model.json of a saved model, after `verify_files` of every file it lists."""
     meta_path = folder / MODEL_FILE
     if not meta_path.exists():
@@ -142,17 +142,17 @@ def read_model_meta(folder: Path, checksums: bool = True) -> dict:
     except (ValueError, KeyError, TypeError):
         raise DataError(f"{meta_path}: not a model description of this prodcat version (unreadable, or "
                         "saved without file checksums): retrain the model (./run.sh train MODEL --force)") from None
-    verify_files(folder, files, checksums)
+    verify_files(folder, files)
     return meta
 
 
-def verify_files(folder: Path, files: dict, checksums: bool = True) -> None:
-    """Every file of `files` (from `file_checksums`) is in `folder` with its recorded size and, with
-    `checksums`, its SHA-256: a damaged or half-copied model is named, never loaded."""
+def verify_files(folder: Path, files: dict) -> None:
+    """Every file of `files` (from `file_checksums`) is in `folder` with its recorded size and SHA-256: a
+    damaged or half-copied model is named, never loaded."""
     for name, want in files.items():
         path = folder / name
         size = path.stat().st_size if path.is_file() else None
-        if size != want["size"] or (checksums and sha256_of(path) != want["sha256"]):
+        if size != want["size"] or sha256_of(path) != want["sha256"]:
             found = "missing" if size is None else (f"{size:,} bytes where its description records "
                                                     f"{want['size']:,}" if size != want["size"]
                                                     else "its SHA-256 checksum differs from the recorded one")
