@@ -49,19 +49,19 @@ def stack_params(run: Run) -> dict:
     return DEFAULTS | dict(run.cfg["stack"])
 
 
-def inputs_key(run: Run, names: list[str], p: dict) -> str:
-    """Hash of the stacker's settings and of its inputs (the base models' fold models, whose held-out
-    predictions are its training rows): an unchanged stack is reused."""
+def inputs_key(run: Run, names: list[str], p: dict, inputs: dict) -> str:
+    """Hash of the stacker's settings and of its inputs (`input_fingerprints` of the base models' fold
+    models, whose held-out predictions are its training rows): an unchanged stack is reused."""
     from prodcat.settings import config_hash
 
-    return config_hash({"params": p, "models": names, "inputs": input_fingerprints(run.paths.models_root, names),
+    return config_hash({"params": p, "models": names, "inputs": inputs,
                         "data": run.ds.fingerprint, "folds": run.k, "seed": run.seed, "top_k": run.top_k,
                         "text": run.cfg["text"]})
 
 
 def input_fingerprints(models_root, names: list[str]) -> dict[str, list[str]]:
     """{base model: SHA-256 of each fold's model.json} (model.json holds the checksums of the fold model's
-    files, so a retrained fold changes it); a fold without a saved model is None."""
+    files, so a retrained fold changes it; a fold without a saved model is left out of its list)."""
     import hashlib
 
     from prodcat.models.base import MODEL_FILE
@@ -219,7 +219,8 @@ def _run_stack(run: Run, models: list[str] | None, echo, force: bool) -> dict:
 
         raise DataError(f"stack: no finished OOF probabilities for {', '.join(missing) or 'any model'} "
                         f"(train them first: ./run.sh train MODEL)")
-    key = inputs_key(run, names, p)
+    inputs = input_fingerprints(run.paths.models_root, names)  # before fitting: what the OOF rows came from
+    key = inputs_key(run, names, p, inputs)
     out, folder = run.paths.oof(STACK), run.paths.models(STACK)
     if not force and (out / "complete.json").exists() and (folder / "stacker.json").exists():
         if json.loads((out / "complete.json").read_text()).get("key") == key:
@@ -241,7 +242,7 @@ def _run_stack(run: Run, models: list[str] | None, echo, force: bool) -> dict:
     for m, top in without.items():  # what new products that model says nothing about are judged by
         top.save(out / f"oof_without_{m}.npz")
         save_confidence(run, top, folder, f"oof_confidence_without_{m}.npz")
-    stacker.meta["inputs"] = input_fingerprints(run.paths.models_root, names)
+    stacker.meta["inputs"] = inputs
     stacker.save(folder)
     write_json(info, out / "stack.json")
     write_json({"data": run.ds.fingerprint, "k": run.k, "models": STACK, "inputs": names, "key": key},
