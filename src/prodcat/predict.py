@@ -303,7 +303,7 @@ def predict_file(root: Path, input_path: Path, out_path: Path, images: Path | No
         echo(f"warning: {len(seen)} products to predict have training ids (e.g. {frame['id'].iloc[seen[:3]].tolist()}): "
              "the models were trained on them, so their predictions are optimistic (the listing-order model "
              "reads their own label); give them new ids to predict them as new products")
-    if any(getattr(m, "uses_photos", False) for name in predictor.base_names() for m in predictor.base(name)):
+    if any(m.uses_photos for name in predictor.base_names() for m in predictor.base(name)):
         from prodcat.models.nn.vision import report_skipped
 
         echo("[predict] " + report_skipped(frame, reports / f"skipped_photos_{input_path.stem}.csv"))

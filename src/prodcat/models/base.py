@@ -62,10 +62,12 @@ class BaseModel:
       involves no labels, e.g. a vocabulary or photo embeddings).
     - `distributed`: True when `fit` trains with Lightning, whose DDP processes all take part; the extra
       processes of a multi-process launch skip the other models (rank 0 trains them).
+    - `uses_photos`: True when the model reads the products' photos.
     """
 
     name = "base"
     distributed = False
+    uses_photos = False  # True: reads `image_path` (the runner and predict list products without a usable photo)
 
     def __init__(self, params: dict, env: ModelEnv):
         schema = MODEL_SETTINGS.get(type(self).name)

@@ -88,7 +88,7 @@ def train_model(run, name: str, folds: list[int] | None = None, force: bool = Fa
 
             report_empty_products(train, run.env.texts(train), run.paths.reports / "empty_products_train.csv",
                                   "training products", echo)
-        if getattr(model, "uses_photos", False) and is_main_process():
+        if model.uses_photos and is_main_process():
             from prodcat.models.nn.vision import report_skipped
 
             echo(f"[{name}] " + report_skipped(train, run.paths.reports / "skipped_photos_train.csv"))
