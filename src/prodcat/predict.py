@@ -97,7 +97,11 @@ class Predictor:
         """The shared text settings the models were trained with."""
         if self.model == STACK:
             return self.stacker().meta["text"]
-        return json.loads((self.root / self.base_names()[0] / "fold0" / MODEL_FILE).read_text())["env"]["text"]
+        return self.saved_env(self.base_names()[0])["text"]
+
+    def saved_env(self, name: str) -> dict:
+        """The ModelEnv a base model was saved with (its first fold's model.json)."""
+        return json.loads((self.root / name / "fold0" / MODEL_FILE).read_text())["env"]
 
     def seen_rows(self, frame: pd.DataFrame) -> np.ndarray:
         """Rows of the frame whose ids are training ids of these models (none known: none)."""
@@ -114,8 +118,7 @@ class Predictor:
         """Classes kept per product by the saved models (the most `predict --top` can show)."""
         if self.model == STACK:
             return int(self.stacker().meta["top_k"])
-        return min(int(json.loads((self.root / m / "fold0" / MODEL_FILE).read_text())["env"]["top_k"])
-                   for m in self.base_names())
+        return min(int(self.saved_env(m)["top_k"]) for m in self.base_names())
 
     def base_names(self) -> list[str]:
         if self.model == STACK:

@@ -50,12 +50,14 @@ def fold_done(run, model: BaseModel, fold: int) -> bool:
     meta_path = run.paths.oof(model.name) / f"fold{fold}.json"
     if not meta_path.exists():
         return False
+    meta = json.loads(meta_path.read_text())
+    if not all(meta.get(key) == value for key, value in fold_meta(run, model, fold).items()):
+        return False  # decided before hashing the fold model's files
     try:
         read_model_meta(run.paths.models(model.name) / f"fold{fold}")
     except DataError:
         return False
-    meta = json.loads(meta_path.read_text())
-    return all(meta.get(key) == value for key, value in fold_meta(run, model, fold).items())
+    return True
 
 
 def train_model(run, name: str, folds: list[int] | None = None, force: bool = False, echo=print) -> bool | None:
