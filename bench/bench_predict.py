@@ -54,7 +54,8 @@ def main() -> int:
 
     import pandas as pd
 
-    from prodcat.evaluation.scores import review_table
+    from prodcat.evaluation.review import review_table
+    from prodcat.evaluation.scores import comparison_predictions
     from prodcat.run import Run
 
     run = Run.open(args.data, args.config, args.workdir)
@@ -93,7 +94,7 @@ def main() -> int:
     sizes = {d.name: du(d) for d in sorted(models.iterdir()) if d.is_dir()}
     print("saved models on disk: " + ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in sizes.items())
           + f"; total {sum(sizes.values()) / 1e9:.2f} GB")
-    print("\n" + review_table(run).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print("\n" + review_table(run, comparison_predictions(run)).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
 
 

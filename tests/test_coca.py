@@ -99,6 +99,10 @@ def test_coca_text_only_products_and_fold_resume(tiny, tmp_path):
     test = with_paths(products(30, seed=1, labels=False, start_id=9000), tiny, "test")
     pred = load_model(fold0).predict(test)
     assert pred.flags["text_only"].tolist() == [i in (9000, 9001) for i in test["id"]] and not pred.missing.any()
+    r = invoke("refit", "coca", *common)  # the full model: every product, the folds' settings
+    assert r.exit_code == 0 and "[coca] full: trained on 120 products" in r.output, r.output
+    full = tmp_path / "w" / "models" / "tiny" / "coca" / "full"
+    assert_same(fresh_process_predict(full, test, tmp_path), load_model(full).predict(test))
 
     # an interrupted fold (no fold json) or a retrained one on the same rows resumes from stage 1's weights
     (out / "fold2.json").unlink()

@@ -26,7 +26,7 @@ def test_two_trainings_with_different_settings_do_not_mix_their_folds(tiny, tiny
     out_a, out_b = a.communicate(timeout=300)[0], b.communicate(timeout=300)[0]
     assert a.returncode == 0 and b.returncode == 0, out_a + out_b
     oof = tmp_path / "w" / "oof" / "tiny" / "tfidf"
-    complete = json.loads((oof / "complete.json").read_text())
+    complete = json.loads((tmp_path / "w" / "models" / "tiny" / "tfidf" / "bag.json").read_text())
     folds = [json.loads((oof / f"fold{f}.json").read_text()) for f in range(3)]
     assert {f["settings"] for f in folds} == {complete["settings"]}  # one run's folds, never a mix
     joined = TopK.load(oof / "oof.npz")

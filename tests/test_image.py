@@ -16,6 +16,7 @@ from conftest import REPO, products, write_dataset
 from PIL import Image
 
 from prodcat.cli import main
+from prodcat.memo import BoundedMemo
 from prodcat.models.nn.vision import (
     BackboneSpec,
     WeightsError,
@@ -213,7 +214,7 @@ def test_embedding_cache_is_keyed_by_content(tmp_path, monkeypatch):
     paths = train["image_path"].tolist()
     spec, cache = BackboneSpec("tf_efficientnet_lite0"), tmp_path / "cache"
     cache.mkdir()
-    monkeypatch.setattr(vision, "_STORES", {})
+    monkeypatch.setattr(vision, "_STORES", BoundedMemo(4))
     log = []
 
     def embed(p, **kw):
@@ -229,11 +230,11 @@ def test_embedding_cache_is_keyed_by_content(tmp_path, monkeypatch):
     assert full.tokens.shape == (120, 4, 1280) and not full.pooled[~full.usable].any()
     assert len(list(cache.glob("img-tf_efficientnet_lite0-*.npz"))) == 2
 
-    monkeypatch.setattr(vision, "_STORES", {})  # a new process: everything comes from the cache files
+    monkeypatch.setattr(vision, "_STORES", BoundedMemo(4))  # a new process: everything comes from the cache files
     again = embed(paths[::-1], tokens=False)
     assert again.embedded == 0 and again.tokens is None
     assert np.array_equal(again.pooled[::-1], full.pooled) and np.array_equal(again.usable[::-1], full.usable)
-    monkeypatch.setattr(vision, "_STORES", {})  # and without cache: embedded again, to the same numbers
+    monkeypatch.setattr(vision, "_STORES", BoundedMemo(4))  # and without cache: embedded again, to the same numbers
     alone = photo_embeddings(paths[::-1][:7], spec, 64, grid=2, batch_size=16, cache=None, echo=log.append)
     assert np.array_equal(alone.pooled, full.pooled[::-1][:7])
 
@@ -276,6 +277,10 @@ def test_image_model_kfold_missing_and_corrupt_photos(tiny, tmp_path):
     test = with_paths(products(30, seed=1, labels=False, start_id=9000), tiny, "test")
     pred = load_model(fold0).predict(test)
     assert pred.missing.tolist() == [i == 9000 for i in test["id"]]
+    r = invoke("refit", "image", *common)  # the full model: every product, the folds' settings
+    assert r.exit_code == 0 and "[image] full: trained on 120 products" in r.output, r.output
+    full = tmp_path / "w" / "models" / "tiny" / "image" / "full"
+    assert_same(fresh_process_predict(full, test, tmp_path), load_model(full).predict(test))
 
     r = invoke("scores", *common)
     header = next(line for line in r.output.splitlines() if line.split()[:1] == ["model"]).split()

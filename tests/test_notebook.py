@@ -4,8 +4,7 @@ import numpy as np
 from conftest import REPO
 from nbclient import NotebookClient
 
-from prodcat.models.runner import train_model
-from prodcat.storage import write_json
+from prodcat.models.runner import bag_of, train_model
 from prodcat.probs import TopK
 from prodcat.run import Run
 from prodcat.stacking.stacker import run_stack
@@ -21,7 +20,7 @@ def test_compare_notebook_executes(tiny, tiny_config, tmp_path, monkeypatch):
     proba = rng.dirichlet(np.ones(len(leaves)), size=len(run.ds.train))
     out = run.paths.oof("fasttext")
     TopK.from_dense(run.ds.train["id"].to_numpy(), proba, leaves, run.top_k).save(out / "oof.npz")
-    write_json({"data": run.ds.fingerprint, "k": run.k, "models": "fasttext"}, out / "complete.json")
+    bag_of(run, "fasttext").record(run.k, {"data": run.ds.fingerprint})  # a bag without children
     run_stack(run, echo=lambda *a: None)
 
     monkeypatch.setenv("PRODCAT_DATA", str(tiny))

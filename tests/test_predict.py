@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from conftest import REPO, products
 
 from prodcat.cli import main
-from prodcat.predict import Predictor, pick_threshold
+from prodcat.evaluation.review import pick_threshold
+from prodcat.predict import Predictor
 from prodcat.probs import TopK
 
 

@@ -8,7 +8,6 @@ import numpy as np
 from conftest import REPO
 
 from prodcat import settings
-from prodcat.models import base
 from prodcat.models.base import load_model
 from prodcat.models.runner import train_model
 from prodcat.run import Run
@@ -25,8 +24,8 @@ def test_readme_centroid_model_trains_saves_and_predicts(tiny, tiny_config, tmp_
                      re.S).group(1)
     (tmp_path / "centroid_example.py").write_text(code)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setitem(base.MODELS, "centroid", "centroid_example:CentroidModel")
-    monkeypatch.setitem(settings.MODEL_SETTINGS, "centroid", CentroidSettings)
+    monkeypatch.setitem(settings.MODEL_SPECS, "centroid",
+                        settings.ModelSpec("centroid_example:CentroidModel", CentroidSettings))
     run = Run.open(tiny, tiny_config, tmp_path / "w")
     assert train_model(run, "centroid", echo=lambda *a: None)
     model = load_model(run.paths.models("centroid") / "fold0")

@@ -8,7 +8,7 @@ from prodcat.cli import main
 from prodcat.errors import DataError
 from prodcat.settings import (
     LARGE,
-    MODEL_SETTINGS,
+    MODEL_SPECS,
     RunSettings,
     config_hash,
     defaults_of,
@@ -80,7 +80,7 @@ def test_an_explicit_default_does_not_change_the_settings_hash():
 
 def test_size_rules_apply_under_files_and_over_defaults():
     small = resolve_raw({}, n=800)
-    assert small.values["models"]["fasttext"]["epoch"] == defaults_of(MODEL_SETTINGS["fasttext"])["epoch"]
+    assert small.values["models"]["fasttext"]["epoch"] == defaults_of(MODEL_SPECS["fasttext"].settings)["epoch"]
     big = resolve_raw({}, n=LARGE)
     assert big.values["models"]["fasttext"]["epoch"] == 5 and big.values["stack"]["priors"]
     assert big.sources["models.fasttext.epoch"] == "size rule" and "283" not in big.note
@@ -108,7 +108,7 @@ def test_declared_defaults_have_docs():
 
     from prodcat.settings import StackSettings, TextSettings
 
-    for schema in (RunSettings, TextSettings, StackSettings, *MODEL_SETTINGS.values()):
+    for schema in (RunSettings, TextSettings, StackSettings, *(s.settings for s in MODEL_SPECS.values())):
         for f in fields(schema):
             assert f.metadata.get("doc"), f"{schema.__name__}.{f.name} has no doc"
 

@@ -8,6 +8,7 @@ from conftest import REPO, TREE, products, write_dataset
 
 from prodcat.data.tree import CategoryTree
 from prodcat.evaluation.scores import comparison_table
+from prodcat.models.runner import bag_of
 from prodcat.outputs import load_oof
 from prodcat.storage import write_json
 from prodcat.probs import TopK
@@ -37,7 +38,7 @@ def fake_model(run, name, y, confident, rng, p_conf=0.85, p_wrong=0.45, missing=
     out = run.paths.oof(name)
     ids = run.ds.train["id"].to_numpy()
     TopK.from_dense(ids, probs(y, confident), LEAVES, run.top_k, missing=missing).save(out / "oof.npz")
-    write_json({"data": run.ds.fingerprint, "k": run.k, "models": name}, out / "complete.json")
+    bag_of(run, name).record(run.k, {"data": run.ds.fingerprint})  # a bag without children
 
     def predict(frame, truth):
         return TopK.from_dense(frame["id"].to_numpy(), probs(truth, rng.random(len(frame)) < 0.6), LEAVES,

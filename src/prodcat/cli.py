@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from prodcat.errors import DataError, UsageError
+from prodcat.models.bag import DEFAULT_USE, USES
 
 
 def user_path(ctx, param, value):
@@ -48,14 +49,14 @@ def run_options(fn):
                 raise click.ClickException(str(exc)) from None
         if fn.__name__ in WRITERS:
             check_writable(run.paths.workdir)
-        if fn.__name__ in ("train", "all_", "stack") and run.settings is not None:
+        if fn.__name__ in ("train", "refit", "all_", "stack") and run.settings is not None:
             click.echo(f"[settings] {run.settings.note} (./run.sh config shows every setting)")
         return fn(run, **kwargs)
 
     return wrapper
 
 
-WRITERS = ("folds", "train", "stack", "submit", "all_", "report")  # commands that write under the workdir
+WRITERS = ("folds", "train", "refit", "stack", "submit", "all_", "report")  # commands that write under the workdir
 
 
 def check_writable(workdir: Path) -> None:
@@ -135,11 +136,9 @@ def folds(run, force):
 def train(run, model, fold, force):
     """Train MODEL on one fold or all folds: saves each fold model and its held-out (OOF) probabilities."""
     from prodcat.distributed import is_main_process
-    from prodcat.models.runner import known_models, train_model
+    from prodcat.models.runner import train_model
 
-    if model not in known_models(run):
-        raise click.BadParameter(f"unknown model '{model}' (known: {', '.join(known_models(run))})",
-                                 param_hint="MODEL")
+    check_models(run, [model])
     if fold is not None and not 0 <= fold < run.k:
         raise click.BadParameter(f"--fold must be between 0 and {run.k - 1} (got {fold})", param_hint="--fold")
     start = time.time()
@@ -150,16 +149,49 @@ def train(run, model, fold, force):
     click.echo(f"[{model}] {state} ({time.time() - start:.0f}s) -> {run.paths.oof(model)}")
 
 
+def check_models(run, names) -> None:
+    """Every name a registered model or a variant of the config (else exit 2, naming the known ones)."""
+    from prodcat.models.runner import known_models
+
+    for model in names:
+        if model not in known_models(run):
+            raise click.BadParameter(f"unknown model '{model}' (known: {', '.join(known_models(run))})",
+                                     param_hint="MODEL")
+
+
+@main.command()
+@click.argument("models", nargs=-1)
+@run_options
+@click.option("--force", is_flag=True, help="Retrain full models that are already finished.")
+def refit(run, models, force):
+    """Train each MODEL (default: the pipeline's) once on every training product with the settings of its
+    folds -> models/<dataset>/<model>/full/ (fast predictions: predict/submit --use full)."""
+    from prodcat.models.runner import refit_model
+
+    check_models(run, models)
+    for model in models or run.cfg["pipeline"]:
+        start = time.time()
+        if refit_model(run, model, force=force, echo=click.echo):
+            click.echo(f"[{model}] full model ready ({time.time() - start:.0f}s) -> {run.paths.models(model) / 'full'}")
+
+
+def use_option(fn):
+    return click.option("--use", type=click.Choice(USES), default=DEFAULT_USE, show_default=True,
+                        help="Each base model's full model (trained on every product: ./run.sh refit) or the "
+                             "average of its fold models.")(fn)
+
+
 @main.command()
 @run_options
 @click.option("--model", default=None,
               help="stack, average or a base model (default: the stacker when saved, else the best base model).")
 @click.option("--name", default=None, help="Bare file name under submissions/<dataset>/ (default: the model's).")
-def submit(run, model, name):
+@use_option
+def submit(run, model, name, use):
     """Predict test.parquet with the saved models; write and validate submissions/<dataset>/<name>.parquet."""
     from prodcat.evaluation.submission import write_submission
 
-    path, used = write_submission(run, model, name)
+    path, used = write_submission(run, model, name, use)
     click.echo(f"submission from {used}: {path}")
 
 
@@ -185,8 +217,9 @@ def submit(run, model, name):
 @click.option("--config", "config", type=click.Path(), default=None, callback=user_path, help="YAML config.")
 @click.option("--workdir", type=click.Path(), default=None, callback=user_path,
               help="Where models/ is (default: the config's).")
+@use_option
 def predict(input_path, out_path, images, models_dir, model, top, threshold, min_precision, data, config,
-            workdir):
+            workdir, use):
     """Categorise any file of products with the saved models (no training data needed)."""
     from prodcat.predict import predict_file
 
@@ -196,7 +229,8 @@ def predict(input_path, out_path, images, models_dir, model, top, threshold, min
         from prodcat.run import models_root
 
         models_dir = models_root(data, config, workdir)
-    predict_file(models_dir, input_path, out_path, images, model, top, threshold, min_precision, echo=click.echo)
+    predict_file(models_dir, input_path, out_path, images, model, top, threshold, min_precision, use,
+                 echo=click.echo)
 
 
 @main.command()
@@ -217,7 +251,7 @@ def echo_scores(run, top_levels: int = 15) -> None:
     click.echo(f"OOF scores on {run.ds.name} ({len(run.ds.train)} products, {folds} folds)")
     click.echo(format_table(table))
     if preds:
-        from prodcat.evaluation.scores import review_table
+        from prodcat.evaluation.review import review_table
 
         click.echo("\nReview: top-k accuracy, calibration (ECE) and the share auto-accepted at a target precision")
         click.echo(review_table(run, preds).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -322,12 +356,15 @@ def config(run):
 @main.command(name="all")
 @run_options
 @click.option("--force", is_flag=True, help="Retrain finished folds.")
-def all_(run, force):
+@click.option("--refit", is_flag=True, help="Also train every base model once on all products (full models) "
+                                            "and submit with them.")
+def all_(run, force, refit):
     """Folds, every base model of the pipeline its data supports (fold models saved), the stacker, then
-    the saved models predict test.parquet into the validated submission; the score table."""
-    from prodcat.evaluation.submission import write_submission
+    the saved models predict test.parquet into the validated submission; the score table. --refit: the
+    full models too, and the submission from them."""
     from prodcat.distributed import is_main_process
-    from prodcat.models.runner import train_model
+    from prodcat.evaluation.submission import write_submission
+    from prodcat.models.runner import refit_model, train_model
     from prodcat.stacking.stacker import STACK, base_models, run_stack
 
     start = time.time()
@@ -340,7 +377,9 @@ def all_(run, force):
     if not pipeline:
         raise click.ClickException("no base model finished: nothing to stack or submit")
     run_stack(run, pipeline, echo=click.echo, force=force)
-    path, used = write_submission(run, STACK)
+    for model in pipeline if refit else []:
+        refit_model(run, model, force=force, echo=click.echo)
+    path, used = write_submission(run, STACK, use="full" if refit else DEFAULT_USE)
     click.echo("")
     echo_scores(run)
     click.echo(f"\nsubmission ({used}, predicted by the saved models): {path}  [{time.time() - start:.0f}s]")

@@ -60,23 +60,18 @@ def load_oof(run, name: str):
 
 
 def finished_models(run) -> list[str]:
-    """Models whose OOF probabilities are complete for this dataset's training rows, in registry order."""
-    names = []
-    root = run.paths.oof_root
-    if not root.exists():
-        return names
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        meta = d / "complete.json"
-        if meta.exists() and json.loads(meta.read_text()).get("data") == run.ds.fingerprint:
-            names.append(d.name)
-    from prodcat.models.base import MODELS
+    """Models whose OOF probabilities are complete for this dataset's training rows: the finished bags
+    (prodcat.models.bag, in registry order), then the stacker."""
+    from prodcat.models.bag import saved_bags
 
-    order = list(MODELS)  # registry order
-    return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
+    names = [n for n, bag in saved_bags(run.paths.models_root).items()
+             if bag.finished({"data": run.ds.fingerprint}) and (run.paths.oof(n) / "oof.npz").exists()]
+    meta = run.paths.oof(STACK) / "complete.json"
+    if meta.exists() and json.loads(meta.read_text()).get("data") == run.ds.fingerprint:
+        names.append(STACK)
+    return names
 
 
 def base_models(run) -> list[str]:
     """Finished base models (the stacker's own output is not a base model)."""
     return [m for m in finished_models(run) if m != STACK]
-
-

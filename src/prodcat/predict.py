@@ -1,5 +1,6 @@
-"""Predict any file of products with the saved models: every fold model of every base model, then the
-stacker's fold rankers, averaged - the path the test set takes, for tomorrow's products too.
+"""Predict any file of products with the saved models: each base model's bag (its full child trained on
+every product, or the average of its fold children: `use`), then the stacker's fold rankers, averaged - the
+path the test set takes, for tomorrow's products too.
 
     Predictor.load("models/<dataset>").predict(frame)           # Python
     ./run.sh predict --input new.parquet --out pred.parquet     # command line
@@ -10,7 +11,6 @@ threshold is set directly or picked for a target precision from the model's out-
 """
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from pathlib import Path
@@ -19,77 +19,59 @@ import numpy as np
 import pandas as pd
 
 from prodcat.data.tree import CategoryTree
-from prodcat.errors import DataError, UsageError
-from prodcat.evaluation.metrics import hf1_of_counts
-from prodcat.models.base import MODEL_FILE, load_model
+from prodcat.errors import DataError, NotTrainedError, UsageError
+from prodcat.evaluation.review import CONFIDENCE_FILE, WITHOUT, load_confidence, oof_quality, pick_threshold
+from prodcat.models.bag import DEFAULT_USE, USES, Bag, saved_bags
 from prodcat.outputs import STACK, TRAIN_IDS
 from prodcat.probs import NO_LABEL, TopK, average
 
 AVERAGE = "average"
 ALL = "all models"  # the kind of a prediction every stacked model took part in
-WITHOUT = "oof_confidence_without_"  # + model + .npz: the stacker's OOF confidences without that model
-
-
-def saved_base_models(root: Path) -> dict[str, int]:
-    """{model: number of folds} of every base model with all its fold models saved under `root`."""
-    out = {}
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name != STACK) if root.is_dir() else []:
-        metas = sorted(d.glob(f"fold*/{MODEL_FILE}"))
-        if not metas:
-            continue
-        k = json.loads(metas[0].read_text()).get("k", len(metas))
-        if all((d / f"fold{f}" / MODEL_FILE).exists() for f in range(k)):
-            out[d.name] = k
-    return out
-
-
-def oof_quality(root: Path, name: str) -> float:
-    """OOF hF1 of a saved model, from its oof_confidence.npz (NaN when absent)."""
-    path = root / name / "oof_confidence.npz"
-    if not path.exists():
-        return float("nan")
-    with np.load(path) as z:
-        return float(np.nan_to_num(hf1_of_counts(z["hcounts"])))
 
 
 class Predictor:
-    """Saved models of one dataset (`models/<dataset>/`) that predict any frame of products."""
+    """Saved models of one dataset (`models/<dataset>/`) that predict any frame of products. `use`: each
+    base model's full child (trained on every product) or the average of its fold children."""
 
-    def __init__(self, root: Path, tree: CategoryTree, model: str, available: dict[str, int]):
-        self.root, self.tree, self.model = Path(root), tree, model
-        self.available = available  # {base model: number of folds} saved under root
-        self._base: dict[str, list] = {}
+    def __init__(self, root: Path, tree: CategoryTree, model: str, bags: dict[str, Bag], use: str = DEFAULT_USE):
+        self.root, self.tree, self.model, self.use = Path(root), tree, model, use
+        self.bags = bags  # {base model: its finished bag} saved under root
         self._stacker = None
         self._thresholds: dict[float, dict] = {}
 
     @classmethod
-    def load(cls, root: str | Path, model: str | None = None, preload: bool = True) -> "Predictor":
+    def load(cls, root: str | Path, model: str | None = None, preload: bool = True,
+             use: str = DEFAULT_USE) -> "Predictor":
         """Models under `root`; `model`: stack (the default when saved), average, or a base model (the
-        default without a stacker: the base model with the best OOF hF1). `preload`: load every model
-        now (else at the first prediction)."""
+        default without a stacker: the base model with the best OOF hF1). `use`: full or folds (see
+        prodcat.models.bag). `preload`: load every model now (else at the first prediction)."""
         root = Path(root)
+        if use not in USES:
+            raise UsageError(f"use must be one of {', '.join(USES)} (got {use!r})")
         tree_file = root / "categories_tree.csv"
         if not tree_file.exists():
-            raise DataError(f"{root.resolve()}: no saved models here (train them first: ./run.sh all)")
+            raise NotTrainedError(f"{root.resolve()}: no saved models here (train them first: ./run.sh all)")
         with warnings.catch_warnings():  # the tree's notes were shown when the models were trained
             warnings.simplefilter("ignore")
             tree = CategoryTree.from_csv(tree_file)
-        available = saved_base_models(root)
+        bags = saved_bags(root)
         has_stack = (root / STACK / "stacker.json").exists()
         if model is None:
             if has_stack:
                 model = STACK
-            elif available:
-                model = max(available, key=lambda m: np.nan_to_num(oof_quality(root, m), nan=-1))
+            elif bags:
+                model = max(bags, key=lambda m: np.nan_to_num(oof_quality(root / m), nan=-1))
             else:
-                raise DataError(f"{root.resolve()}: no finished model (every fold saved) to predict with")
-        known = list(available) + ([STACK] if has_stack else []) + ([AVERAGE] if len(available) > 1 else [])
+                raise NotTrainedError(f"{root.resolve()}: no finished model (every fold saved) to predict with")
+        known = list(bags) + ([STACK] if has_stack else []) + ([AVERAGE] if len(bags) > 1 else [])
         if model not in known:
-            raise DataError(f"model '{model}' has no saved fold models under {root.resolve()} "
-                            f"(saved: {', '.join(known) or 'none'})")
-        predictor = cls(root, tree, model, available)
-        for name in predictor.base_names() if preload else []:
-            predictor.base(name)  # load now: predicting then costs no load time
+            raise NotTrainedError(f"model '{model}' has no saved fold models under {root.resolve()} "
+                                  f"(saved: {', '.join(known) or 'none'})")
+        predictor = cls(root, tree, model, bags, use)
+        for name in predictor.base_names():
+            predictor.bag(name).check_use(use)  # a missing full child is named now, not at the first product
+            if preload:
+                predictor.base(name)  # load now: predicting then costs no load time
         return predictor
 
     @property
@@ -100,8 +82,8 @@ class Predictor:
         return self.saved_env(self.base_names()[0])["text"]
 
     def saved_env(self, name: str) -> dict:
-        """The ModelEnv a base model was saved with (its first fold's model.json)."""
-        return json.loads((self.root / name / "fold0" / MODEL_FILE).read_text())["env"]
+        """The ModelEnv a base model was saved with."""
+        return self.bag(name).saved_env()
 
     def seen_rows(self, frame: pd.DataFrame) -> np.ndarray:
         """Rows of the frame whose ids are training ids of these models (none known: none)."""
@@ -124,16 +106,18 @@ class Predictor:
         if self.model == STACK:
             return self.stacker().names
         if self.model == AVERAGE:
-            return list(self.available)
+            return list(self.bags)
         return [self.model]
 
+    def bag(self, name: str) -> Bag:
+        if name not in self.bags:
+            raise NotTrainedError(f"{self.root.resolve() / name}: no finished bag of '{name}' (train it first: "
+                                  f"./run.sh train {name})")
+        return self.bags[name]
+
     def base(self, name: str) -> list:
-        if name not in self._base:
-            k = self.available.get(name)
-            if k is None:
-                raise DataError(f"{self.root.resolve() / name}: fold models missing (train {name} first)")
-            self._base[name] = [load_model(self.root / name / f"fold{f}") for f in range(k)]
-        return self._base[name]
+        """The loaded children of a base model that predict new products (its full child, or its folds)."""
+        return self.bag(name).children(self.use)
 
     def stacker(self):
         if self._stacker is None:
@@ -146,8 +130,8 @@ class Predictor:
 
     # -- prediction ---------------------------------------------------------------------------------------
     def fold_predictions(self, frame: pd.DataFrame, names: list[str] | None = None) -> dict[str, list[TopK]]:
-        """{base model: [TopK of each fold model]} for the frame."""
-        return {m: [fm.predict(frame) for fm in self.base(m)] for m in (names or self.base_names())}
+        """{base model: [TopK of each child used]} for the frame (one full child, or every fold child)."""
+        return {m: self.bag(m).child_predictions(frame, self.use) for m in (names or self.base_names())}
 
     def predict_topk(self, frame: pd.DataFrame) -> TopK:
         """TopK of the chosen model for every product of the frame (stack: column 0 is the decided leaf).
@@ -178,8 +162,8 @@ class Predictor:
             return average([average(p) for p in parts.values()]), kinds
         top = average(parts[self.model])
         if top.missing.any():
-            others = sorted(set(self.available) - {self.model},
-                            key=lambda m: -np.nan_to_num(oof_quality(self.root, m), nan=-1))
+            others = sorted(set(self.bags) - {self.model},
+                            key=lambda m: -np.nan_to_num(oof_quality(self.root / m), nan=-1))
             for name in others:
                 todo = np.flatnonzero(top.missing)
                 if not len(todo):
@@ -206,13 +190,12 @@ class Predictor:
     # -- review thresholds ---------------------------------------------------------------------------------
     def oof_confidence(self, kind: str = ALL) -> dict[str, np.ndarray]:
         """The model's OOF confidences and correctness for predictions of this kind."""
-        name = "oof_confidence.npz" if kind == ALL else f"{WITHOUT}{kind.removeprefix('without ')}.npz"
-        path = self.root / self.model / name
-        if self.model == AVERAGE or not path.exists():
+        name = CONFIDENCE_FILE if kind == ALL else f"{WITHOUT}{kind.removeprefix('without ')}.npz"
+        kept = None if self.model == AVERAGE else load_confidence(self.root / self.model, name)
+        if kept is None:
             raise DataError(f"no out-of-fold confidences for model '{self.model}' "
-                            f"({path} missing): set --threshold directly")
-        with np.load(path) as z:
-            return {k: z[k] for k in z.files}
+                            f"({self.root / self.model / name} missing): set --threshold directly")
+        return kept
 
     def thresholds_for(self, precision: float) -> dict[str, tuple[float, float, float]]:
         """{kind: (threshold, expected coverage, expected precision)} for a target precision of the
@@ -224,41 +207,6 @@ class Predictor:
                 out[kind] = pick_threshold(c["confidence"], c["correct"], precision)
             self._thresholds[precision] = out
         return self._thresholds[precision]
-
-
-def pick_threshold(confidence: np.ndarray, correct: np.ndarray, precision: float, z: float = 1.645
-                   ) -> tuple[float, float, float]:
-    """The lowest confidence threshold whose accepted products (confidence >= threshold) reach `precision`
-    with a one-sided 95 % Wilson lower bound, so that it holds on new products, not only on these.
-    Returns (threshold, coverage, precision on these products); threshold inf when no threshold does."""
-    if not 0 < precision < 1:
-        raise DataError(f"--min-precision must be between 0 and 1 (got {precision})")
-    order = np.argsort(-confidence, kind="stable")
-    conf, ok = confidence[order].astype(np.float64), correct[order].astype(np.float64)
-    n = np.arange(1, len(conf) + 1)
-    p = np.cumsum(ok) / n
-    lower = (p + z * z / (2 * n) - z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (1 + z * z / n)
-    last = np.r_[conf[1:] != conf[:-1], True]  # a threshold accepts every product of equal confidence
-    good = np.flatnonzero((lower >= precision) & last)
-    if not len(good):
-        return float("inf"), 0.0, float("nan")
-    i = good[-1]
-    return float(conf[i]), float(n[i] / len(conf)), float(p[i])
-
-
-def coverage_curve(confidence: np.ndarray, correct: np.ndarray, hcounts: np.ndarray | None = None,
-                   thresholds=None) -> pd.DataFrame:
-    """Per threshold: share of products auto-accepted (confidence >= threshold), their accuracy and hF1."""
-    thresholds = np.round(np.arange(0.0, 1.0, 0.05), 2) if thresholds is None else np.asarray(thresholds)
-    rows = []
-    for t in thresholds:
-        acc = confidence >= t
-        row = {"threshold": float(t), "coverage": float(acc.mean()) if len(acc) else np.nan,
-               "accuracy": float(correct[acc].mean()) if acc.any() else np.nan}
-        if hcounts is not None:
-            row["hF1"] = hf1_of_counts(hcounts[acc])
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 def to_frame(top: TopK, tree: CategoryTree, n_top: int = 3, threshold=None, kinds=None) -> pd.DataFrame:
@@ -280,14 +228,14 @@ def to_frame(top: TopK, tree: CategoryTree, n_top: int = 3, threshold=None, kind
 
 def predict_file(root: Path, input_path: Path, out_path: Path, images: Path | None = None,
                  model: str | None = None, top: int = 3, threshold: float | None = None,
-                 min_precision: float | None = None, echo=print) -> pd.DataFrame:
+                 min_precision: float | None = None, use: str = DEFAULT_USE, echo=print) -> pd.DataFrame:
     """`./run.sh predict`: read and validate the input, predict, write the output parquet."""
     from prodcat.data.dataset import ImageFolder, read_input, with_photos
     from prodcat.data.text import product_texts, report_empty_products
     from prodcat.storage import write_parquet
 
     start = time.time()
-    predictor = Predictor.load(root, model, preload=False)
+    predictor = Predictor.load(root, model, preload=False, use=use)
     if top > predictor.top_k:
         raise UsageError(f"--top {top}: the saved models keep {predictor.top_k} classes per product; give "
                          f"--top {predictor.top_k} or less (or retrain with a larger top_k)")
@@ -310,7 +258,7 @@ def predict_file(root: Path, input_path: Path, out_path: Path, images: Path | No
         from prodcat.models.nn.vision import report_skipped
 
         echo("[predict] " + report_skipped(frame, reports / f"skipped_photos_{input_path.stem}.csv"))
-    echo(f"[predict] {len(frame)} products from {input_path} with '{predictor.model}' "
+    echo(f"[predict] {len(frame)} products from {input_path} with '{predictor.model}' ({use} models) "
          f"(loaded in {time.time() - start:.1f}s)")
     table = predictor.predict(frame, top, threshold, min_precision)
     if min_precision is not None:

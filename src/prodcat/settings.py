@@ -207,8 +207,26 @@ class CocaSettings:
     text: dict = setting({}, "text settings for this model only (keys of `text`)")
 
 
-MODEL_SETTINGS = {"fasttext": FastTextSettings, "tfidf": TfidfSettings, "image": ImageSettings,
-                  "coca": CocaSettings, "id_neighbours": IdNeighboursSettings}
+@dataclass(frozen=True)
+class ModelSpec:
+    """One base model's facts, registered once (timm's registry): the class that implements it (imported
+    only when used: torch is not loaded for fastText), its settings class, whether `all` runs it by default,
+    and the share of training products the stacker also sees without it (`stack.hide`: a model that is
+    silent on tomorrow's products)."""
+
+    cls: str  # "module:Class"
+    settings: type
+    pipeline: bool = True
+    hide: float = 0.0
+
+
+MODEL_SPECS = {  # registry order: the order models are listed and stacked in
+    "fasttext": ModelSpec("prodcat.models.fasttext:FastTextModel", FastTextSettings),
+    "tfidf": ModelSpec("prodcat.models.tfidf:TfidfModel", TfidfSettings),
+    "image": ModelSpec("prodcat.models.image:ImageModel", ImageSettings),
+    "coca": ModelSpec("prodcat.models.coca:CocaModel", CocaSettings),
+    "id_neighbours": ModelSpec("prodcat.models.id_neighbours:IdNeighboursModel", IdNeighboursSettings, hide=0.2),
+}
 
 
 # -- stacker and run -----------------------------------------------------------------------------------
@@ -232,7 +250,8 @@ class StackSettings:
     monotone: bool = setting(True, "monotone constraints on the probability/rank features")
     exclude_features: list[str] = setting([], "feature names or suffixes left out")
     priors: list[str] = setting([], "lookup-prior keys (prodcat.stacking.priors), e.g. word1, word1+word2, char:Brand")
-    hide: dict = setting({"id_neighbours": 0.2}, "MODEL: SHARE - the rankers also learn from that share of the "
+    hide: dict = setting({n: m.hide for n, m in MODEL_SPECS.items() if m.hide},
+                         "MODEL: SHARE - the rankers also learn from that share of the "
                          "training products shown without MODEL's predictions, so that the stack does well where it "
                          "has nothing to say (id_neighbours on tomorrow's products); the OOF hF1 without it is "
                          "reported (models not stacked are ignored)", min=0.0, max=1.0)
@@ -251,7 +270,7 @@ class RunSettings:
     seed: int = setting(42, "seed of folds and models")
     top_k: int = setting(20, "classes stored per product", min=1)
     folds: FoldSettings = setting(FoldSettings(), "cross-validation")
-    pipeline: list[str] = setting(["fasttext", "tfidf", "image", "coca", "id_neighbours"],
+    pipeline: list[str] = setting([n for n, m in MODEL_SPECS.items() if m.pipeline],
                                   "base models run by `all`, in order (a model its data cannot support is skipped)")
     text: TextSettings = setting(TextSettings(), "how a product's text is built")
     models: dict = setting({}, "per-model settings; a variant: NAME: {model: BASE, ...}")
@@ -414,14 +433,14 @@ def check_models(raw, where: str) -> dict:
         path = f"models.{name}"
         if isinstance(section, dict) and "model" in section:
             base = section["model"]
-            if base not in MODEL_SETTINGS:
-                _fail(where, f"{path}.model", f"unknown base model {base!r}" + _suggest(str(base), MODEL_SETTINGS))
+            if base not in MODEL_SPECS:
+                _fail(where, f"{path}.model", f"unknown base model {base!r}" + _suggest(str(base), MODEL_SPECS))
             rest = {k: v for k, v in section.items() if k != "model"}
-            out[name] = {"model": base} | check(MODEL_SETTINGS[base], rest, where, path)
-        elif name in MODEL_SETTINGS:
-            out[name] = check(MODEL_SETTINGS[name], section if section is not None else {}, where, path)
+            out[name] = {"model": base} | check(MODEL_SPECS[base].settings, rest, where, path)
+        elif name in MODEL_SPECS:
+            out[name] = check(MODEL_SPECS[name].settings, section if section is not None else {}, where, path)
         else:
-            _fail(where, path, "unknown model (a variant needs `model: BASE`)" + _suggest(str(name), MODEL_SETTINGS))
+            _fail(where, path, "unknown model (a variant needs `model: BASE`)" + _suggest(str(name), MODEL_SPECS))
     return out
 
 
@@ -463,7 +482,7 @@ class Resolved:
 def resolve(layers: list[tuple[str, dict]], n_products: int | None = None) -> Resolved:
     """Declared defaults <- size rules <- the layers (files base first, then --set), all checked."""
     values = defaults_of(RunSettings)
-    values["models"] = {name: defaults_of(schema) for name, schema in MODEL_SETTINGS.items()}
+    values["models"] = {name: defaults_of(spec.settings) for name, spec in MODEL_SPECS.items()}
     note = ""
     all_layers = list(layers)
     if n_products is not None:
@@ -475,7 +494,7 @@ def resolve(layers: list[tuple[str, dict]], n_products: int | None = None) -> Re
         checked = check_layer(raw, where)
         models = checked.pop("models", {})
         for name, section in models.items():
-            if name in MODEL_SETTINGS and "model" not in section:
+            if name in MODEL_SPECS and "model" not in section:
                 values["models"][name] = deep_merge(values["models"][name], section)
             else:
                 variants[name] = deep_merge(variants.get(name, {}), section)

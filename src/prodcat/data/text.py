@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 import warnings
 from functools import lru_cache
 
 import numpy as np
 import pandas as pd
 
+from prodcat.memo import BoundedMemo
 from prodcat.progress import progress
 from prodcat.settings import TextSettings, config_hash, defaults_of
 from prodcat.storage import write_parquet
@@ -102,7 +104,10 @@ def lemmatize(text: str) -> str:
     return " ".join(lemma(t) for t in text.split())
 
 
-_MEMO: dict[str, pd.Series] = {}  # text settings -> texts indexed by the row hash of the product's text fields
+_MEMO = BoundedMemo(4)  # text settings -> texts indexed by the row hash of the product's text fields
+_MEMO_TEXTS = 3_000_000  # texts kept per setting (a memo that would grow past it keeps the newest frame's)
+_MEMO_MIN_ROWS = 1_000  # smaller frames (a service's requests) are cheaper to build than to remember
+_MEMO_LOCK = threading.Lock()
 
 
 def row_hashes(frame: pd.DataFrame) -> np.ndarray:
@@ -117,7 +122,17 @@ def product_texts(frame: pd.DataFrame, cfg: dict | None, cache_dir=None) -> pd.S
     frame content and settings."""
     cfg = {**DEFAULT_TEXT, **(cfg or {})}
     cfg_key = config_hash(cfg)
-    memo = _MEMO.setdefault(cfg_key, pd.Series(dtype=object))
+    if len(frame) < _MEMO_MIN_ROWS and cache_dir is None:
+        texts = [build_text(t, d, c, cfg) for t, d, c in zip(frame["title"], frame["short_description"],
+                                                             frame["name_value_characteristics"])]
+        texts = [lemmatize(t) for t in texts] if cfg["lemmatize"] else texts
+        return pd.Series(texts, index=frame["id"].to_numpy(), name="text", dtype=object)
+    with _MEMO_LOCK:
+        return _memo_texts(frame, cfg, cfg_key, cache_dir)
+
+
+def _memo_texts(frame: pd.DataFrame, cfg: dict, cfg_key: str, cache_dir) -> pd.Series:
+    memo = _MEMO.get(cfg_key, pd.Series(dtype=object))
     hashes = row_hashes(frame)
     known = pd.Index(memo.index).get_indexer(hashes) if len(memo) else np.full(len(hashes), -1)
     if (known < 0).any():
@@ -140,8 +155,11 @@ def product_texts(frame: pd.DataFrame, cfg: dict | None, cache_dir=None) -> pd.S
             if path is not None:
                 write_parquet(pd.DataFrame({"hash": new.index.to_numpy(), "text": new.to_numpy()}), path)
         new = new[~new.index.duplicated()]
-        memo = pd.concat([memo, new[~new.index.isin(memo.index)]]) if len(memo) else new
-        _MEMO[cfg_key] = memo
+        if len(memo) and len(memo) + len(new) <= _MEMO_TEXTS:
+            memo = pd.concat([memo, new[~new.index.isin(memo.index)]])
+        else:
+            memo = pd.concat([memo[memo.index.isin(hashes)], new[~new.index.isin(memo.index)]])
+        _MEMO.put(cfg_key, memo)
         known = pd.Index(memo.index).get_indexer(hashes)
     return pd.Series(memo.to_numpy()[known], index=frame["id"].to_numpy(), name="text")
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from prodcat.data.text import lemma, normalize, tokenize
 from prodcat.errors import DataError
+from prodcat.memo import BoundedMemo
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIALS = (PAD, UNK, BOS, EOS)  # ids 0..3; PAD is 0 (CoCa's pad_id)
@@ -42,7 +43,7 @@ def lemmas(text: str | None, limit: int | None = None) -> list[str]:
     return out
 
 
-_LEMMAS: dict[tuple[int | None, str], list[str]] = {}  # per process: (limit, text) -> lemmas
+_LEMMAS = BoundedMemo(2_000_000)  # per process: (limit, text) -> lemmas
 
 
 def lemmas_many(texts, limit: int | None = None) -> list[list[str]]:
@@ -50,10 +51,7 @@ def lemmas_many(texts, limit: int | None = None) -> list[list[str]]:
     ask for the same texts again)."""
     out = []
     for text in texts:
-        key = (limit, text)
-        if key not in _LEMMAS:
-            _LEMMAS[key] = lemmas(text, limit)
-        out.append(_LEMMAS[key])
+        out.append(_LEMMAS.get_or_make((limit, text), lambda: lemmas(text, limit)))
     return out
 
 

@@ -102,7 +102,7 @@ def calibration_figure(table: pd.DataFrame, dataset: str = ""):
 def coverage_table(run: Run, preds: dict[str, TopK]) -> pd.DataFrame:
     """Per model and confidence threshold: share of products auto-accepted, their accuracy and hF1 (OOF)."""
     from prodcat.evaluation.metrics import hierarchical_counts
-    from prodcat.predict import coverage_curve
+    from prodcat.evaluation.review import coverage_curve
 
     y = run.ds.train["category_id"].to_numpy()
     parts = [pd.DataFrame(columns=["model", "threshold", "coverage", "accuracy", "hF1"])]
@@ -130,7 +130,8 @@ def coverage_figure(table: pd.DataFrame, dataset: str = ""):
 
 def figures(run: Run) -> dict:
     """{'scores', 'top_level', 'calibration', 'coverage'} figures and the tables behind them."""
-    from prodcat.evaluation.scores import comparison_predictions, comparison_table, review_table, top_level_table
+    from prodcat.evaluation.review import review_table
+    from prodcat.evaluation.scores import comparison_predictions, comparison_table, top_level_table
 
     preds = comparison_predictions(run)
     y = run.ds.train["category_id"].to_numpy()

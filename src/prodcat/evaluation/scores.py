@@ -83,8 +83,11 @@ def stored_folds(run: Run, name: str) -> int | None:
     """The fold count a finished model's OOF predictions were made with (the average: its models')."""
     import json
 
+    from prodcat.models.bag import Bag
+
     names = base_models(run) if name == AVERAGE else [name.split(" without ")[0]]
-    ks = {json.loads((run.paths.oof(m) / "complete.json").read_text()).get("k") for m in names}
+    ks = {(Bag(m, run.paths.models(m)).meta or {}).get("k") if m != STACK else
+          json.loads((run.paths.oof(m) / "complete.json").read_text()).get("k") for m in names}
     return ks.pop() if len(ks) == 1 else None
 
 
@@ -105,39 +108,3 @@ def top_level_table(run: Run, preds: dict[str, TopK] | None = None) -> pd.DataFr
     top = pd.Series([run.ds.tree.top_level(c) for c in y.tolist()]).value_counts()
     table.insert(2, "n", table["top_level"].map(top).fillna(0).astype(int))
     return table.sort_values("n", ascending=False, ignore_index=True)
-
-
-# -- review: how far the confidences can be trusted ------------------------------------------------------
-REVIEW_PRECISIONS = (0.95, 0.98, 0.99)
-
-
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
-    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by the bins' sizes."""
-    if not len(confidence):
-        return float("nan")
-    which = np.minimum((confidence * bins).astype(int), bins - 1)
-    total = np.bincount(which, minlength=bins)
-    gap = np.abs(np.bincount(which, weights=correct, minlength=bins) - np.bincount(which, weights=confidence,
-                                                                                  minlength=bins))
-    return float(gap.sum() / total.sum())
-
-
-def review_table(run: Run, preds: dict[str, TopK] | None = None) -> pd.DataFrame:
-    """Per model: top-1/3/5 accuracy, expected calibration error of the top probability and the share of
-    products auto-accepted at the threshold `predict --min-precision P` would pick (OOF rows)."""
-    from prodcat.predict import pick_threshold
-
-    preds = comparison_predictions(run) if preds is None else preds
-    y = run.ds.train["category_id"].to_numpy()
-    rows = []
-    for name, oof in preds.items():
-        have = ~oof.missing
-        hit = oof.labels == y[:, None]
-        conf = oof.scores[:, 0].astype(np.float64)
-        correct = hit[:, 0] & have
-        row = {"model": name} | {f"top{k}": float(hit[have, :k].any(axis=1).mean()) for k in (1, 3, 5)}
-        row["ECE"] = expected_calibration_error(conf[have], correct[have])
-        for p in REVIEW_PRECISIONS:
-            row[f"cover@{p:g}"] = pick_threshold(conf, correct, p)[1]
-        rows.append(row)
-    return pd.DataFrame(rows)

@@ -7,16 +7,18 @@ import numpy as np
 import pandas as pd
 
 from prodcat.errors import DataError
+from prodcat.models.bag import DEFAULT_USE
 from prodcat.run import Run
 from prodcat.storage import write_parquet
 
 
-def build_submission(run: Run, model: str | None = None) -> tuple[pd.DataFrame, str]:
+def build_submission(run: Run, model: str | None = None, use: str = DEFAULT_USE) -> tuple[pd.DataFrame, str]:
     """The saved models' prediction of the dataset's test.parquet (default model: the stacker when saved,
-    else the best base model); products the model cannot predict take the next best model's prediction."""
+    else the best base model; `use`: the full or the fold children); products the model cannot predict
+    take the next best model's prediction."""
     from prodcat.predict import Predictor
 
-    predictor = Predictor.load(run.paths.models_root, model)
+    predictor = Predictor.load(run.paths.models_root, model, use=use)
     top = predictor.predict_topk(run.ds.test_with_photos())
     return pd.DataFrame({"id": top.ids, "predicted_category_id": top.top1()}), predictor.model
 
@@ -47,8 +49,9 @@ def submission_path(run: Run, name: str) -> Path:
     return run.paths.submissions / f"{stem}.parquet"
 
 
-def write_submission(run: Run, model: str | None = None, name: str | None = None) -> tuple[Path, str]:
-    sub, used = build_submission(run, model)
+def write_submission(run: Run, model: str | None = None, name: str | None = None,
+                     use: str = DEFAULT_USE) -> tuple[Path, str]:
+    sub, used = build_submission(run, model, use)
     validate_submission(sub, run)
     path = submission_path(run, name or used)
     write_parquet(sub, path)

@@ -1,34 +1,33 @@
-"""The base-model contract (fit / predict / save / load), the registry of base models and their storage.
+"""The base-model contract (fit / predict / save / load) and the storage of one fitted model.
 
 A base model fits on training rows, predicts any frame of products into the TopK format, saves itself to a
 folder in formats that execute nothing on load (npz, json, parquet, LightGBM/fastText files, torch state
 dicts read with weights_only=True) and loads back in a fresh process. A new base model is one module with
-a BaseModel subclass plus one line in MODELS (and its settings class in prodcat.settings).
+a BaseModel subclass plus one ModelSpec in prodcat.settings.MODEL_SPECS (its class path and settings class).
+The k-fold bag of a model's fitted children is prodcat.models.bag.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import json
+import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 import prodcat
-from prodcat.errors import DataError, NotTrainedError
+from prodcat.errors import DataError, NotTrainedError, SettingsError
 from prodcat.probs import TopK
-from prodcat.settings import MODEL_SETTINGS, complete, config_hash, deep_merge
+from prodcat.settings import MODEL_SPECS, check, complete, config_hash, deep_merge
 from prodcat.storage import write_json
 
-MODELS = {  # name -> "module:Class"; imported only when used (torch is not loaded for fastText)
-    "fasttext": "prodcat.models.fasttext:FastTextModel",
-    "tfidf": "prodcat.models.tfidf:TfidfModel",
-    "image": "prodcat.models.image:ImageModel",
-    "coca": "prodcat.models.coca:CocaModel",
-    "id_neighbours": "prodcat.models.id_neighbours:IdNeighboursModel",
-}
 MODEL_FILE = "model.json"  # written last by save_model: a folder without it holds no finished model
+FULL_SEED = 1000  # the seed offset of a model trained on every product (fold k's is k)
 
 
 @dataclass(frozen=True)
@@ -52,27 +51,43 @@ class ModelEnv:
 
 
 class BaseModel:
-    """What a base model implements (scikit-learn / AutoGluon style).
+    """What a base model implements (scikit-learn's estimator / AutoGluon's fit -> _fit template).
 
-    - `fit(train, workdir, fold)`: train on these rows (with category_id, the text columns and
-      `image_path`); `workdir` is the fold's model folder (checkpoints, logs).
+    - `_fit(train, workdir, fold)`: train this (fresh) copy on these rows; the public `fit` checks the rows,
+      seeds, times and returns the fitted copy, leaving the configured model as it was (`clone`).
+      `fold`: the fold left out, None for the child trained on every product.
     - `predict(frame)`: TopK for every row of `frame`, in its row order.
     - `save(folder)` / `load(folder, params, env)`: everything `predict` needs, as plain data files.
     - `prepare(train)`: optional, once per k-fold run before the folds (work shared by the folds that
-      involves no labels, e.g. a vocabulary or photo embeddings).
-    - `distributed`: True when `fit` trains with Lightning, whose DDP processes all take part; the extra
-      processes of a multi-process launch skip the other models (rank 0 trains them).
-    - `uses_photos`: True when the model reads the products' photos.
+      involves no labels, e.g. a vocabulary or photo embeddings); copied into each fitted child.
+    What a model reads is declared, not probed: `uses_text`, `uses_photos` (`image_path`: the runner and
+    predict list products without a usable photo), `uses_ids` (the listing order: a product's id is data).
+    `distributed`: `_fit` trains with Lightning, whose DDP processes all take part (the extra processes of
+    a multi-process launch skip the other models).
     """
 
     name = "base"
+    uses_text = True
+    uses_photos = False
+    uses_ids = False
     distributed = False
-    uses_photos = False  # True: reads `image_path` (the runner and predict list products without a usable photo)
 
     def __init__(self, params: dict, env: ModelEnv):
-        schema = MODEL_SETTINGS.get(type(self).name)
-        self.params = complete(schema, params) if schema else params  # every declared key present
+        self.params = self.checked_params(params)  # every declared key present, each of its declared type
         self.env = env
+
+    @classmethod
+    def checked_params(cls, params: dict | None) -> dict:
+        """`params` checked against the model's declared settings (as YAML is), then completed: a model
+        built from Python refuses an unknown key or a wrong type too."""
+        spec = MODEL_SPECS.get(cls.name)
+        if spec is None:
+            return dict(params or {})
+        try:
+            checked = check(spec.settings, dict(params or {}), f"{cls.__name__} settings", "")
+        except SettingsError as exc:
+            raise SettingsError(f"{exc} (declared in prodcat.settings.{spec.settings.__name__})") from None
+        return complete(spec.settings, checked)
 
     def skip_reason(self, train: pd.DataFrame) -> str | None:
         """Why this model cannot run on these training rows (e.g. no photos), or None."""
@@ -86,7 +101,32 @@ class BaseModel:
     def prepare(self, train: pd.DataFrame) -> None:
         return None
 
-    def fit(self, train: pd.DataFrame, workdir: Path, fold: int = 0) -> "BaseModel":
+    def clone(self) -> "BaseModel":
+        """An unfitted copy with the same settings, name and prepared state (scikit-learn's `clone`; what
+        `prepare` computed is shared, not copied)."""
+        return copy.copy(self)
+
+    def child_seed(self, fold: int | None) -> int:
+        """The seed of the child that leaves out `fold` (None: the child trained on every product)."""
+        return self.env.seed + (FULL_SEED if fold is None else fold)
+
+    def fit(self, train: pd.DataFrame, workdir: Path | None, fold: int | None = 0) -> "BaseModel":
+        """A fitted copy trained on `train` (the configured model is left as it was): the rows are checked,
+        Python's and NumPy's global seeds set, the training time kept in `fit_seconds`."""
+        missing = [c for c in ("id", "category_id") + (("image_path",) if self.uses_photos else ())
+                   if c not in train.columns]
+        if missing or not len(train):
+            raise DataError(f"[{self.name}] cannot fit on these rows: "
+                            + (f"column {', '.join(missing)} missing" if missing else "no training rows"))
+        fitted = self.clone()
+        random.seed(self.child_seed(fold))
+        np.random.seed(self.child_seed(fold) % 2**32)
+        start = time.perf_counter()
+        fitted._fit(train, None if workdir is None else Path(workdir), fold)
+        fitted.fit_seconds = time.perf_counter() - start
+        return fitted
+
+    def _fit(self, train: pd.DataFrame, workdir: Path, fold: int | None) -> None:
         raise NotImplementedError
 
     def predict(self, frame: pd.DataFrame) -> TopK:
@@ -100,11 +140,16 @@ class BaseModel:
         raise NotImplementedError
 
 
+def child_name(fold: int | None) -> str:
+    """'fold K', or 'full' for the child trained on every product (in messages)."""
+    return "full" if fold is None else f"fold {fold}"
+
+
 def model_class(name: str) -> type[BaseModel]:
     """The class of a registered model."""
-    if name not in MODELS:
-        raise DataError(f"unknown model '{name}' (known: {', '.join(MODELS)})")
-    module, cls = MODELS[name].split(":")
+    if name not in MODEL_SPECS:
+        raise SettingsError(f"unknown model '{name}' (known: {', '.join(MODEL_SPECS)})")
+    module, cls = MODEL_SPECS[name].cls.split(":")
     return getattr(importlib.import_module(module), cls)
 
 

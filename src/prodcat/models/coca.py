@@ -34,7 +34,7 @@ import numpy as np
 
 from prodcat.data.tokens import Vocab, lemmas_many, navec_matrix
 from prodcat.errors import DataError
-from prodcat.models.base import BaseModel
+from prodcat.models.base import BaseModel, child_name
 from prodcat.models.nn.heads import FeatureHead, mlp, robust_std
 from prodcat.models.nn.trainer import (  # noqa: I001
     StepTimer,
@@ -164,11 +164,11 @@ class CocaModel(BaseModel):
         encoder = TimmTokens(create_backbone(spec if pretrained else BackboneSpec(spec.name, pretrained=False)))
         return encoder, encoder.dim
 
-    def build(self, vocab: Vocab, fold: int, inputs):
+    def build(self, vocab: Vocab, fold: int | None, inputs):
         import torch
 
         navec = self.params["navec"]
-        matrix, hits = navec_matrix(vocab, None if navec == "auto" else navec, seed=self.env.seed + fold)
+        matrix, hits = navec_matrix(vocab, None if navec == "auto" else navec, seed=self.child_seed(fold))
         kind, src = inputs
         encoder, image_dim = self._encoder(src.tokens.shape[-1] if kind == "tokens" else None)
         net = CocaNet(torch.from_numpy(matrix), image_dim, encoder, self.params)
@@ -182,24 +182,21 @@ class CocaModel(BaseModel):
             self.docs(train)
         print(f"[coca] {src.summary()}")
 
-    def fit(self, train, workdir: Path, fold: int = 0) -> "CocaModel":
-        fitted = type(self)(self.params, self.env)
-        fitted.name = self.name
+    def _fit(self, train, workdir: Path, fold: int | None) -> None:
         with self._threads():
             inputs = self.image_inputs(train)  # before seeding: embedding photos must not shift the random state
             if not inputs[1].usable.any():
-                raise DataError(f"[{self.name}] fold {fold}: no usable photo among the training rows")
-            seed(self.env.seed + fold)
-            fitted._fit(train, workdir, fold, inputs)
-        return fitted
+                raise DataError(f"[{self.name}] {child_name(fold)}: no usable photo among the training rows")
+            seed(self.child_seed(fold))
+            self._train(train, workdir, fold, inputs)
 
-    def _fit(self, train, workdir: Path, fold: int, inputs) -> None:
+    def _train(self, train, workdir: Path, fold: int | None, inputs) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         cfg = self.params
         vocab = Vocab.build(self.docs(train), int(cfg["vocab_size"]), int(cfg["min_count"]))
         net, hits = self.build(vocab, fold, inputs)
         stats = {"vocab": len(vocab), "navec_hits": int(hits.sum()), "params": count_params(net)}
-        print(f"[coca] fold {fold}: vocabulary {len(vocab)} lemmas, {int(hits.sum())} initialised from navec; "
+        print(f"[coca] {child_name(fold)}: vocabulary {len(vocab)} lemmas, {int(hits.sum())} initialised from navec; "
               f"{stats['params'] / 1e6:.2f}M parameters")
         y = train["category_id"].to_numpy()
         classes = np.unique(y)
@@ -210,7 +207,7 @@ class CocaModel(BaseModel):
         meta = ckpt.with_suffix(".json") if ckpt is not None else None
         if ckpt is not None and ckpt.exists() and meta.exists():
             load_state(net, ckpt)
-            print(f"[coca] fold {fold}: stage 1 reused from {ckpt}")
+            print(f"[coca] {child_name(fold)}: stage 1 reused from {ckpt}")
             stats["stage1"] = json.loads(meta.read_text()).get("stats", {})
         else:
             t0 = time.time()
@@ -230,7 +227,7 @@ class CocaModel(BaseModel):
             write_json(stats, workdir / "stats.json")
         self.vocab, self.classes, self.net, self.head = vocab, classes, net.eval(), head.eval()
 
-    def _stage1_path(self, train, vocab: Vocab, fold: int) -> Path | None:
+    def _stage1_path(self, train, vocab: Vocab, fold: int | None) -> Path | None:
         """Where this fold's stage-1 weights are cached: keyed by the training rows' content, the vocabulary,
         the settings, the fold's seed and the backbone weights (None without a cache folder)."""
         if self.env.cache is None:
@@ -241,7 +238,7 @@ class CocaModel(BaseModel):
         import pandas as pd
 
         rows = train.assign(image_path=pd.Series(photo_paths(train), index=train.index, dtype=object))
-        h.update(f"{content_hash(rows)}|{config_hash(self.settings())}|{self.env.seed + fold}|"
+        h.update(f"{content_hash(rows)}|{config_hash(self.settings())}|{self.child_seed(fold)}|"
                  f"{BackboneSpec.from_config(self.enc).cache_key() if self.enc['type'] == 'timm' else 'vit'}".encode())
         return Path(self.env.cache) / "coca-stage1" / f"{h.hexdigest()[:16]}.pt"
 

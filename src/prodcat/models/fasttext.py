@@ -45,7 +45,7 @@ class FastTextModel(BaseModel):
         args.setdefault("verbose", 2 if sys.stderr.isatty() else 0)
         return args
 
-    def fit(self, train, workdir: Path, fold: int = 0):
+    def _fit(self, train, workdir: Path, fold: int | None) -> None:
         texts = self.env.texts(train, self.params.get("text"))
         workdir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", suffix=".txt", dir=workdir, delete=False, encoding="utf-8") as fh:
@@ -63,7 +63,6 @@ class FastTextModel(BaseModel):
         finally:
             os.unlink(train_file)
         self._ft.save_model(str(self.model_file))
-        return self
 
     def _fasttext(self):
         if self._ft is None:

@@ -31,6 +31,7 @@ from prodcat.probs import TopK, from_sparse
 
 class IdNeighboursModel(BaseModel):
     name = "id_neighbours"
+    uses_ids = True  # the listing order: the training ids next to a product's own
 
     def __init__(self, params, env):
         super().__init__(params, env)
@@ -51,16 +52,13 @@ class IdNeighboursModel(BaseModel):
                     f"{self.params['min_order']})")
         return None
 
-    def fit(self, train, workdir: Path, fold: int = 0):
+    def _fit(self, train, workdir: Path, fold: int | None) -> None:
         ids = train["id"].to_numpy(np.int64)
         order = np.argsort(ids, kind="stable")
-        fitted = type(self)(self.params, self.env)
-        fitted.name = self.name
-        fitted.ids, fitted.labels = ids[order], train["category_id"].to_numpy(np.int64)[order]
-        fitted.words = first_words(train)[order]
-        fitted.max_gap = gap_setting(fitted.ids, self.params["max_gap"], 99)
-        fitted.gap_scale = gap_setting(fitted.ids, self.params["gap_scale"], 50)
-        return fitted
+        self.ids, self.labels = ids[order], train["category_id"].to_numpy(np.int64)[order]
+        self.words = first_words(train)[order]
+        self.max_gap = gap_setting(self.ids, self.params["max_gap"], 99)
+        self.gap_scale = gap_setting(self.ids, self.params["gap_scale"], 50)
 
     def predict(self, frame) -> TopK:
         query = frame["id"].to_numpy(np.int64)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from prodcat.errors import DataError
-from prodcat.models.base import BaseModel
+from prodcat.models.base import BaseModel, child_name
 from prodcat.models.nn.heads import FeatureHead, robust_std
 from prodcat.models.nn.trainer import (
     StepTimer,
@@ -108,22 +108,20 @@ class ImageModel(BaseModel):
         print(f"[image] {found.summary()}")
 
     # -- fit -------------------------------------------------------------------------------------------
-    def fit(self, train, workdir: Path, fold: int = 0) -> "ImageModel":
+    def _fit(self, train, workdir: Path, fold: int | None) -> None:
         from prodcat.models.nn.trainer import seed
 
-        fitted = type(self)(self.params, self.env)
-        fitted.name, fitted._mode = self.name, self.mode
+        self._mode = self.mode  # the fitted model keeps the mode it was trained in
         with self._threads():
             # before seeding: embedding photos (first run) must not shift the fold's random state
             found = self.embeddings(train) if self.mode == "frozen" else self.photos(train)
             if not found.usable.any():
-                raise DataError(f"[{self.name}] fold {fold}: no usable photo among the training rows")
-            seed(self.env.seed + fold)
+                raise DataError(f"[{self.name}] {child_name(fold)}: no usable photo among the training rows")
+            seed(self.child_seed(fold))
             if self.mode == "frozen":
-                fitted._fit_frozen(train, found, workdir)
+                self._fit_frozen(train, found, workdir)
             else:
-                fitted._fit_finetune(train, found, workdir)
-        return fitted
+                self._fit_finetune(train, found, workdir)
 
     def _fit_frozen(self, train, emb: Embeddings, workdir: Path) -> None:
         import torch

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from prodcat.memo import BoundedMemo
 from prodcat.models.base import BaseModel
 from prodcat.probs import TopK
 from prodcat.settings import TfidfSettings, defaults_of
@@ -59,14 +60,12 @@ class TfidfModel(BaseModel):
         """TF-IDF rows of these products."""
         return self.featurizer.transform(self.env.texts(frame, self.params.get("text")).tolist())
 
-    def fit(self, train, workdir: Path, fold: int = 0):
-        if self.featurizer is None:
+    def _fit(self, train, workdir: Path, fold: int | None) -> None:
+        if self.featurizer is None:  # not prepared: the vocabulary of these rows
             self.prepare(train)
-        classes, y = np.unique(train["category_id"].to_numpy(), return_inverse=True)
-        fitted = TfidfModel(self.params, self.env)
-        fitted.name, fitted.featurizer, fitted.classes = self.name, self.featurizer, classes
-        fitted.clf = ShortlistSoftmax(self.p, seed=self.env.seed + fold).fit(self.features(train), y, len(classes))
-        return fitted
+        self.classes, y = np.unique(train["category_id"].to_numpy(), return_inverse=True)
+        self.clf = ShortlistSoftmax(self.p, seed=self.child_seed(fold)).fit(self.features(train), y,
+                                                                            len(self.classes))
 
     def predict(self, frame) -> TopK:
         ids = frame["id"].to_numpy()
@@ -87,7 +86,7 @@ class TfidfModel(BaseModel):
         return model
 
 
-_LOADED: dict = {}  # content hash of a saved featurizer -> the loaded one (shared by the fold models)
+_LOADED = BoundedMemo(4)  # content hash of a saved featurizer -> the loaded one (shared by the fold models)
 
 
 class Featurizer:
@@ -166,9 +165,7 @@ class Featurizer:
 
         key = hashlib.sha1((folder / "idf.npz").read_bytes() + (folder / "vocab_word.parquet").read_bytes()
                            + (folder / "vocab_char.parquet").read_bytes() + repr(sorted(p.items())).encode()).hexdigest()
-        if key not in _LOADED:
-            _LOADED[key] = cls._read(folder, p)
-        return _LOADED[key]
+        return _LOADED.get_or_make(key, lambda: cls._read(folder, p))
 
     @classmethod
     def _read(cls, folder: Path, p: dict) -> "Featurizer":

@@ -60,16 +60,15 @@ def inputs_key(run: Run, names: list[str], p: dict, inputs: dict) -> str:
 
 
 def input_fingerprints(models_root, names: list[str]) -> dict[str, list[str]]:
-    """{base model: SHA-256 of each fold's model.json} (model.json holds the checksums of the fold model's
-    files, so a retrained fold changes it; a fold without a saved model is left out of its list)."""
-    import hashlib
-
-    from prodcat.models.base import MODEL_FILE
+    """{base model: its bag's fold-child fingerprints} (prodcat.models.bag: a retrained fold changes its
+    fingerprint; a fold without a saved child has an empty one)."""
+    from prodcat.models.bag import Bag
 
     out = {}
     for m in names:
-        metas = sorted((models_root / m).glob(f"fold*/{MODEL_FILE}"), key=lambda f: int(f.parent.name[4:]))
-        out[m] = [hashlib.sha256(f.read_bytes()).hexdigest() for f in metas]
+        bag = Bag(m, models_root / m)
+        k = bag.meta["k"] if bag.meta else sum(1 for p in (models_root / m).glob("fold*") if p.is_dir())
+        out[m] = [f for f in bag.fingerprints(k) if f]
     return out
 
 
@@ -233,7 +232,7 @@ def _run_stack(run: Run, models: list[str] | None, echo, force: bool) -> dict:
     if folder.exists():
         shutil.rmtree(folder)  # no file of an earlier stacker (a ranker of another fold count) lingers
     folder.mkdir(parents=True)
-    from prodcat.models.runner import save_confidence
+    from prodcat.evaluation.review import WITHOUT, save_confidence
 
     for old in out.glob("oof_without_*.npz"):
         old.unlink()
@@ -241,7 +240,7 @@ def _run_stack(run: Run, models: list[str] | None, echo, force: bool) -> dict:
     save_confidence(run, oof_top, folder)
     for m, top in without.items():  # what new products that model says nothing about are judged by
         top.save(out / f"oof_without_{m}.npz")
-        save_confidence(run, top, folder, f"oof_confidence_without_{m}.npz")
+        save_confidence(run, top, folder, f"{WITHOUT}{m}.npz")
     stacker.meta["inputs"] = inputs
     stacker.save(folder)
     write_json(info, out / "stack.json")
@@ -265,11 +264,7 @@ def fit_stacker(run: Run, names: list[str], p: dict, echo=print):
     # the ranker's folds: the run's product folds, or (another count) a seeded split of the products;
     # either is honest, as every product's features are out-of-fold predictions of the base models
     stack_folds = folds if n_folds == run.k else np.random.default_rng(run.seed).permutation(n_train) % n_folds
-    # training counts of each class as the base models saw them (fold f's rows excluded)
-    counts = np.bincount(y, minlength=len(nodes.ids)).astype(np.float32)
-    per_fold = np.stack([np.bincount(y[folds == f], minlength=len(nodes.ids)) for f in range(run.k)])
-    freq_oof = (counts[None, :] - per_fold).astype(np.float32)  # (k, nodes)
-
+    counts, freq_oof = _class_counts(y, folds, run.k, len(nodes.ids))
     prod = product_features(run.ds.train, run.env.text) if p["product_features"] else None
     priors = None
     if p["priors"]:
@@ -294,26 +289,10 @@ def fit_stacker(run: Run, names: list[str], p: dict, echo=print):
 
     boosters, score_oof, importance, score_hidden = _fit_rankers(run, p, x, rows, is_true, has_truth, stack_folds,
                                                                  n_folds, echo, start, hidden, y)
-    temp = fit_temperature(rows, score_oof, is_true)
-    proba_oof = group_softmax(rows, score_oof, temp)
-    # decoding: measure both on the OOF rows, keep the configured one. Expected-hF1 decoding needs the
-    # hF1 level F reached; the argmax decoding's OOF hF1 is used (one scalar, for the OOF and new rows)
-    y_ids = run.ds.train["category_id"].to_numpy()
-    argmax = decode(rows, cls, proba_oof, nodes, n_train, "argmax")
-    f_level = hierarchical_f1(y_ids, nodes.category(argmax), run.ds.tree)
-    results, decided = {}, {}
-    for method in ("argmax", "expected_hf1"):
-        decided[method] = decode(rows, cls, proba_oof, nodes, n_train, method, f_level)
-        results[method] = hierarchical_f1(y_ids, nodes.category(decided[method]), run.ds.tree)
+    temp, f_level, proba_oof, results, decided, without, without_top = _decide_oof(
+        run, p, nodes, rows, cls, score_oof, is_true, hidden, score_hidden, echo)
     method = p["decoding"]
-    without, without_top = {}, {}  # OOF where a hidden model says nothing (id_neighbours on new products)
     ids = run.ds.train["id"].to_numpy()
-    for m, (r, c, _, _) in hidden.items():
-        proba_h = group_softmax(r, score_hidden[m], temp)
-        chosen = decode(r, c, proba_h, nodes, n_train, method, f_level)
-        without[m] = hierarchical_f1(y_ids, nodes.category(chosen), run.ds.tree)
-        without_top[m] = _to_topk(ids, r, c, proba_h, chosen, nodes, run.top_k)
-        echo(f"[stack] OOF hF1 without {m} (as for products it has nothing to say about): {without[m]:.4f}")
     oof_top = _to_topk(ids, rows, cls, proba_oof, decided[method], nodes, run.top_k)
     meta = {"models": names, "params": p, "k": run.k, "n_rankers": n_folds, "temperature": temp,
             "fallback": [f for f, b in enumerate(boosters) if isinstance(b, MeanProbability)],
@@ -329,6 +308,41 @@ def fit_stacker(run: Run, names: list[str], p: dict, echo=print):
     echo(f"[stack] OOF hF1 argmax {results['argmax']:.4f}, expected-hF1 decoding {results['expected_hf1']:.4f} "
          f"-> {method}; temperature {temp:.2f} ({time.time() - start:.0f}s)")
     return stacker, oof_top, without_top, info
+
+
+def _class_counts(y: np.ndarray, folds: np.ndarray, k: int, n_nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Training counts of each class: over every product, and as each fold's base models saw them (fold f's
+    rows excluded; (k, nodes))."""
+    counts = np.bincount(y, minlength=n_nodes).astype(np.float32)
+    per_fold = np.stack([np.bincount(y[folds == f], minlength=n_nodes) for f in range(k)])
+    return counts, (counts[None, :] - per_fold).astype(np.float32)
+
+
+def _decide_oof(run: Run, p: dict, nodes, rows, cls, score_oof, is_true, hidden: dict, score_hidden: dict, echo):
+    """The softmax temperature, the hF1 level F, the OOF probabilities, the OOF hF1 and decided leaves of both
+    decodings, and the OOF hF1 and TopK without each hidden model (as for products it has nothing to say
+    about)."""
+    n_train = len(run.ds.train)
+    temp = fit_temperature(rows, score_oof, is_true)
+    proba_oof = group_softmax(rows, score_oof, temp)
+    # decoding: measure both on the OOF rows, keep the configured one. Expected-hF1 decoding needs the
+    # hF1 level F reached; the argmax decoding's OOF hF1 is used (one scalar, for the OOF and new rows)
+    y_ids = run.ds.train["category_id"].to_numpy()
+    argmax = decode(rows, cls, proba_oof, nodes, n_train, "argmax")
+    f_level = hierarchical_f1(y_ids, nodes.category(argmax), run.ds.tree)
+    results, decided = {}, {}
+    for method in ("argmax", "expected_hf1"):
+        decided[method] = decode(rows, cls, proba_oof, nodes, n_train, method, f_level)
+        results[method] = hierarchical_f1(y_ids, nodes.category(decided[method]), run.ds.tree)
+    without, without_top = {}, {}  # OOF where a hidden model says nothing (id_neighbours on new products)
+    ids = run.ds.train["id"].to_numpy()
+    for m, (r, c, _, _) in hidden.items():
+        proba_h = group_softmax(r, score_hidden[m], temp)
+        chosen = decode(r, c, proba_h, nodes, n_train, p["decoding"], f_level)
+        without[m] = hierarchical_f1(y_ids, nodes.category(chosen), run.ds.tree)
+        without_top[m] = _to_topk(ids, r, c, proba_h, chosen, nodes, run.top_k)
+        echo(f"[stack] OOF hF1 without {m} (as for products it has nothing to say about): {without[m]:.4f}")
+    return temp, f_level, proba_oof, results, decided, without, without_top
 
 
 def _pairs(parts: dict[str, TopK], nodes, p, freq_oof, folds, prod, priors, codes):

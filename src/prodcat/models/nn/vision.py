@@ -13,12 +13,14 @@ import hashlib
 import importlib
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from prodcat.errors import DataError
+from prodcat.memo import BoundedMemo
 
 _TORCHVISION_SHIM = None  # the torch.library.Library that defines the missing ops; must stay alive
 
@@ -314,7 +316,7 @@ class Photos:
                 f"{int((~has).sum())} without a photo, {int((has & ~self.usable).sum())} unreadable")
 
 
-_VERIFIED: dict[Identity, bool] = {}  # per process: photo identity -> decodes
+_VERIFIED = BoundedMemo(1_000_000)  # per process: photo identity -> decodes
 
 
 def check_photos(paths: list) -> Photos:
@@ -325,9 +327,7 @@ def check_photos(paths: list) -> Photos:
         ident = photo_identity(path)
         if ident is None:
             continue
-        if ident not in _VERIFIED:
-            _VERIFIED[ident] = _decodes(path)
-        usable[i] = _VERIFIED[ident]
+        usable[i] = _VERIFIED.get_or_make(ident, lambda: _decodes(path))
     return Photos(list(paths), usable)
 
 
@@ -401,7 +401,9 @@ class _Store:
                 echo(f"[images] cache file {path} unreadable ({type(exc).__name__}): ignored")
 
 
-_STORES: dict[str, _Store] = {}
+_STORES = BoundedMemo(4)  # per process: embed group -> its _Store
+_STORED_PHOTOS = 2_000_000  # a store holding more starts afresh (the cache files keep every embedding)
+_EMBEDDING = threading.Lock()  # one embedding pass at a time per process (threads of a service)
 
 
 def embed_group(spec: BackboneSpec, size: int, grid: int) -> str:
@@ -420,8 +422,16 @@ def photo_embeddings(paths: list, spec: BackboneSpec, size: int, grid: int = 3, 
     on full batches of `batch_size` (the last one padded), so a photo's embedding does not depend on which
     photos it was embedded with: a cached and a fresh run give identical numbers.
     """
+    with _EMBEDDING:
+        return _photo_embeddings(paths, spec, size, grid, batch_size, cache, tokens, echo)
+
+
+def _photo_embeddings(paths, spec, size, grid, batch_size, cache, tokens, echo) -> Embeddings:
     group = embed_group(spec, size, grid)
-    store = _STORES.setdefault(group, _Store())
+    store = _STORES.get_or_make(group, _Store)
+    if len(store.where) > _STORED_PHOTOS:
+        store = _Store()
+        _STORES.put(group, store)
     idents = [photo_identity(p) for p in paths]
     if cache is not None and any(i is not None and i not in store.where for i in idents):
         store.load_files(Path(cache), f"img-{spec.name}-{group}-*.npz", echo)
