@@ -115,7 +115,7 @@ def test_coca_text_only_products_and_fold_resume(tiny, tmp_path):
     Image.new("RGB", (30, 30), (0, 0, 0)).save(photo)
     r = invoke("train", "coca", "--fold", "2", *common)
     assert "1 photo(s) embedded" in r.output and "stage 1 reused" not in r.output and "fold 2: trained" in r.output
-    assert len(list(stage1.glob("*.pt"))) == 4  # folds 0, 1, 2 and fold 2 on the new content
+    assert len(list(stage1.glob("*.pt"))) == 5  # folds 0, 1, 2, the full model and fold 2 on the new content
 
 
 def test_vit_encoder_and_joint_stage2(tiny, tmp_path):

@@ -251,9 +251,11 @@ def predict_file(root: Path, input_path: Path, out_path: Path, images: Path | No
                           f"empty_products_{input_path.stem}.csv", "products to predict", echo)
     seen = predictor.seen_rows(frame)
     if len(seen):
+        by_id = [m for m in predictor.base_names() if any(c.uses_ids for c in predictor.base(m))]
         echo(f"warning: {len(seen)} products to predict have training ids (e.g. {frame['id'].iloc[seen[:3]].tolist()}): "
-             "the models were trained on them, so their predictions are optimistic (the listing-order model "
-             "reads their own label); give them new ids to predict them as new products")
+             "the models were trained on them, so their predictions are optimistic"
+             + (f" ({', '.join(by_id)} reads their own label)" if by_id else "")
+             + "; give them new ids to predict them as new products")
     if any(m.uses_photos for name in predictor.base_names() for m in predictor.base(name)):
         from prodcat.models.nn.vision import report_skipped
 
