@@ -14,6 +14,7 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(measure(args.models, args.products, *args.child, args.single)))
         return
-    sample = Path(args.models).parent.parent / "bench_refit_products.parquet"
+    sample = Path(tempfile.mkdtemp(prefix="bench_refit-")) / "products.parquet"
     full = pd.read_parquet(args.products)
     full.sample(min(args.n, len(full)), random_state=0).to_parquet(sample, index=False)
     rows = []
