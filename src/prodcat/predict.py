@@ -68,10 +68,11 @@ class Predictor:
             raise NotTrainedError(f"model '{model}' has no saved fold models under {root.resolve()} "
                                   f"(saved: {', '.join(known) or 'none'})")
         predictor = cls(root, tree, model, bags, use)
-        for name in predictor.base_names():
-            predictor.bag(name).check_use(use)  # a missing full child is named now, not at the first product
+        for name in predictor.base_names():  # a missing full child is named now, not at the first product
             if preload:
-                predictor.base(name)  # load now: predicting then costs no load time
+                predictor.base(name)  # loaded now (checked first): predicting then costs no load time
+            else:
+                predictor.bag(name).check_use(use)
         return predictor
 
     @property

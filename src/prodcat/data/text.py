@@ -123,12 +123,19 @@ def product_texts(frame: pd.DataFrame, cfg: dict | None, cache_dir=None) -> pd.S
     cfg = {**DEFAULT_TEXT, **(cfg or {})}
     cfg_key = config_hash(cfg)
     if len(frame) < _MEMO_MIN_ROWS and cache_dir is None:
-        texts = [build_text(t, d, c, cfg) for t, d, c in zip(frame["title"], frame["short_description"],
-                                                             frame["name_value_characteristics"])]
-        texts = [lemmatize(t) for t in texts] if cfg["lemmatize"] else texts
-        return pd.Series(texts, index=frame["id"].to_numpy(), name="text", dtype=object)
+        return pd.Series(build_texts(frame, cfg), index=frame["id"].to_numpy(), name="text", dtype=object)
     with _MEMO_LOCK:
         return _memo_texts(frame, cfg, cfg_key, cache_dir)
+
+
+def build_texts(frame: pd.DataFrame, cfg: dict) -> list[str]:
+    """The text of each product of `frame` for these (complete) text settings, lemmatised when asked."""
+    texts = [build_text(t, d, c, cfg) for t, d, c in progress(
+        zip(frame["title"], frame["short_description"], frame["name_value_characteristics"]),
+        len(frame), "text", "product", min_total=50_000)]
+    if cfg["lemmatize"]:
+        texts = [lemmatize(t) for t in progress(texts, len(texts), "lemmas", "product", min_total=5_000)]
+    return texts
 
 
 def _memo_texts(frame: pd.DataFrame, cfg: dict, cfg_key: str, cache_dir) -> pd.Series:
@@ -145,13 +152,7 @@ def _memo_texts(frame: pd.DataFrame, cfg: dict, cfg_key: str, cache_dir) -> pd.S
             cached = pd.read_parquet(path)
             new = pd.Series(cached["text"].to_numpy(), index=cached["hash"].to_numpy())
         else:
-            sub = frame.iloc[todo]
-            texts = [build_text(t, d, c, cfg) for t, d, c in progress(
-                zip(sub["title"], sub["short_description"], sub["name_value_characteristics"]),
-                len(sub), "text", "product", min_total=50_000)]
-            if cfg["lemmatize"]:
-                texts = [lemmatize(t) for t in progress(texts, len(texts), "lemmas", "product", min_total=5_000)]
-            new = pd.Series(texts, index=hashes[todo], dtype=object)
+            new = pd.Series(build_texts(frame.iloc[todo], cfg), index=hashes[todo], dtype=object)
             if path is not None:
                 write_parquet(pd.DataFrame({"hash": new.index.to_numpy(), "text": new.to_numpy()}), path)
         new = new[~new.index.duplicated()]

@@ -21,7 +21,6 @@ import json
 import threading
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from prodcat.errors import DataError, NotTrainedError
@@ -115,7 +114,8 @@ class Bag:
     def record(self, k: int, provenance: dict) -> None:
         """bag.json after the folds' OOF is joined: the provenance and every fold child's fingerprint; a full
         child made from the same provenance is kept."""
-        full = self.meta.get(FULL) if self.meta else None
+        meta = self.meta
+        full = meta.get(FULL) if meta else None
         keep = full and self.child_done(None, {key: provenance.get(key) for key in ("data", "settings")})
         write_json(provenance | {"model": self.name, "k": k, "children": self.fingerprints(k),
                                  FULL: full if keep else None}, self.folder / BAG_FILE)
@@ -123,10 +123,6 @@ class Bag:
     def record_full(self) -> None:
         """The full child (just saved) in bag.json."""
         write_json(self.meta | {FULL: fingerprint(self.child_folder(None) / MODEL_FILE)}, self.folder / BAG_FILE)
-
-    def oof(self, ids: np.ndarray) -> TopK:
-        """The joined OOF predictions, in the order of `ids` (the training rows')."""
-        return TopK.load(self.oof_dir / "oof.npz").align(ids)
 
     # -- predicting new products --------------------------------------------------------------------------
     def check_use(self, use: str) -> None:
@@ -158,12 +154,6 @@ class Bag:
     def saved_env(self) -> dict:
         """The ModelEnv the children were trained with (their text settings, top_k, seed)."""
         return json.loads((self.child_folder(0) / MODEL_FILE).read_text())["env"]
-
-    @property
-    def uses_photos(self) -> bool:
-        from prodcat.models.base import model_class
-
-        return model_class(json.loads((self.child_folder(0) / MODEL_FILE).read_text())["model"]).uses_photos
 
 
 def saved_bags(root: Path) -> dict[str, Bag]:

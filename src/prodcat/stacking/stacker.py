@@ -61,15 +61,11 @@ def inputs_key(run: Run, names: list[str], p: dict, inputs: dict) -> str:
 
 def input_fingerprints(models_root, names: list[str]) -> dict[str, list[str]]:
     """{base model: its bag's fold-child fingerprints} (prodcat.models.bag: a retrained fold changes its
-    fingerprint; a fold without a saved child has an empty one)."""
+    fingerprint; a fold without a saved child has an empty one; a bag that is gone has none)."""
     from prodcat.models.bag import Bag
 
-    out = {}
-    for m in names:
-        bag = Bag(m, models_root / m)
-        k = bag.meta["k"] if bag.meta else sum(1 for p in (models_root / m).glob("fold*") if p.is_dir())
-        out[m] = [f for f in bag.fingerprints(k) if f]
-    return out
+    bags = {m: Bag(m, models_root / m) for m in names}
+    return {m: bag.fingerprints() if bag.meta else [] for m, bag in bags.items()}
 
 
 def stale_inputs(meta: dict, models_root) -> list[str]:
