@@ -114,6 +114,27 @@ def test_predict_and_submit_choose_full_or_fold_models(refitted):
     assert r.exit_code == 2 and "'half' is not one of 'full', 'folds'" in r.output
 
 
+def test_the_stacker_scores_full_models_with_its_full_ranker_alone(refitted):
+    """A full ranker, fitted on every product's OOF queries, is saved beside the fold rankers and is the one
+    ranker that scores the full models' predictions (the fold rankers score the fold children's)."""
+    common, models, tmp, _ = refitted
+    assert (models / "stack" / "ranker_full.txt").exists()
+    test = pd.read_parquet(common[1] / "test.parquet")
+    full, folds = Predictor.load(models, use="full"), Predictor.load(models, use="folds")
+    stacker = full.stacker()
+    assert stacker.full is not None and len(stacker.boosters) == 3
+
+    class Unused:
+        def predict(self, x):
+            raise AssertionError("a fold ranker scored full predictions")
+
+    expected = full.predict(test)
+    stacker.boosters = [Unused()] * 3
+    pd.testing.assert_frame_equal(full.predict(test), expected)
+    folds.stacker().full = Unused()
+    assert len(folds.predict(test)) == len(test)
+
+
 def test_full_models_missing_or_stale_are_named(trained):
     common, models, tmp = trained
     test = common[1] / "test.parquet"

@@ -27,13 +27,15 @@ from prodcat.errors import DataError
 _WORD = re.compile(r"^word([1-9]\d*)$")
 
 
-def _part(spec: str, part: str, titles: pd.Series, chars: pd.Series) -> pd.Series:
-    """Values of one key part for every product (None where it has none)."""
+def _part(spec: str, part: str, titles: list[list[str]], chars) -> list[str | None]:
+    """Values of one key part for every product (None where it has none); `chars()`: the parsed
+    characteristics of every product."""
     m = _WORD.match(part)
     if m:
-        return titles.str[int(m.group(1)) - 1]
+        i = int(m.group(1)) - 1
+        return [words[i] if len(words) > i else None for words in titles]
     if part == "last_word":
-        return titles.str[-1]
+        return [words[-1] if words else None for words in titles]
     if part.startswith("char:"):
         names = [n.strip().lower() for n in part[5:].split("|") if n.strip()]
 
@@ -44,7 +46,7 @@ def _part(spec: str, part: str, titles: pd.Series, chars: pd.Series) -> pd.Serie
                     return normalize(" | ".join(found[n])) or None
             return None
 
-        return chars.map(value)
+        return [value(pairs) for pairs in chars()]
     raise DataError(f"stack.priors: unknown key part {part!r} in {spec!r} "
                     "(use word1, word2, ..., last_word or char:NAME, joined by '+')")
 
@@ -55,23 +57,27 @@ def feature_name(i: int, spec: str) -> str:
     return f"prior{i}_{ascii_spec}" if ascii_spec else f"prior{i}"
 
 
-def product_keys(frame: pd.DataFrame, specs: list[str]) -> list[pd.Series]:
-    """One key per spec for every product of `frame` (None where a part is missing)."""
-    titles = frame["title"].map(normalize).str.split(" ").map(lambda w: [t for t in w if t])
-    chars = frame["name_value_characteristics"].map(parse_characteristics)
-    cache: dict[str, pd.Series] = {}
+def product_keys(frame: pd.DataFrame, specs: list[str]) -> list[list[str | None]]:
+    """One key per spec for every product of `frame` (None where a part is missing). Plain Python lists:
+    a service's single product costs microseconds, not pandas' per-call overhead."""
+    titles = [[w for w in normalize(t).split(" ") if w] for t in frame["title"].tolist()]
+    parsed = []
+
+    def chars():
+        if not parsed:
+            parsed.append([parse_characteristics(v) for v in frame["name_value_characteristics"].tolist()])
+        return parsed[0]
+
+    cache: dict[str, list[str | None]] = {}
     keys = []
     for spec in specs:
         parts = [p.strip() for p in str(spec).split("+") if p.strip()]
         if not parts:
             raise DataError(f"stack.priors: empty key spec {spec!r}")
-        key = None
         for part in parts:
             if part not in cache:
-                values = _part(spec, part, titles, chars).astype("string")  # <NA> where a product has none
-                cache[part] = values.where(values.str.len() > 0)
-            key = cache[part] if key is None else key + "\x1f" + cache[part]
-        keys.append(key.reset_index(drop=True))
+                cache[part] = [v or None for v in _part(spec, part, titles, chars)]
+        keys.append([None if None in values else "\x1f".join(values) for values in zip(*(cache[p] for p in parts))])
     return keys
 
 
@@ -86,7 +92,7 @@ class LookupPriors:
         self.specs = list(specs)
         self.names = [feature_name(i, s) for i, s in enumerate(self.specs)]
         self.k, self.n_classes = k, n_classes
-        self.vocab: list[pd.Index] = []
+        self.vocab: list[dict[str, int]] = []  # per spec: key -> code
         self.pair_keys, self.pair_counts, self.key_counts = [], [], []
 
     @classmethod
@@ -94,9 +100,9 @@ class LookupPriors:
             n_classes: int) -> "LookupPriors":
         self = cls(specs, k, n_classes)
         for key in product_keys(train, self.specs):
-            code, uniques = pd.factorize(key)  # -1: no key
+            code, uniques = pd.factorize(pd.Series(key, dtype=object))  # -1: no key
             code = code.astype(np.int64)
-            self.vocab.append(pd.Index(uniques.astype(str)))
+            self.vocab.append(dict(zip(uniques.tolist(), range(len(uniques)))))
             ok = (code >= 0) & (y >= 0)
             pk = code[ok] * n_classes + y[ok]
             uniq, inv = np.unique(pk, return_inverse=True)
@@ -109,8 +115,8 @@ class LookupPriors:
         """Per spec, each product's key code (-1: no key; len(vocab): a key no training product has)."""
         out = []
         for vocab, key in zip(self.vocab, product_keys(frame, self.specs)):
-            code = vocab.get_indexer(key.fillna("").astype(str)).astype(np.int64)
-            out.append(np.where(key.isna().to_numpy(), -1, np.where(code < 0, len(vocab), code)))
+            unseen = len(vocab)
+            out.append(np.array([-1 if k is None else vocab.get(k, unseen) for k in key], np.int64))
         return out
 
     def features(self, codes: list[np.ndarray], products: np.ndarray, cls: np.ndarray,
@@ -145,7 +151,7 @@ class LookupPriors:
 
         arrays = {}
         for i, vocab in enumerate(self.vocab):
-            write_parquet(pd.DataFrame({"key": vocab.to_numpy()}), folder / f"prior{i}_keys.parquet")
+            write_parquet(pd.DataFrame({"key": list(vocab)}, dtype=object), folder / f"prior{i}_keys.parquet")
             arrays |= {f"pair_keys{i}": self.pair_keys[i], f"pair_counts{i}": self.pair_counts[i],
                        f"key_counts{i}": self.key_counts[i]}
         write_npz(arrays, folder / "priors.npz")
@@ -155,7 +161,8 @@ class LookupPriors:
         self = cls(specs, k, n_classes)
         with np.load(folder / "priors.npz") as z:
             for i in range(len(self.specs)):
-                self.vocab.append(pd.Index(pd.read_parquet(folder / f"prior{i}_keys.parquet")["key"].astype(str)))
+                keys = pd.read_parquet(folder / f"prior{i}_keys.parquet")["key"].astype(str).tolist()
+                self.vocab.append(dict(zip(keys, range(len(keys)))))
                 self.pair_keys.append(z[f"pair_keys{i}"])
                 self.pair_counts.append(z[f"pair_counts{i}"])
                 self.key_counts.append(z[f"key_counts{i}"])

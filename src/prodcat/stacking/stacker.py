@@ -16,7 +16,9 @@ rows turns scores into probabilities.
 Honest OOF: the stacker is cross-validated over the OOF rows with the run's product folds (the rows of
 fold f are scored by a ranker trained on the other folds). New products (a test file, tomorrow's
 products): the ranker of fold f scores the predictions of the base models' fold-f models (single-model
-probabilities, like its training rows) and the stacked probabilities are averaged over the folds.
+probabilities, like its training rows) and the stacked probabilities are averaged over the folds. The base
+models' full children (refit on every product) are scored by one full ranker, fitted on every product's
+OOF queries with the same settings (AutoGluon's refit_full of a stacker level): one ranker per product, not k.
 
 Decoding: `argmax` submits the most probable leaf; `expected_hf1` submits the candidate leaf that maximises
 the expected (micro) hierarchical F1: by the Dinkelbach argument, maximising 2*I/(P+T) over all products
@@ -96,13 +98,14 @@ class MeanProbability:
 
 
 class Stacker:
-    """The fitted stacker: one LightGBM ranker per fold, the softmax temperature, the hF1 level of the
-    decoding, the training class counts per fold and the lookup priors. Saved as LightGBM model text files,
-    json, npz and parquet; `predict` stacks the fold models' predictions of any frame."""
+    """The fitted stacker: one LightGBM ranker per fold and a full one (every product), the softmax
+    temperature, the hF1 level of the decoding, the training class counts per fold and the lookup priors.
+    Saved as LightGBM model text files, json, npz and parquet; `predict` stacks the base models' predictions
+    of any frame."""
 
     def __init__(self, tree, meta: dict, boosters: list, freq: np.ndarray, counts: np.ndarray,
-                 priors=None):
-        self.tree, self.meta, self.boosters = tree, meta, boosters
+                 priors=None, full=None):
+        self.tree, self.meta, self.boosters, self.full = tree, meta, boosters, full
         self.nodes = NodeIndex(tree)
         self.freq, self.counts, self.priors = freq, counts, priors
 
@@ -130,17 +133,22 @@ class Stacker:
 
     def predict(self, parts: dict[str, list[TopK]], frame: pd.DataFrame) -> TopK:
         """Stacked TopK of the frame (column 0: the decided leaf). `parts[model][f]`: fold model f's
-        predictions; ranker f scores fold f's, the stacked probabilities are averaged over the rankers."""
+        predictions; ranker f scores fold f's, the stacked probabilities are averaged over the rankers.
+        `parts[model] == [full child's]`: the full ranker scores them."""
         from prodcat.probs import average
 
         n_folds = len(self.boosters)
         per_fold = all(len(v) == n_folds for v in parts.values()) and n_folds == self.meta["k"]
-        scored = []
         inputs = self.product_inputs(frame)
-        shared = None if per_fold else self.features({m: average(parts[m]) for m in self.names}, inputs, -1)
-        for f, booster in enumerate(self.boosters):
-            r, c, x = self.features({m: parts[m][f] for m in self.names}, inputs, f) if per_fold else shared
-            scored.append((r, c, booster.predict(x) if len(x) else np.zeros(0)))
+        if per_fold:
+            scored = []
+            for f, booster in enumerate(self.boosters):
+                r, c, x = self.features({m: parts[m][f] for m in self.names}, inputs, f)
+                scored.append((r, c, score(booster, x)))
+        else:
+            r, c, x = self.features({m: average(parts[m]) for m in self.names}, inputs, -1)
+            rankers = [self.full] if self.full is not None else self.boosters
+            scored = [(r, c, score(booster, x)) for booster in rankers]
         rows, cls, proba = _average_test(scored, self.meta["temperature"], len(self.nodes.ids))
         decided = decode(rows, cls, proba, self.nodes, len(frame), self.meta["decoding"], self.meta["f_level"])
         return _to_topk(frame["id"].to_numpy(), rows, cls, proba, decided, self.nodes,
@@ -153,8 +161,8 @@ class Stacker:
         from prodcat.storage import atomic_path, write_npz
 
         (folder / "stacker.json").unlink(missing_ok=True)
-        for f, booster in enumerate(self.boosters):
-            if isinstance(booster, MeanProbability):
+        for f, booster in [*enumerate(self.boosters), ("_full", self.full)]:
+            if booster is None or isinstance(booster, MeanProbability):
                 continue  # nothing learned: `meta["fallback"]` says so
             with atomic_path(folder / f"ranker{f}.txt") as tmp:
                 booster.save_model(str(tmp))
@@ -180,8 +188,14 @@ class Stacker:
             raise NotTrainedError(f"{folder}: a stacker saved by an older prodcat (no file checksums): refit "
                                   "it with ./run.sh stack --force")
         verify_files(folder, meta["files"])
-        boosters = [MeanProbability() if f in meta.get("fallback", []) else
-                    lgb.Booster(model_file=str(folder / f"ranker{f}.txt")) for f in range(meta["n_rankers"])]
+        fallback = meta.get("fallback", [])
+
+        def ranker(f):
+            return MeanProbability() if f in fallback else lgb.Booster(model_file=str(folder / f"ranker{f}.txt"))
+
+        boosters = [ranker(f) for f in range(meta["n_rankers"])]
+        # the full ranker (none in a stacker of an older prodcat: its fold rankers score full predictions)
+        full = ranker("_full") if "ranker_full.txt" in meta["files"] or "_full" in fallback else None
         with np.load(folder / "counts.npz") as z:
             freq, counts = z["freq"], z["counts"]
         priors = None
@@ -189,7 +203,7 @@ class Stacker:
             from prodcat.stacking.priors import LookupPriors
 
             priors = LookupPriors.load(folder, meta["params"]["priors"], meta["k"], len(NodeIndex(tree).ids))
-        return cls(tree, meta, boosters, freq, counts, priors)
+        return cls(tree, meta, boosters, freq, counts, priors, full)
 
 
 def run_stack(run: Run, models: list[str] | None = None, echo=print, force: bool = False) -> dict:
@@ -283,7 +297,7 @@ def fit_stacker(run: Run, names: list[str], p: dict, echo=print):
         r, c, xh = _pairs(parts, nodes, p, freq_oof, folds, prod, priors, codes)
         hidden[m] = (r, c, xh.reindex(columns=x.columns, fill_value=0.0), share)
 
-    boosters, score_oof, importance, score_hidden = _fit_rankers(run, p, x, rows, is_true, has_truth, stack_folds,
+    boosters, full, score_oof, importance, score_hidden = _fit_rankers(run, p, x, rows, is_true, has_truth, stack_folds,
                                                                  n_folds, echo, start, hidden, y)
     temp, f_level, proba_oof, results, decided, without, without_top = _decide_oof(
         run, p, nodes, rows, cls, score_oof, is_true, hidden, score_hidden, echo)
@@ -291,10 +305,11 @@ def fit_stacker(run: Run, names: list[str], p: dict, echo=print):
     ids = run.ds.train["id"].to_numpy()
     oof_top = _to_topk(ids, rows, cls, proba_oof, decided[method], nodes, run.top_k)
     meta = {"models": names, "params": p, "k": run.k, "n_rankers": n_folds, "temperature": temp,
-            "fallback": [f for f, b in enumerate(boosters) if isinstance(b, MeanProbability)],
+            "fallback": [f for f, b in enumerate(boosters) if isinstance(b, MeanProbability)]
+            + (["_full"] if isinstance(full, MeanProbability) else []),
             "f_level": f_level, "decoding": method, "columns": list(x.columns), "top_k": run.top_k,
             "text": run.env.text, "data": run.ds.fingerprint}
-    stacker = Stacker(run.ds.tree, meta, boosters, freq_oof, counts, priors)
+    stacker = Stacker(run.ds.tree, meta, boosters, freq_oof, counts, priors, full)
     info = {"data": run.ds.fingerprint, "k": run.k, "models": names, "params": p, "temperature": temp,
             "candidates_per_product": round(len(rows) / n_train, 2), "candidate_recall": recall,
             "oof_hF1": results, "oof_hF1_without": without, "decoding": method,
@@ -357,21 +372,12 @@ def _hidden_models(p, names: list[str]) -> dict[str, float]:
 
 
 def _fit_rankers(run, p, x, rows, is_true, has_truth, stack_folds, n_folds, echo, start, hidden=None, y=None):
-    """One LightGBM ranker per fold on the other folds' products; their scores of the held-out pairs (and of
-    the held-out pairs of every hidden-model copy). A hidden model's copy of a sampled `share` of the
+    """One LightGBM ranker per fold on the other folds' products, their scores of the held-out pairs (and of
+    the held-out pairs of every hidden-model copy), and a full ranker on every product. A hidden model's copy of a sampled `share` of the
     training products joins the ranker's training queries, so that it ranks well without that model."""
     import lightgbm as lgb
 
-    params = {"objective": p["objective"], "learning_rate": p["learning_rate"], "num_leaves": p["num_leaves"],
-              "min_data_in_leaf": p["min_data_in_leaf"], "feature_fraction": p["feature_fraction"],
-              "bagging_fraction": p["bagging_fraction"], "bagging_freq": 1, "lambda_l2": p["lambda_l2"],
-              "num_threads": p["num_threads"], "seed": run.seed, "verbose": -1,
-              "deterministic": True, "force_row_wise": True}
-    if p["monotone"]:  # more probability for the candidate never lowers its score: a strong regulariser
-        params |= {"monotone_constraints": monotone_constraints(list(x.columns)),
-                   "monotone_constraints_method": "advanced"}
-    if p["objective"] == "lambdarank":
-        params |= {"lambdarank_truncation_level": 10, "eval_at": [1]}
+    params = _ranker_params(p, list(x.columns), run.seed)
     rng = np.random.default_rng(run.seed)
     hidden = hidden or {}
     n_train = len(has_truth)
@@ -381,36 +387,64 @@ def _fit_rankers(run, p, x, rows, is_true, has_truth, stack_folds, n_folds, echo
     score_hidden = {m: np.zeros(len(r)) for m, (r, _, _, _) in hidden.items()}
     importance = np.zeros(x.shape[1])
     boosters = []
-    for f in range(n_folds):
-        train_prod = np.flatnonzero((stack_folds != f) & has_truth)
+
+    def fit_one(train_prod, what: str):
+        """A ranker on these products' queries (and their hidden-model copies)."""
         if len(train_prod) > p["max_train_products"]:
             train_prod = np.sort(rng.choice(train_prod, int(p["max_train_products"]), replace=False))
         sel = np.isin(rows, train_prod)
         if not sel.any():
-            echo(f"warning: [stack] fold {f}: no product of the other folds has its true class among the "
-                 "candidates (e.g. every class has one product): candidates are ranked by the base models' "
-                 "mean probability")
-            booster = MeanProbability()
-        else:
-            xs, labels, groups = [x[sel]], [is_true[sel]], [_group_sizes(rows[sel], n_train)]
-            for m, (r, c, xh, _) in hidden.items():
-                take = np.isin(r, train_prod) & shown[m][r]
-                xs.append(xh[take])
-                labels.append(c[take] == y[r[take]])
-                groups.append(_group_sizes(r[take], n_train))
-            ds = lgb.Dataset(pd.concat(xs, ignore_index=True) if len(xs) > 1 else xs[0],
-                             label=np.concatenate(labels).astype(int), group=np.concatenate(groups),
-                             free_raw_data=True)
-            booster = lgb.train(params, ds, num_boost_round=int(p["num_boost_round"]))
+            echo(f"warning: [stack] {what}: no product has its true class among the candidates (e.g. every "
+                 "class has one product): candidates are ranked by the base models' mean probability")
+            return MeanProbability()
+        xs, labels, groups = [x[sel]], [is_true[sel]], [_group_sizes(rows[sel], n_train)]
+        for m, (r, c, xh, _) in hidden.items():
+            take = np.isin(r, train_prod) & shown[m][r]
+            xs.append(xh[take])
+            labels.append(c[take] == y[r[take]])
+            groups.append(_group_sizes(r[take], n_train))
+        ds = lgb.Dataset(pd.concat(xs, ignore_index=True) if len(xs) > 1 else xs[0],
+                         label=np.concatenate(labels).astype(int), group=np.concatenate(groups),
+                         free_raw_data=True)
+        booster = lgb.train(params, ds, num_boost_round=int(p["num_boost_round"]))
+        echo(f"[stack] {what}: ranker on {len(train_prod)} products ({time.time() - start:.0f}s)")
+        return booster
+
+    for f in range(n_folds):
+        booster = fit_one(np.flatnonzero((stack_folds != f) & has_truth), f"fold {f}")
+        if not isinstance(booster, MeanProbability):
             importance += booster.feature_importance("gain")
         held = pair_fold == f
-        score_oof[held] = booster.predict(x[held])
+        score_oof[held] = score(booster, x[held])
         for m, (r, _, xh, _) in hidden.items():
             held_h = stack_folds[r] == f
-            score_hidden[m][held_h] = booster.predict(xh[held_h])
+            score_hidden[m][held_h] = score(booster, xh[held_h])
         boosters.append(booster)
-        echo(f"[stack] fold {f}: ranker on {len(train_prod)} products ({time.time() - start:.0f}s)")
-    return boosters, score_oof, importance, score_hidden
+    # the full ranker (AutoGluon's refit_full of a stacker level): every product's queries, the same settings;
+    # it alone scores the full base models' predictions (one ranker, not k, per new product)
+    full = fit_one(np.flatnonzero(has_truth), "full (every product)")
+    return boosters, full, score_oof, importance, score_hidden
+
+
+def _ranker_params(p: dict, columns: list[str], seed: int) -> dict:
+    """LightGBM's parameters of the rankers, from the stack settings."""
+    params = {"objective": p["objective"], "learning_rate": p["learning_rate"], "num_leaves": p["num_leaves"],
+              "min_data_in_leaf": p["min_data_in_leaf"], "feature_fraction": p["feature_fraction"],
+              "bagging_fraction": p["bagging_fraction"], "bagging_freq": 1, "lambda_l2": p["lambda_l2"],
+              "num_threads": p["num_threads"], "seed": seed, "verbose": -1,
+              "deterministic": True, "force_row_wise": True}
+    if p["monotone"]:  # more probability for the candidate never lowers its score: a strong regulariser
+        params |= {"monotone_constraints": monotone_constraints(columns), "monotone_constraints_method": "advanced"}
+    if p["objective"] == "lambdarank":
+        params |= {"lambdarank_truncation_level": 10, "eval_at": [1]}
+    return params
+
+
+def score(booster, x: pd.DataFrame) -> np.ndarray:
+    """A ranker's scores of the pairs' feature rows (as a float32 array: no pandas conversion per call)."""
+    if isinstance(booster, MeanProbability) or not len(x):
+        return booster.predict(x) if len(x) else np.zeros(0)
+    return booster.predict(np.ascontiguousarray(x.to_numpy(np.float32)))
 
 
 def _group_sizes(rows: np.ndarray, n: int) -> np.ndarray:
