@@ -77,3 +77,20 @@ def test_sparse_weights_predict_like_the_dense_ones():
     assert not hasattr(clf, "w") and clf.weights.nnz < dense.size / 2
     got = np.take_along_axis(want, np.argsort(-want, axis=1, kind="stable"), axis=1)
     assert np.allclose(scores, got, atol=1e-3)  # the weights are kept at float16 precision
+
+
+def test_char_ngrams_by_word_are_scikit_learns_matrix():
+    """char_wb_tfidf (each distinct word analysed once) gives exactly TfidfVectorizer.transform's matrix:
+    repeated words, words unseen in training, one-letter and long words, extra spaces, empty texts."""
+    from prodcat.models.tfidf import Featurizer, char_wb_tfidf
+
+    rng = np.random.default_rng(0)
+    words = ["молоко", "ж", "шоколадные", "1.5л", "x" * 30, "ab", "ёлка", "конфеты", "milk", "200г"]
+    train = [" ".join(rng.choice(words[:7], rng.integers(1, 6))) for _ in range(200)]
+    new = [" ".join(rng.choice(words, rng.integers(0, 9))) for _ in range(300)] + ["", "  ab   ab  ", "zzz"]
+    for p in ({"char_ngrams": [2, 5], "char_min_df": 1}, {"char_ngrams": [3, 4], "char_min_df": 5}):
+        featurizer = Featurizer(DEFAULTS | p)
+        featurizer.char.fit(train)
+        want, got = featurizer.char.transform(new), char_wb_tfidf(featurizer.char, new)
+        assert want.shape == got.shape and np.array_equal(want.indptr, got.indptr)
+        assert np.array_equal(want.indices, got.indices) and np.array_equal(want.data, got.data)

@@ -137,6 +137,8 @@ def average(parts: list[TopK], k: int | None = None, weights=None) -> TopK:
     """
     if not parts:
         raise ValueError("nothing to average")
+    if len(parts) == 1 and k in (None, parts[0].k):
+        return parts[0]  # a full child's predictions: nothing to average
     ids = parts[0].ids
     parts = [parts[0]] + [p.align(ids) for p in parts[1:]]
     k = k or max(p.k for p in parts)

@@ -85,8 +85,8 @@ class TfidfSettings:
     temperature: float = setting(1.0, "softmax temperature of the output probabilities", min=1e-6)
     centroid_prune: float = setting(0.0, "centroid weights below this are dropped", min=0.0)
     prune: float = setting(0.0, "weights below this magnitude are dropped after training (0: keep all)", min=0.0)
-    chunk: int = setting(4096, "rows per centroid-similarity chunk", min=1)
-    threads: int = setting(2, "threads for the shortlist product", min=1)
+    chunk: int = setting(4096, "rows per chunk of the shortlist and of prediction", min=1)
+    threads: int = setting(2, "threads for the shortlist and prediction chunks", min=1)
     text: dict = setting({}, "text settings for this model only (keys of `text`)")
 
 

@@ -201,18 +201,20 @@ def validate_products(df: pd.DataFrame, where="products", columns: tuple[str, ..
     missing = [c for c in columns if c not in df.columns]
     if missing:
         fail(where, missing[0], f"missing column(s) {missing} (found: {list(df.columns)})")
-    out = pd.DataFrame(index=pd.RangeIndex(len(df)))
+    out = {}  # one frame built at the end: a service's single product pays pandas' overhead once
     for col in ("id",) + (("category_id",) if "category_id" in columns else ()):
         out[col] = _integers(df[col], where, col)
-    dup = np.flatnonzero(out["id"].duplicated(keep=False).to_numpy())
+    dup = np.flatnonzero(pd.Series(out["id"]).duplicated(keep=False).to_numpy()) if len(df) > 1 else []
     if len(dup):
-        fail(where, "id", f"duplicate ids {sorted(set(out['id'].iloc[dup].tolist()))[:5]}", dup)
-    for col in TEXT_COLUMNS:
-        out[col] = _texts(df[col], where, col)
+        fail(where, "id", f"duplicate ids {sorted(set(out['id'][dup].tolist()))[:5]}", dup)
+    for col in TEXT_COLUMNS:  # object columns of str and None (pandas would infer its string dtype)
+        out[col] = pd.Series(_texts(df[col], where, col), dtype=object)
     for col in NUMERIC_COLUMNS:
         out[col] = _floats(df[col], where, col)
-    extra = [c for c in ("image_path",) if c in df.columns]  # photos already resolved by the caller
-    return pd.concat([out[list(columns)], df[extra]], axis=1) if extra else out[list(columns)]
+    out = {col: out[col] for col in columns}
+    if "image_path" in df.columns:  # photos already resolved by the caller
+        out["image_path"] = df["image_path"].to_numpy()
+    return pd.DataFrame(out, index=pd.RangeIndex(len(df)))
 
 
 def check_labels(train: pd.DataFrame, tree: CategoryTree, path: Path) -> None:
@@ -228,9 +230,11 @@ def check_labels(train: pd.DataFrame, tree: CategoryTree, path: Path) -> None:
         fail(path, "category_id", f"categories that are not leaves of the tree: {inner[:5]}", rows)
 
 
-def _integers(s: pd.Series, path: Path, col: str) -> pd.Series:
+def _integers(s: pd.Series, path: Path, col: str) -> np.ndarray:
     if pd.api.types.is_bool_dtype(s.dtype):
         fail(path, col, f"wrong dtype {s.dtype}: expected integers")
+    if pd.api.types.is_integer_dtype(s.dtype) and not s.hasnans:
+        return s.to_numpy(np.int64)
     values = pd.to_numeric(s, errors="coerce")
     bad = values.isna().to_numpy()
     if not bad.any():
@@ -238,23 +242,26 @@ def _integers(s: pd.Series, path: Path, col: str) -> pd.Series:
     if bad.any():
         fail(path, col, f"wrong dtype or missing value (dtype {s.dtype}): expected whole numbers",
              np.flatnonzero(bad))
-    return values.astype("int64")
+    return values.to_numpy(np.int64)
 
 
-def _texts(s: pd.Series, path: Path, col: str) -> pd.Series:
+def _texts(s: pd.Series, path: Path, col: str) -> np.ndarray:
     """Text as Python str, with None for missing; NaN/None/empty are normal data."""
-    if pd.api.types.is_numeric_dtype(s.dtype) and s.notna().any():
+    missing = s.isna().to_numpy()
+    if pd.api.types.is_numeric_dtype(s.dtype) and not missing.all():
         fail(path, col, f"wrong dtype {s.dtype}: expected text")
-    values = s.astype(object).where(s.notna(), None)
-    bad = [i for i, v in enumerate(values.tolist()) if v is not None and not isinstance(v, str)]
+    values = np.fromiter((None if gone else v for v, gone in zip(s.tolist(), missing)), object, len(s))
+    bad = [i for i, v in enumerate(values) if v is not None and not isinstance(v, str)]
     if bad:
         fail(path, col, "expected text, found other values", bad)
     return values
 
 
-def _floats(s: pd.Series, path: Path, col: str) -> pd.Series:
+def _floats(s: pd.Series, path: Path, col: str) -> np.ndarray:
+    if pd.api.types.is_float_dtype(s.dtype) and isinstance(s.dtype, np.dtype):
+        return s.to_numpy(np.float64)
     values = pd.to_numeric(s, errors="coerce")
     bad = np.flatnonzero(values.isna().to_numpy() & s.notna().to_numpy())
     if len(bad):
         fail(path, col, f"wrong dtype {s.dtype}: expected numbers", bad)
-    return values.astype("float64")
+    return values.to_numpy(np.float64, na_value=np.nan)

@@ -32,6 +32,7 @@ class FastTextModel(BaseModel):
         super().__init__(params, env)
         self.model_file: Path | None = None
         self._ft = None
+        self._category: dict[str, int] | None = None  # the model's labels -> category ids
 
     def settings(self) -> dict:
         """The base settings plus the fastText build: folds trained by another build are retrained."""
@@ -56,7 +57,7 @@ class FastTextModel(BaseModel):
 
         self.model_file = workdir / "model.bin"
         try:
-            self._ft = fasttext.train_supervised(input=train_file, **self._train_args())
+            self._ft, self._category = fasttext.train_supervised(input=train_file, **self._train_args()), None
         except (RuntimeError, ValueError) as exc:  # e.g. no label reaches minCountLabel: one message
             raise DataError(f"fastText could not train on these rows: {exc} (check models.fasttext: "
                             "./run.sh config)") from None
@@ -69,6 +70,8 @@ class FastTextModel(BaseModel):
             import fasttext
 
             self._ft = fasttext.load_model(str(self.model_file))
+        if self._category is None:
+            self._category = {x: int(x[len(LABEL):]) for x in self._ft.get_labels()}
         return self._ft
 
     def predict(self, frame) -> TopK:
@@ -77,10 +80,17 @@ class FastTextModel(BaseModel):
         cats = np.full((len(texts), k), -1, np.int64)
         scores = np.zeros((len(texts), k), np.float32)
         if texts:
-            labels, probs = self._fasttext().predict(texts, k=k)
-            for i, (lab, pr) in enumerate(zip(labels, probs)):
-                cats[i, :len(lab)] = [int(x[len(LABEL):]) for x in lab]
-                scores[i, :len(lab)] = pr
+            model = self._fasttext()
+            labels, probs = model.predict(texts, k=k)
+            category = self._category
+            if all(len(lab) == k for lab in labels):  # the usual case: k classes for every product
+                flat = (category[x] for lab in labels for x in lab)
+                cats[:] = np.fromiter(flat, np.int64, len(texts) * k).reshape(-1, k)
+                scores[:] = np.asarray(probs, np.float32).reshape(-1, k)
+            else:
+                for i, (lab, pr) in enumerate(zip(labels, probs)):
+                    cats[i, :len(lab)] = [category[x] for x in lab]
+                    scores[i, :len(lab)] = pr
         if self.params.get("loss") in ("ns", "ova"):  # independent sigmoids: make the top-K sum to one
             scores = scores / np.maximum(scores.sum(axis=1, keepdims=True), 1e-12)
         return TopK.from_ranked(frame["id"].to_numpy(), cats, scores, k)

@@ -145,7 +145,7 @@ class Featurizer:
                 return fitted[rows]
         key = hashlib.sha1("\x1f".join(texts).encode("utf-8", "surrogatepass")).hexdigest()
         if getattr(self, "_last", (None,))[0] != key:
-            self._last = (key, self._stack(self.word.transform(texts), self.char.transform(texts)))
+            self._last = (key, self._stack(self.word.transform(texts), char_wb_tfidf(self.char, texts)))
         return self._last[1]
 
     def save(self, folder: Path) -> None:
@@ -178,6 +178,33 @@ class Featurizer:
             vec.fixed_vocabulary_ = False
             vec.idf_ = idf[name]
         return f
+
+
+def char_wb_tfidf(vectorizer, texts: list[str]) -> sp.csr_matrix:
+    """`vectorizer.transform(texts)` of a fitted char_wb TfidfVectorizer, the same matrix several times
+    faster: char_wb n-grams never cross a word, so each distinct word is analysed and looked up once (not
+    once per product that has it) and a text's counts are its words' n-gram columns added up."""
+    analyze, vocab, n_features = vectorizer.build_analyzer(), vectorizer.vocabulary_, len(vectorizer.idf_)
+    word_cols: dict[str, list[int]] = {}  # this call's words only: bounded by its texts, nothing shared
+    cols, lengths = [], []
+    for text in texts:
+        before = len(cols)
+        for word in text.split():
+            found = word_cols.get(word)
+            if found is None:
+                found = word_cols[word] = [j for g in analyze(word) if (j := vocab.get(g)) is not None]
+            cols.extend(found)
+        lengths.append(len(cols) - before)
+    x = sp.csr_matrix((np.ones(len(cols), vectorizer.dtype), np.asarray(cols, np.int32),
+                       np.r_[0, np.cumsum(lengths)].astype(np.int64)), shape=(len(texts), n_features))
+    x.sum_duplicates()  # one entry per (text, n-gram): its count; columns sorted
+    if vectorizer.sublinear_tf:  # as TfidfTransformer.transform does it
+        np.log(x.data, x.data)
+        x.data += 1
+    x.data *= vectorizer.idf_[x.indices]
+    from sklearn.preprocessing import normalize
+
+    return normalize(x, norm=vectorizer.norm, copy=False)
 
 
 class ShortlistSoftmax:
@@ -221,24 +248,30 @@ class ShortlistSoftmax:
         if n_cand == self.n_classes:
             out[:] = np.arange(self.n_classes)
             return out
-        step = int(self.p["chunk"])
 
-        def chunk(s):
-            sim = (x[s:s + step] @ self.centroids).toarray()
+        def chunk(rows: slice):
+            sim = (x[rows] @ self.centroids).toarray()
             top = np.argpartition(-sim, n_cand - 1, axis=1)[:, :n_cand]
             order = np.argsort(-np.take_along_axis(sim, top, axis=1), axis=1, kind="stable")
-            out[s:s + step] = np.take_along_axis(top, order, axis=1)
+            out[rows] = np.take_along_axis(top, order, axis=1)
 
+        self.in_chunks(x.shape[0], chunk)
+        return out
+
+    def in_chunks(self, n: int, work) -> None:
+        """work(rows) for every `chunk` rows of n, on `threads` threads (the sparse products and the compiled
+        loops release the GIL)."""
+        step = int(self.p["chunk"])
+        chunks = [slice(s, s + step) for s in range(0, n, step)]
         threads = int(self.p["threads"])
-        if threads > 1 and x.shape[0] > step:  # scipy's sparse product releases the GIL
+        if threads > 1 and len(chunks) > 1:
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(chunk, range(0, x.shape[0], step)))
+                list(pool.map(work, chunks))
         else:
-            for s in range(0, x.shape[0], step):
-                chunk(s)
-        return out
+            for rows in chunks:
+                work(rows)
 
     def sparsify(self) -> None:
         """Keep the weights as a sparse (features x classes) matrix: only shortlist classes are ever
@@ -255,13 +288,20 @@ class ShortlistSoftmax:
         if hasattr(self, "w"):
             self.sparsify()
         cands = self.shortlist(x).astype(np.int32)
-        w = self.weights
-        proba = _predict_sparse(x.indptr, x.indices, x.data, cands, w.indptr, w.indices, w.data,
-                                self.b.astype(np.float32), np.float32(self.p["temperature"]), w.shape[1])
-        n_cand = cands.shape[1]
-        k = min(k, n_cand)
-        top = np.argsort(-proba, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(cands, top, axis=1), np.take_along_axis(proba, top, axis=1)
+        w, b = self.weights, self.b.astype(np.float32)
+        k = min(k, cands.shape[1])
+        labels, probs = np.empty((x.shape[0], k), np.int32), np.empty((x.shape[0], k), np.float32)
+
+        def chunk(rows: slice):
+            xs = x[rows]
+            proba = _predict_sparse(xs.indptr, xs.indices, xs.data, cands[rows], w.indptr, w.indices, w.data, b,
+                                    np.float32(self.p["temperature"]), w.shape[1])
+            top = np.argsort(-proba, axis=1, kind="stable")[:, :k]
+            labels[rows] = np.take_along_axis(cands[rows], top, axis=1)
+            probs[rows] = np.take_along_axis(proba, top, axis=1)
+
+        self.in_chunks(x.shape[0], chunk)
+        return labels, probs
 
     def save(self, path: Path, classes: np.ndarray) -> None:
         """Sparse weights, bias and class centroids (npz), with the category id of each class index."""
@@ -337,7 +377,7 @@ def _train(indptr, indices, data, y, cands, w, b, epochs, lr0, l2, seed):  # pra
                         w[f, k] -= z[c] * v
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _predict_sparse(indptr, indices, data, cands, w_indptr, w_indices, w_data, b, temperature,
                     n_classes):  # pragma: no cover - numba
     """Softmax over each row's shortlist of x @ W + b, with W a sparse (features x classes) CSR matrix:

@@ -98,13 +98,13 @@ def product_features(frame: pd.DataFrame, text_cfg: dict) -> pd.DataFrame:
     """Per product, the same for every candidate: how much text it has (models differ in how they cope)."""
     from prodcat.data.text import product_texts
 
-    texts = product_texts(frame, text_cfg)
+    texts = product_texts(frame, text_cfg).tolist()
     return pd.DataFrame({
-        "text_words": texts.str.count(" ").to_numpy() + 1,
-        "title_chars": frame["title"].fillna("").str.len().to_numpy(),
-        "has_description": frame["short_description"].notna().to_numpy(),
-        "has_characteristics": frame["name_value_characteristics"].notna().to_numpy(),
-    }).astype(np.float32)
+        "text_words": np.array([t.count(" ") + 1 for t in texts], np.float32),
+        "title_chars": np.array([len(t) if isinstance(t, str) else 0 for t in frame["title"].tolist()], np.float32),
+        "has_description": frame["short_description"].notna().to_numpy(np.float32),
+        "has_characteristics": frame["name_value_characteristics"].notna().to_numpy(np.float32),
+    })
 
 
 def monotone_constraints(columns: list[str]) -> list[int]:
