@@ -82,3 +82,24 @@ def test_tree_problems_surface_from_dataset(tmp_path):
     root = write_dataset(tmp_path / "d", tree=tree)
     with pytest.raises(DataError, match="categories_tree.csv.*cycle"):
         load_dataset(root)
+
+
+def test_extra_labelled_products_join_the_training_rows(tiny, tmp_path):
+    """--extra (reviewers' decisions): a known product takes the extra label in its place, new products are
+    appended, the content fingerprint changes; extra rows pass train.parquet's checks."""
+    base = load_dataset(tiny)
+    leaves = base.train["category_id"].unique()
+    known = base.train.iloc[[3, 7]].copy()
+    known["category_id"] = [c for c in leaves if c != known["category_id"].iloc[0]][0], known["category_id"].iloc[1]
+    new = products(4, seed=5, start_id=90_000).assign(category_id=leaves[0])
+    extra = tmp_path / "decisions.parquet"
+    pd.concat([known, new]).to_parquet(extra, index=False)
+    ds = load_dataset(tiny, extra=extra)
+    assert len(ds.train) == len(base.train) + 4
+    row = ds.train.iloc[3]
+    assert row["id"] == known["id"].iloc[0] and row["category_id"] == known["category_id"].iloc[0]
+    assert ds.train["id"].tail(4).tolist() == new["id"].tolist()
+    assert ds.train.dtypes.equals(base.train.dtypes) and ds.fingerprint != base.fingerprint
+    known.assign(category_id=-5).to_parquet(extra, index=False)
+    with pytest.raises(DataError, match="decisions.parquet, column 'category_id': categories not in"):
+        load_dataset(tiny, extra=extra)

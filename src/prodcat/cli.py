@@ -36,15 +36,18 @@ def run_options(fn):
                   help="Where folds/, oof/, models/, submissions/ and cache/ go (default: the config's, '.').")
     @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                   help="Override a setting, e.g. --set models.fasttext.epoch=10 (repeatable).")
+    @click.option("--extra", type=click.Path(), default=None, callback=user_path,
+                  help="More labelled products (train.parquet's layout, e.g. `review export`) added to the "
+                       "training rows; a product already there takes the extra row's label.")
     @functools.wraps(fn)
-    def wrapper(data, config, workdir, sets, **kwargs):
+    def wrapper(data, config, workdir, sets, extra, **kwargs):
         from prodcat.run import Run
         from prodcat.settings import parse_sets
 
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             try:
-                run = Run.open(data, config, workdir, parse_sets(sets) if sets else None)
+                run = Run.open(data, config, workdir, parse_sets(sets) if sets else None, extra)
             except DataError as exc:
                 raise click.ClickException(str(exc)) from None
         if fn.__name__ in WRITERS:

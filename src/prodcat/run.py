@@ -24,11 +24,13 @@ class Run:
 
     @classmethod
     def open(cls, data: str | Path | None = None, config: str | Path | None = None,
-             workdir: str | Path | None = None, sets: dict | None = None) -> "Run":
-        """Check the config (before any data is read), load the dataset, then resolve the settings with
-        the size rules for its number of training products."""
+             workdir: str | Path | None = None, sets: dict | None = None,
+             extra: str | Path | None = None) -> "Run":
+        """Check the config (before any data is read), load the dataset (with the `extra` labelled products
+        added to its training rows), then resolve the settings with the size rules for its number of
+        training products."""
         first = resolve_config(config, sets)
-        ds = load_dataset(Path(data or first.values["data"]), name=first.values["dataset_name"])
+        ds = load_dataset(Path(data or first.values["data"]), name=first.values["dataset_name"], extra=extra)
         settings = resolve_config(config, sets, len(ds.train))
         cfg = settings.values
         root = workdir_of(workdir, cfg)

@@ -141,8 +141,9 @@ def dataset_name(root: str | Path, name: str | None = None) -> str:
     return name or Path(root).resolve().name
 
 
-def load_dataset(root: str | Path, name: str | None = None) -> Dataset:
-    """Load and validate a dataset folder; bad input raises DataError naming file, column and rows."""
+def load_dataset(root: str | Path, name: str | None = None, extra: str | Path | None = None) -> Dataset:
+    """Load and validate a dataset folder; bad input raises DataError naming file, column and rows. `extra`:
+    more labelled products in the training layout (e.g. reviewers' decisions: `./run.sh review export`)."""
     root = Path(root)
     if not root.is_dir():
         fail(root.resolve(), None, "dataset folder not found (give --data DIR, a folder with categories_tree.csv, "
@@ -150,7 +151,25 @@ def load_dataset(root: str | Path, name: str | None = None) -> Dataset:
     tree = CategoryTree.from_csv(root / "categories_tree.csv")
     train = read_products(root / "train.parquet", TRAIN_COLUMNS)
     check_labels(train, tree, root / "train.parquet")
+    if extra is not None:
+        train = with_extra(train, Path(extra), tree)
     return Dataset(name=dataset_name(root, name), root=root, tree=tree, train=train)
+
+
+def with_extra(train: pd.DataFrame, path: Path, tree: CategoryTree) -> pd.DataFrame:
+    """The training rows with the labelled products of `path` added: a product already in training (same
+    id) takes the extra row (its label as decided, its fields as they were then), in its place; new
+    products are appended. The extra rows pass the same checks as train.parquet."""
+    extra = read_products(path, TRAIN_COLUMNS)
+    check_labels(extra, tree, path)
+    where = pd.Index(train["id"]).get_indexer(extra["id"])
+    known = where >= 0
+    replaced = {}
+    for col in train.columns:
+        values = train[col].to_numpy().copy()
+        values[where[known]] = extra[col].to_numpy()[known]
+        replaced[col] = pd.Series(values, dtype=train[col].dtype)
+    return pd.concat([pd.DataFrame(replaced), extra.loc[~known, list(train.columns)]], ignore_index=True)
 
 
 def read_test(path: Path, train: pd.DataFrame | None = None) -> pd.DataFrame:
