@@ -94,6 +94,8 @@ def read_review_input(input_path: Path, products_path: Path | None, images: Path
     is_output = "needs_review" in columns
     if is_output and products_path is None:
         fail(input_path, None, "is a `predict` output: give the products' own file too (--products FILE)")
+    if images is not None and not images.is_dir():
+        fail(images.resolve(), None, "--images folder not found")
     products = read_input(products_path if is_output else input_path)
     folder = (products_path if is_output else input_path).parent / "images"
     products = with_photos(products, ImageFolder(images or folder), None)
@@ -105,6 +107,7 @@ def read_review_input(input_path: Path, products_path: Path | None, images: Path
     missing = [c for c in PREDICTION_COLUMNS if c not in table.columns]
     if missing:
         fail(input_path, missing[0], f"missing column(s) {missing} of a `predict` output")
+    echo(f"[review] {input_path} is a `predict` output: its needs_review column says which products need review")
     return table, products
 
 
