@@ -50,6 +50,21 @@ def url(request, tmp_path):
     return server.new_database()
 
 
+@pytest.fixture
+def open_store(url):
+    """open_store() opens the fresh store (open_store("other"): another dataset in it; tree=None: without
+    the tree); every store opened is closed after the test."""
+    made = []
+
+    def make(dataset: str = "tiny", tree=TREE_OBJ):
+        made.append(ReviewStore(url, dataset, tree))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
 def catalogue(n: int, start: int = 1000) -> pd.DataFrame:
     """Labelled products with distinct texts."""
     p = products(n, start_id=start)
@@ -64,8 +79,8 @@ def queue_items(p: pd.DataFrame, conf=None, reason: str = FLAGGED) -> list[Queue
             for i, s, c, x in zip(p["id"], snapshots(p), p["category_id"], conf)]
 
 
-def test_queue_serves_lowest_confidence_first_and_never_twice(url):
-    store = ReviewStore(url, "tiny", TREE_OBJ)
+def test_queue_serves_lowest_confidence_first_and_never_twice(open_store):
+    store = open_store()
     p = catalogue(7)
     items = queue_items(p.iloc[:6], [0.5, 0.1, 0.9, 0.3, 0.7, None])
     items += queue_items(p.iloc[6:], [0.99], reason=AUDIT)  # an audit product: placed by a hash of its id
@@ -78,7 +93,7 @@ def test_queue_serves_lowest_confidence_first_and_never_twice(url):
     assert served == [i.product_id for i in expected]
     assert served[0] == 1005  # no prediction (confidence None): first
     assert store.claim_next("someone else") is None
-    other = ReviewStore(url, "other", TREE_OBJ)  # another dataset in the same database: its own queue
+    other = open_store("other")  # another dataset in the same database: its own queue
     assert other.enqueue(queue_items(catalogue(3), [0.1, 0.2, 0.3])) == 3
     first = other.claim_next("ann")
     other.decide(first["product_id"], None, "skip", "ann", "skip-1")
@@ -90,8 +105,8 @@ def test_queue_serves_lowest_confidence_first_and_never_twice(url):
     assert order == [1001, 1002, 1000]  # the skipped product comes after the others
 
 
-def test_claims_are_exclusive_renewed_for_their_holder_and_expire(url):
-    store = ReviewStore(url, "tiny", TREE_OBJ)
+def test_claims_are_exclusive_renewed_for_their_holder_and_expire(open_store):
+    store = open_store()
     store.enqueue(queue_items(catalogue(20)))
     a, b = store.claim_next("ann"), store.claim_next("bob")
     assert a["product_id"] != b["product_id"]
@@ -104,7 +119,7 @@ def test_claims_are_exclusive_renewed_for_their_holder_and_expire(url):
         store.decide(c["product_id"], 11, "correct", "carl", "late")
     assert store.decide(c["product_id"], 11, "correct", "dave", "dave-1")["reviewer"] == "dave"
 
-    got, stores = [], [ReviewStore(url, "tiny", TREE_OBJ) for _ in range(8)]
+    got, stores = [], [open_store() for _ in range(8)]
     threads = [threading.Thread(target=lambda s=s, k=k: got.append(s.claim_next(f"t{k}")["product_id"]))
                for k, s in enumerate(stores)]
     for t in threads:
@@ -115,15 +130,15 @@ def test_claims_are_exclusive_renewed_for_their_holder_and_expire(url):
     assert len(got) == 8 and len(set(got)) == 8 and not set(got) & held  # 8 at once, 8 different products
 
 
-def test_a_double_submit_stores_one_decision(url):
-    store = ReviewStore(url, "tiny", TREE_OBJ)
+def test_a_double_submit_stores_one_decision(open_store):
+    store = open_store()
     store.enqueue(queue_items(catalogue(5)))
     first = store.decide(1000, 21, "correct", "ann", "key-1")
     again = store.decide(1000, 21, "correct", "ann", "key-1")
     assert again["id"] == first["id"] and again["chosen_leaf"] == 21
     results = []
-    workers = [threading.Thread(target=lambda: results.append(
-        ReviewStore(url, "tiny", TREE_OBJ).decide(1001, 12, "correct", "bob", "key-2")["id"])) for _ in range(4)]
+    workers = [threading.Thread(target=lambda fresh=fresh: results.append(
+        fresh.decide(1001, 12, "correct", "bob", "key-2")["id"])) for fresh in [open_store() for _ in range(4)]]
     for t in workers:
         t.start()
     for t in workers:
@@ -137,8 +152,8 @@ def test_a_double_submit_stores_one_decision(url):
         store.decide(1000, 11, "correct", "ann", "key-3")
 
 
-def test_undo_returns_the_product_and_keeps_the_record(url):
-    store = ReviewStore(url, "tiny", TREE_OBJ)
+def test_undo_returns_the_product_and_keeps_the_record(open_store):
+    store = open_store()
     store.enqueue(queue_items(catalogue(4)))
     store.decide(1000, 21, "correct", "ann", "d1")
     store.decide(1001, None, "accept", "ann", "d2")
@@ -166,7 +181,7 @@ def test_undo_returns_the_product_and_keeps_the_record(url):
     assert store.item(1003)["skips"] == 0 and store.item(1003)["claimed_by"] == "carl"
 
 
-def test_audit_sample_is_reproducible_and_counted(url):
+def test_audit_sample_is_reproducible_and_counted(open_store):
     ids = np.arange(200_000)
     picked = audit_sample(ids, 0.02)
     assert abs(picked.mean() - 0.02) < 0.002 and (audit_sample(ids, 0.02) == picked).all()
@@ -178,7 +193,7 @@ def test_audit_sample_is_reproducible_and_counted(url):
                           "category_path": "", "top1_category_id": p["category_id"], "top1_probability": conf,
                           "top2_category_id": -1, "top2_probability": 0.0, "prediction_kind": "all models",
                           "needs_review": conf < 0.6})
-    store = ReviewStore(url, "tiny", TREE_OBJ)
+    store = open_store()
     counts = queue_predictions(store, table, p, 0.25, "v2")
     audit = ~table["needs_review"].to_numpy() & audit_sample(p["id"], 0.25)
     assert counts == {"flagged": int((conf < 0.6).sum()), "audit": int(audit.sum()),
@@ -199,10 +214,10 @@ def test_audit_sample_is_reproducible_and_counted(url):
     assert c["suggestion1_accepted"] == right
 
 
-def test_export_is_the_train_layout_with_the_latest_standing_decision(url):
+def test_export_is_the_train_layout_with_the_latest_standing_decision(open_store):
     from prodcat.data.dataset import TRAIN_COLUMNS, validate_products
 
-    store = ReviewStore(url, "tiny", TREE_OBJ)
+    store = open_store()
     p = catalogue(5)
     store.enqueue(queue_items(p))
     store.decide(1000, 21, "correct", "ann", "k1")
@@ -222,10 +237,10 @@ def test_export_is_the_train_layout_with_the_latest_standing_decision(url):
     pd.testing.assert_frame_equal(out.drop(columns="category_id"), validate_products(want))  # the same fields
 
 
-def test_a_decided_text_is_answered_and_never_queued_again(url):
-    store = ReviewStore(url, "tiny", TREE_OBJ)
-    first = {"title": "Молоко <b>Домик</b> 1,5 л", "short_description": None, "name_value_characteristics": None}
-    same = {"title": "молоко   домик 1.5л", "short_description": None, "name_value_characteristics": None}
+def test_a_decided_text_is_answered_and_never_queued_again(open_store):
+    store = open_store()
+    none = {"short_description": None, "name_value_characteristics": None}
+    first, same = {"title": "Молоко <b>Домик</b> 1,5 л"} | none, {"title": "молоко   домик 1.5л"} | none
     assert text_keys([first, same])[0] == text_keys([first, same])[1]
     assert text_keys([{"title": "", "short_description": None}]) == [None]  # no text: matches nothing
     store.enqueue([QueueItem(1, first, [(12, 0.4)], 12, 0.4, "v1")])
@@ -240,8 +255,8 @@ def test_a_decided_text_is_answered_and_never_queued_again(url):
     assert store.enqueue([QueueItem(2, same, [(12, 0.4)], 12, 0.4, "v1")]) == 1
 
 
-def test_bad_decisions_are_refused_with_a_message(url):
-    store = ReviewStore(url, "tiny", TREE_OBJ)
+def test_bad_decisions_are_refused_with_a_message(open_store):
+    store = open_store()
     store.enqueue(queue_items(catalogue(2)))
     for leaf, message in ((20, r"category 20 \(Pets\) is not a leaf"), (999, "999 is not a category"),
                           ("abc", "'abc' is not a category id")):
@@ -254,7 +269,7 @@ def test_bad_decisions_are_refused_with_a_message(url):
     with pytest.raises(DataError, match="reviewer must be a non-empty string"):
         store.decide(1000, 11, "correct", " ", "k")
     with pytest.raises(DataError, match="without the category tree"):
-        ReviewStore(url, "tiny").decide(1000, 11, "correct", "ann", "k")
+        open_store(tree=None).decide(1000, 11, "correct", "ann", "k")
     assert store.decisions_frame().empty  # nothing was written
 
 
@@ -310,8 +325,8 @@ def writer(url: str, tmp_path, name: str, limit: int = 10**9, ttl: float = 600) 
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def test_four_concurrent_writers_lose_and_duplicate_no_decision(url, tmp_path):
-    store = ReviewStore(url, "tiny", TREE_OBJ)
+def test_four_concurrent_writers_lose_and_duplicate_no_decision(open_store, url, tmp_path):
+    store = open_store()
     n = 10_000
     assert store.enqueue(queue_items(catalogue(n), np.random.default_rng(1).uniform(0, 1, n))) == n
     procs = [writer(url, tmp_path, f"w{k}") for k in range(4)]
@@ -331,8 +346,8 @@ def test_four_concurrent_writers_lose_and_duplicate_no_decision(url, tmp_path):
           f"processes in {end - start:.1f}s: {n / (end - start):.0f} decisions/s; per writer {per_writer}")
 
 
-def test_kill_9_loses_no_acknowledged_decision(url, tmp_path):
-    store = ReviewStore(url, "tiny", TREE_OBJ)
+def test_kill_9_loses_no_acknowledged_decision(open_store, url, tmp_path):
+    store = open_store()
     store.enqueue(queue_items(catalogue(3000)))
     proc = writer(url, tmp_path, "victim", ttl=1.0)
     acked = []
@@ -345,7 +360,7 @@ def test_kill_9_loses_no_acknowledged_decision(url, tmp_path):
     rest, _ = proc.communicate()
     acked += [ln for ln in rest.splitlines() if ln and not ln.startswith("#")]
     assert proc.returncode == -signal.SIGKILL and 300 <= len(acked) < 3000
-    stored = set(ReviewStore(url, "tiny", TREE_OBJ).decisions_frame()["idempotency_key"])
+    stored = set(open_store().decisions_frame()["idempotency_key"])
     assert set(acked) <= stored and len(stored) - len(acked) <= 1  # at most the decision being written
     if url.startswith("sqlite"):
         import sqlite3
@@ -388,5 +403,6 @@ def test_review_commands_add_status_export(trained, tmp_path):
     assert r.exit_code == 0 and "1 decided products" in r.output, r.output
     rows = read_products(out, TRAIN_COLUMNS)
     assert rows[["id", "category_id"]].values.tolist() == [[item["product_id"], 23]]
+    store.close()
     r = CliRunner().invoke(main, ["config", "--data", str(data)])
     assert "review.audit_share" in r.output and "review.url" in r.output
