@@ -7,9 +7,11 @@ decided, in SQLite (the default: a file under the workdir) or PostgreSQL (severa
     store.decide(item["product_id"], 1234, "accept", "ann", idempotency_key="...")
     store.undo("ann", idempotency_key="...")               # ann's last decision; the product is queued again
 
-Every write is one transaction, committed (SQLite: fsynced, synchronous=FULL) before the call returns. Two
-reviewers never hold the same product: a claim is taken in a transaction that locks first (SQLite: BEGIN
-IMMEDIATE; PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED) and lasts `ttl_s` seconds.
+Every write is one transaction, committed before the call returns; enqueues and decisions are also on
+disk by then (SQLite: synchronous=FULL; PostgreSQL: synchronous_commit), a claim need not be (lost, it is
+free again). Two reviewers never hold the same product: a claim is taken in a transaction that locks first
+(SQLite: BEGIN IMMEDIATE; PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED) and lasts `ttl_s` seconds. Open
+one store per process and keep it (it holds a connection pool).
 """
 from __future__ import annotations
 
