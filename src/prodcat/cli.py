@@ -356,6 +356,102 @@ def config(run):
         click.echo(f"{key:<{width}}  {value!r:<40}  # {source}")
 
 
+@main.group()
+def review():
+    """The review queue: products for a person to decide (flagged ones and an audit sample of the accepted
+    ones), the decisions kept in the review store (review.url: SQLite under the workdir by default), and
+    the decisions as training rows."""
+
+
+def store_options(fn):
+    """--data, --config, --workdir and --set of the review commands: they name the dataset and the store
+    (the training data is not read)."""
+    for option in reversed((
+            click.option("--data", "data", type=click.Path(), default=None, callback=user_path,
+                         help="Dataset folder (for its name: the store of that dataset)."),
+            click.option("--config", "config", type=click.Path(), default=None, callback=user_path,
+                         help="YAML config."),
+            click.option("--workdir", type=click.Path(), default=None, callback=user_path,
+                         help="Where models/ and review/ are (default: the config's)."),
+            click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                         help="Override a setting, e.g. --set review.url=postgresql+psycopg://u:p@host/db."))):
+        fn = option(fn)
+    return fn
+
+
+def review_setup(data, config, workdir, sets):
+    """(settings, Paths) of the review commands' options."""
+    from prodcat.review.queue import review_config
+    from prodcat.settings import parse_sets
+
+    return review_config(data, config, workdir, parse_sets(sets) if sets else None)
+
+
+@review.command(name="add")
+@click.option("--input", "input_path", type=click.Path(path_type=Path), callback=user_path, required=True,
+              help="Products (predicted on the way in) or a `predict` output (then --products too).")
+@click.option("--products", "products_path", type=click.Path(path_type=Path), callback=user_path, default=None,
+              help="The products' own file, when --input is a `predict` output.")
+@click.option("--images", type=click.Path(path_type=Path), callback=user_path, default=None,
+              help="Photo folder (default: images/ beside the products file).")
+@click.option("--models", "models_dir", type=click.Path(path_type=Path), callback=user_path, default=None,
+              help="Saved models (default: <workdir>/models/<dataset>/).")
+@click.option("--model", default=None, help="stack, average or a base model (default: stack when saved).")
+@click.option("--min-precision", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Precision the accepted products must reach (default: the setting review.min_precision).")
+@use_option
+@store_options
+def review_add(input_path, products_path, images, models_dir, model, min_precision, use, data, config, workdir,
+               sets):
+    """Queue the products that need review (and the audit sample of the accepted ones) from a file."""
+    from prodcat.predict import Predictor
+    from prodcat.review.queue import model_version, open_store, queue_predictions, read_review_input
+
+    cfg, paths = review_setup(data, config, workdir, sets)
+    predictor = Predictor.load(models_dir or paths.models_root, model, preload=False, use=use)
+    store = open_store(cfg, paths, predictor.tree)
+    settings = cfg["review"]
+    precision = settings["min_precision"] if min_precision is None else min_precision
+    table, products = read_review_input(input_path, products_path, images, predictor, precision,
+                                        settings["suggestions"], echo=click.echo)
+    counts = queue_predictions(store, table, products, settings["audit_share"], model_version(predictor))
+    skipped = counts["flagged"] + counts["audit"] - counts["added"]
+    click.echo(f"[review] {len(table)} products: {counts['flagged']} need review, {counts['audit']} accepted ones "
+               f"in the audit sample ({settings['audit_share']:.1%}); {counts['added']} added to the queue "
+               f"({skipped} already queued or decided) -> {store}")
+
+
+@review.command(name="status")
+@store_options
+def review_status(data, config, workdir, sets):
+    """The queue's counters: done, left, suggestion 1 accepted, audit precision so far."""
+    from prodcat.review.queue import open_store
+
+    store = open_store(*review_setup(data, config, workdir, sets))
+    c = store.counters()
+    share = "" if c["suggestion1_share"] is None else f" ({c['suggestion1_share']:.1%})"
+    audit = "none decided yet" if c["audit_precision"] is None else \
+        f"{c['audit_precision']:.1%} of {c['audit_decided']} audit products decided in the model's leaf"
+    click.echo(f"{store}\ndone {c['done']}, left {c['left']} ({c['skipped']} skipped), suggestion 1 accepted "
+               f"{c['suggestion1_accepted']}{share}\naudit precision: {audit}")
+
+
+@review.command(name="export")
+@click.option("--out", "out_path", type=click.Path(path_type=Path), callback=user_path, required=True,
+              help="Output parquet in the task's train.parquet layout.")
+@store_options
+def review_export(out_path, data, config, workdir, sets):
+    """Write the decisions as training rows (the latest standing decision per product; skips and undone
+    decisions left out)."""
+    from prodcat.review.queue import open_store
+    from prodcat.storage import write_parquet
+
+    store = open_store(*review_setup(data, config, workdir, sets))
+    rows = store.export_training_rows()
+    write_parquet(rows, out_path)
+    click.echo(f"{len(rows)} decided products from {store} -> {out_path}")
+
+
 @main.command(name="all")
 @run_options
 @click.option("--force", is_flag=True, help="Retrain finished folds.")

@@ -51,6 +51,11 @@ class Paths:
     def reports(self) -> Path:
         return self._dir("reports")
 
+    @property
+    def review_db(self) -> Path:
+        """The review store's SQLite file (the default store: prodcat.review)."""
+        return self._dir("review") / "review.db"
+
 
 def load_oof(run, name: str):
     """The stored OOF TopK of a model, in the training rows' order."""

@@ -258,6 +258,19 @@ class StackSettings:
 
 
 @dataclass
+class ReviewSettings:
+    url: str = setting("auto", "database URL of the review store ('auto': SQLite at <workdir>/review/<dataset>/"
+                       "review.db; several service replicas share a postgresql+psycopg://USER:PASSWORD@HOST/DB)")
+    min_precision: float = setting(0.98, "precision the auto-accepted products must reach (0 < P < 1); the rest are "
+                                   "queued for review", min=0.0, max=1.0)
+    audit_share: float = setting(0.02, "share of the auto-accepted products also queued (an audit sample, "
+                                 "picked by a hash of the product id) to measure their real precision",
+                                 min=0.0, max=1.0)
+    suggestions: int = setting(5, "top-N suggestions kept per queued product (keys 1-9 accept one)", min=1, max=9)
+    claim_ttl_s: int = setting(600, "seconds a reviewer holds a product before another reviewer may get it", min=1)
+
+
+@dataclass
 class FoldSettings:
     k: int = setting(5, "number of folds", min=2)
 
@@ -275,6 +288,7 @@ class RunSettings:
     text: TextSettings = setting(TextSettings(), "how a product's text is built")
     models: dict = setting({}, "per-model settings; a variant: NAME: {model: BASE, ...}")
     stack: StackSettings = setting(StackSettings(), "the LightGBM stacker")
+    review: ReviewSettings = setting(ReviewSettings(), "the review queue and its decision store")
 
 
 # -- size rules: settings that depend on how many training products there are ---------------------------

@@ -1,0 +1,93 @@
+"""What goes into the review queue: a queued product (`QueueItem`), its snapshot of fields, the key of its
+normalised text (one product text implementation: prodcat.data.text) and the reproducible hashes that pick
+the audit sample and place audit products in the queue."""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from prodcat.review.schema import AUDIT, FLAGGED
+
+SNAPSHOT_FIELDS = ("title", "short_description", "name_value_characteristics", "rating", "feedback_quantity")
+AUDIT_SALT, ORDER_SALT = 0x5EED_A0D1, 0x0DE5_0F7E  # two independent hashes of a product id
+
+
+@dataclass
+class QueueItem:
+    """A product for a person to decide: its fields, the model's top-N suggestions (leaf, probability) best
+    first, the model's leaf and confidence (None: no model could predict it), why it is queued."""
+
+    product_id: int
+    snapshot: dict
+    suggestions: list[tuple[int, float]] = field(default_factory=list)
+    model_leaf: int | None = None
+    confidence: float | None = None
+    model_version: str = ""
+    reason: str = FLAGGED
+
+    @property
+    def priority(self) -> float:
+        """The queue's order, lowest first: a flagged product's confidence (no prediction: -1, first); an
+        audit product's hash of its id, uniform in [0, 1), so the audit sample is spread through the
+        flagged products instead of waiting behind them all (its own confidence is high)."""
+        if self.reason == AUDIT:
+            return float(unit_hash([self.product_id], ORDER_SALT)[0])
+        return -1.0 if self.confidence is None else float(self.confidence)
+
+
+def clean(value):
+    """A JSON-safe scalar: numpy numbers as Python numbers, NaN and pandas' missing values as None."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return None if math.isnan(value) else float(value)
+    return value
+
+
+def snapshots(products: pd.DataFrame) -> list[dict]:
+    """Each product's fields as a JSON-safe dict (the photo's path too, when the frame has one)."""
+    cols = [c for c in SNAPSHOT_FIELDS if c in products.columns]
+    photo = "image_path" in products.columns
+    out = []
+    for i, row in enumerate(products[cols].itertuples(index=False, name=None)):
+        snap = {c: clean(v) for c, v in zip(cols, row)}
+        snap |= {c: None for c in SNAPSHOT_FIELDS if c not in snap}
+        path = clean(products["image_path"].iat[i]) if photo else None
+        if path:
+            snap["image_path"] = str(path)
+        out.append(snap)
+    return out
+
+
+def text_keys(snaps: list[dict]) -> list[str | None]:
+    """Hash of each product's normalised text (the default text settings, prodcat.data.text): products
+    with the same text have the same key; a product with no text has none (it matches nothing)."""
+    from prodcat.data.text import product_texts
+
+    if not snaps:
+        return []
+    frame = pd.DataFrame({"id": np.arange(len(snaps))} | {c: [s.get(c) for s in snaps] for c in SNAPSHOT_FIELDS[:3]})
+    texts = product_texts(frame, None).tolist()
+    return [hashlib.sha1(t.encode("utf-8")).hexdigest()[:32] if t.strip() else None for t in texts]
+
+
+def unit_hash(ids, salt: int) -> np.ndarray:
+    """A reproducible number in [0, 1) per product id (splitmix64 of the id and a salt)."""
+    x = np.asarray(ids, dtype=np.int64).astype(np.uint64) ^ np.uint64(salt)
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def audit_sample(ids, share: float) -> np.ndarray:
+    """Which of these products belong to the audit sample: a hash of the id below `share` (the same
+    products every time, about `share` of any set of ids)."""
+    return unit_hash(ids, AUDIT_SALT) < share

@@ -1,0 +1,122 @@
+"""Filling the review queue from predictions: the flagged products and an audit sample of the accepted ones
+(`queue_predictions`), the store of a config and workdir (`open_store`), and what `review add` reads."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from prodcat.errors import fail
+from prodcat.probs import NO_LABEL
+from prodcat.review.items import QueueItem, audit_sample, snapshots
+from prodcat.review.schema import AUDIT, FLAGGED
+from prodcat.review.store import ReviewStore
+
+PREDICTION_COLUMNS = ("id", "predicted_category_id", "confidence", "needs_review", "top1_category_id")
+
+
+def queue_predictions(store: ReviewStore, table: pd.DataFrame, products: pd.DataFrame, audit_share: float,
+                      model_version: str) -> dict:
+    """Queue the products of a `Predictor.predict` table (prodcat.predict) that need review, and the audit
+    sample (`audit_share` of the others, picked by a hash of the id); `products` holds their fields (ids as
+    in the table). Products already queued, or whose normalised text a person already decided, are left
+    out. Returns {"flagged": n, "audit": n, "added": n}."""
+    table = table.reset_index(drop=True)
+    ids = table["id"].to_numpy(np.int64)
+    flagged = table["needs_review"].to_numpy(bool)
+    audit = ~flagged & audit_sample(ids, audit_share)
+    rows = np.flatnonzero(flagged | audit)
+    where = pd.Index(products["id"].to_numpy(np.int64)).get_indexer(ids[rows])
+    if (where < 0).any():
+        fail("products", "id", f"no fields for predicted products {ids[rows][where < 0][:5].tolist()}")
+    snaps = snapshots(products.iloc[where])
+    tops = [(f"top{j}_category_id", f"top{j}_probability") for j in range(1, 10)
+            if f"top{j}_category_id" in table.columns]
+    items = []
+    for snap, r in zip(snaps, rows.tolist()):
+        conf = table["confidence"].iat[r]
+        leaf = int(table["predicted_category_id"].iat[r])
+        known = leaf != NO_LABEL and not pd.isna(conf)
+        items.append(QueueItem(
+            product_id=int(ids[r]), snapshot=snap, model_version=model_version,
+            suggestions=[(int(table[c].iat[r]), float(table[p].iat[r])) for c, p in tops
+                         if int(table[c].iat[r]) != NO_LABEL],
+            model_leaf=leaf if known else None, confidence=float(conf) if known else None,
+            reason=FLAGGED if flagged[r] else AUDIT))
+    return {"flagged": int(flagged.sum()), "audit": int(audit.sum()), "added": store.enqueue(items)}
+
+
+def model_version(predictor) -> str:
+    """'MODEL:USE:HASH' of the saved models a Predictor uses (the hash of the stacker's and each bag's
+    record: a retrained model has another version)."""
+    from prodcat.outputs import STACK
+
+    h = hashlib.sha1()
+    files = ([predictor.root / STACK / "stacker.json"] if predictor.model == STACK else [])
+    files += [predictor.root / name / "bag.json" for name in predictor.base_names()]
+    for path in files:
+        h.update(path.read_bytes() if path.exists() else b"-")
+    return f"{predictor.model}:{predictor.use}:{h.hexdigest()[:10]}"
+
+
+def store_url(cfg: dict, paths) -> str:
+    """review.url, or for 'auto' the SQLite file under the workdir (outputs.Paths.review_db)."""
+    url = cfg["review"]["url"]
+    return f"sqlite:///{paths.review_db.resolve()}" if url == "auto" else url
+
+
+def review_config(data=None, config=None, workdir=None, sets: dict | None = None):
+    """(the resolved settings, the Paths of the config's dataset and workdir), without reading the training
+    data."""
+    from prodcat.data.dataset import dataset_name
+    from prodcat.outputs import Paths
+    from prodcat.run import workdir_of
+    from prodcat.settings import resolve_config
+
+    cfg = resolve_config(config, sets).values
+    return cfg, Paths(workdir_of(workdir, cfg), dataset_name(data or cfg["data"], cfg["dataset_name"]))
+
+
+def open_store(cfg: dict, paths, tree=None) -> ReviewStore:
+    """The ReviewStore of these settings (review.url) and this dataset."""
+    return ReviewStore(store_url(cfg, paths), paths.dataset, tree)
+
+
+def read_review_input(input_path: Path, products_path: Path | None, images: Path | None, predictor,
+                      min_precision: float, top: int, echo=print) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(predictions, products) for `review add`: a product file is predicted with the saved models on the
+    way in; a `predict` output is taken as it is, with the products' fields from `products_path`."""
+    from prodcat.data.dataset import ImageFolder, read_input, with_photos
+
+    columns = _parquet_columns(input_path)
+    is_output = "needs_review" in columns
+    if is_output and products_path is None:
+        fail(input_path, None, "is a `predict` output: give the products' own file too (--products FILE)")
+    if images is not None and not images.is_dir():
+        fail(images.resolve(), None, "--images folder not found")
+    products = read_input(products_path if is_output else input_path)
+    folder = (products_path if is_output else input_path).parent / "images"
+    products = with_photos(products, ImageFolder(images or folder), None)
+    if not is_output:
+        echo(f"[review] predicting {len(products)} products from {input_path} with '{predictor.model}' "
+             f"(min precision {min_precision})")
+        return predictor.predict(products, top=min(top, predictor.top_k), min_precision=min_precision), products
+    table = pd.read_parquet(input_path)
+    missing = [c for c in PREDICTION_COLUMNS if c not in table.columns]
+    if missing:
+        fail(input_path, missing[0], f"missing column(s) {missing} of a `predict` output")
+    echo(f"[review] {input_path} is a `predict` output: its needs_review column says which products need review")
+    return table, products
+
+
+def _parquet_columns(path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    if not path.exists():
+        fail(path.resolve(), None, "file not found")
+    try:
+        return pq.read_schema(path).names
+    except Exception as exc:  # noqa: BLE001 - re-raised with the file's name
+        fail(path, None, f"cannot be read as parquet: {exc}")

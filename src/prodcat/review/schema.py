@@ -1,0 +1,63 @@
+"""The review store's two tables (SQLAlchemy Core): `queue`, the products waiting for a person (one row
+per dataset and product, its claim and its standing decision), and `decisions`, the append-only record of
+every decision (never updated or deleted; an undo is a row of its own)."""
+from __future__ import annotations
+
+from sqlalchemy import (JSON, BigInteger, Column, Float, Index, Integer, MetaData, String, Table,
+                        UniqueConstraint)
+
+ACCEPT, CORRECT, SKIP, UNDO = "accept", "correct", "skip", "undo"
+CHOICES = (ACCEPT, CORRECT)  # the actions that put a product in a leaf
+ACTIONS = (ACCEPT, CORRECT, SKIP)  # what `decide` takes; UNDO is `undo`'s
+FLAGGED, AUDIT = "flagged", "audit"  # why a product was queued
+
+ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements only an INTEGER primary key
+
+metadata = MetaData()
+
+queue = Table(
+    "review_queue", metadata,
+    Column("dataset", String(200), primary_key=True),
+    Column("product_id", BigInteger, primary_key=True),
+    Column("snapshot", JSON, nullable=False),  # the product's fields when it was queued
+    Column("suggestions", JSON, nullable=False),  # [[leaf, probability], ...], best first
+    Column("model_leaf", BigInteger),  # null: no model could predict the product
+    Column("confidence", Float),
+    Column("model_version", String(200), nullable=False),
+    Column("reason", String(16), nullable=False),  # FLAGGED | AUDIT
+    Column("text_key", String(40)),  # hash of the normalised text (null: the product has no text)
+    Column("priority", Float, nullable=False),  # served lowest first (see prodcat.review.items)
+    Column("skips", Integer, nullable=False, default=0),  # skipped products come after the others
+    Column("enqueued_at", Float, nullable=False),
+    Column("claimed_by", String(200)),
+    Column("claimed_at", Float),
+    Column("claim_expires", Float),
+    Column("decision_id", BigInteger),  # the standing decision (null: still to be decided)
+)
+Index("ix_review_queue_open", queue.c.dataset, queue.c.skips, queue.c.priority, queue.c.product_id,
+      sqlite_where=queue.c.decision_id.is_(None), postgresql_where=queue.c.decision_id.is_(None))
+Index("ix_review_queue_claims", queue.c.dataset, queue.c.claimed_by, queue.c.claimed_at)
+
+decisions = Table(
+    "review_decisions", metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("dataset", String(200), nullable=False),
+    Column("product_id", BigInteger, nullable=False),
+    Column("snapshot", JSON, nullable=False),
+    Column("model_leaf", BigInteger),
+    Column("model_confidence", Float),
+    Column("model_version", String(200), nullable=False),
+    Column("reason", String(16), nullable=False),
+    Column("text_key", String(40)),
+    Column("chosen_leaf", BigInteger),  # null for skip and undo
+    Column("action", String(16), nullable=False),  # ACCEPT | CORRECT | SKIP | UNDO
+    Column("reviewer", String(200), nullable=False),
+    Column("undoes", BigInteger),  # UNDO: the decision it cancels (each at most once)
+    Column("idempotency_key", String(200), nullable=False),
+    Column("at", Float, nullable=False),  # seconds since the epoch (UTC)
+    UniqueConstraint("idempotency_key", name="uq_review_decisions_key"),
+    UniqueConstraint("undoes", name="uq_review_decisions_undoes"),
+)
+Index("ix_review_decisions_reviewer", decisions.c.dataset, decisions.c.reviewer, decisions.c.id)
+Index("ix_review_decisions_text", decisions.c.dataset, decisions.c.text_key)
+Index("ix_review_decisions_product", decisions.c.dataset, decisions.c.product_id)

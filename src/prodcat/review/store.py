@@ -1,0 +1,327 @@
+"""The review store: the queue of products waiting for a person and the append-only record of what people
+decided, in SQLite (the default: a file under the workdir) or PostgreSQL (several service replicas).
+
+    store = ReviewStore("sqlite:///review/uhtt_ke/review.db", "uhtt_ke", tree)
+    store.enqueue(items)                                   # QueueItems; returns how many were added
+    item = store.claim_next("ann")                         # the lowest-priority open product, held by ann
+    store.decide(item["product_id"], 1234, "accept", "ann", idempotency_key="...")
+    store.undo("ann", idempotency_key="...")               # ann's last decision; the product is queued again
+
+Every write is one transaction, committed before the call returns; enqueues and decisions are also on
+disk by then (SQLite: synchronous=FULL; PostgreSQL: synchronous_commit), a claim need not be (lost, it is
+free again). Two reviewers never hold the same product: a claim is taken in a transaction that locks first
+(SQLite: BEGIN IMMEDIATE; PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED) and lasts `ttl_s` seconds. Open
+one store per process and keep it (it holds a connection pool).
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterable
+
+import pandas as pd
+from sqlalchemy import and_, case, exists, func, insert, or_, select, text, update
+from sqlalchemy.exc import IntegrityError
+
+from prodcat.data.tree import CategoryTree
+from prodcat.errors import DataError
+from prodcat.review.db import Conflict, StoreError, masked, open_engine, transaction
+from prodcat.review.items import SNAPSHOT_FIELDS, QueueItem, text_keys
+from prodcat.review.schema import ACCEPT, ACTIONS, AUDIT, CHOICES, SKIP, UNDO, decisions, metadata, queue
+
+CHUNK = 500  # values per IN (...) list
+ATTEMPTS = 5  # PostgreSQL: a transaction that met a concurrent one's unique key is tried again
+
+
+def default_ttl() -> float:
+    """The declared default of review.claim_ttl_s (prodcat.settings)."""
+    from prodcat.settings import ReviewSettings, defaults_of
+
+    return float(defaults_of(ReviewSettings)["claim_ttl_s"])
+
+
+def standing(d=decisions):
+    """SQL condition: a decision that puts its product in a leaf and was not undone."""
+    u = decisions.alias("u")
+    return d.c.action.in_(CHOICES) & ~exists().where(u.c.undoes == d.c.id)
+
+
+class ReviewStore:
+    """The queue and decisions of one dataset in the database at `url`; `tree` (the dataset's category
+    tree) checks that a chosen leaf is a leaf."""
+
+    def __init__(self, url: str, dataset: str, tree: CategoryTree | None = None):
+        self.url, self.dataset, self.tree = str(url), str(dataset), tree
+        self.engine = open_engine(self.url)
+        self.postgres = self.engine.dialect.name == "postgresql"
+        with self._tx(write=True) as conn:  # tables made once, by one process at a time
+            if self.postgres:
+                conn.execute(text("SELECT pg_advisory_xact_lock(727001)"))
+            metadata.create_all(conn)
+
+    def __repr__(self) -> str:
+        return f"ReviewStore({masked(self.url)!r}, {self.dataset!r})"
+
+    def __str__(self) -> str:
+        return f"review store {masked(self.url)} ({self.dataset})"
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> "ReviewStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _tx(self, write: bool, durable: bool = True):
+        return transaction(self.engine, self.url, write, durable)
+
+    def _retry(self, work):
+        """`work(conn)` in a write transaction, tried again when a concurrent transaction took a unique key
+        first (PostgreSQL; SQLite's writers run one at a time)."""
+        for attempt in range(ATTEMPTS):
+            try:
+                with self._tx(write=True) as conn:
+                    return work(conn)
+            except IntegrityError as exc:
+                if attempt == ATTEMPTS - 1:
+                    raise StoreError(f"review store {masked(self.url)}: {str(exc.orig).splitlines()[0]}") from None
+        raise AssertionError("unreachable")
+
+    # -- the queue ---------------------------------------------------------------------------------------
+    def enqueue(self, items: Iterable[QueueItem]) -> int:
+        """Queue products; one already queued (decided or not) or whose normalised text already has a
+        standing decision is left out. Returns how many were added."""
+        items = list(items)
+        keys = text_keys([i.snapshot for i in items])
+        decided = set(self.decided_leaves([k for k in keys if k]))
+        now = time.time()
+        rows = [{"dataset": self.dataset, "product_id": int(i.product_id), "snapshot": i.snapshot,
+                 "suggestions": [[int(leaf), float(p)] for leaf, p in i.suggestions],
+                 "model_leaf": None if i.model_leaf is None else int(i.model_leaf),
+                 "confidence": None if i.confidence is None else float(i.confidence),
+                 "model_version": str(i.model_version), "reason": i.reason, "text_key": k,
+                 "priority": i.priority, "skips": 0, "enqueued_at": now}
+                for i, k in zip(items, keys) if k is None or k not in decided]
+        dialect = self._dialect_insert()
+        added = 0
+        with self._tx(write=True) as conn:
+            for start in range(0, len(rows), CHUNK):
+                stmt = dialect(queue).on_conflict_do_nothing().returning(queue.c.product_id)
+                added += len(conn.execute(stmt, rows[start:start + CHUNK]).all())
+        return added
+
+    def _dialect_insert(self):
+        if self.postgres:
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        return dialect_insert
+
+    def claim_next(self, reviewer: str, ttl_s: float | None = None) -> dict | None:
+        """The product `reviewer` should decide now, held for `ttl_s` seconds: the reviewer's own live claim
+        (a reloaded page shows the same product; after an undo, the undone one), else the open product with
+        the lowest priority that nobody holds (a claim past its time is free again); skipped products come
+        after the others. None when nothing is left."""
+        reviewer = _name(reviewer, "reviewer")
+        ttl = default_ttl() if ttl_s is None else float(ttl_s)
+        with self._tx(write=True, durable=False) as conn:  # a claim lost to a power cut is free again
+            now = time.time()
+            open_ = and_(queue.c.dataset == self.dataset, queue.c.decision_id.is_(None))
+            mine = (select(queue).where(open_, queue.c.claimed_by == reviewer, queue.c.claim_expires > now)
+                    .order_by(queue.c.claimed_at.desc()).limit(1).with_for_update())
+            row = conn.execute(mine).first()
+            if row is None:
+                free = or_(queue.c.claimed_by.is_(None), queue.c.claim_expires <= now)
+                nxt = (select(queue).where(open_, free)
+                       .order_by(queue.c.skips, queue.c.priority, queue.c.product_id)
+                       .limit(1).with_for_update(skip_locked=True))
+                row = conn.execute(nxt).first()
+            if row is None:
+                return None
+            claim = {"claimed_by": reviewer, "claimed_at": now, "claim_expires": now + ttl}
+            conn.execute(update(queue).where(queue.c.dataset == self.dataset,
+                                             queue.c.product_id == row.product_id).values(**claim))
+            return dict(row._mapping) | claim
+
+    def item(self, product_id: int) -> dict | None:
+        """A queued product's row (its fields, suggestions, claim and standing decision), None if not queued."""
+        with self._tx(write=False) as conn:
+            row = conn.execute(select(queue).where(queue.c.dataset == self.dataset,
+                                                   queue.c.product_id == int(product_id))).first()
+        return None if row is None else dict(row._mapping)
+
+    # -- decisions -----------------------------------------------------------------------------------------
+    def decide(self, product_id: int, chosen_leaf: int | None, action: str, reviewer: str,
+               idempotency_key: str) -> dict:
+        """Record a decision on a queued product: `accept` (a suggestion; `chosen_leaf` None: the model's
+        leaf), `correct` (another leaf) or `skip` (no leaf; the product goes behind the others). Stored and
+        committed before it returns; the same `idempotency_key` again returns the first decision."""
+        reviewer, key = _name(reviewer, "reviewer"), _name(idempotency_key, "idempotency key")
+        if action not in ACTIONS:
+            raise DataError(f"action {action!r} is not allowed (allowed: {', '.join(ACTIONS)}; undo has its own call)")
+        if action == SKIP:
+            chosen_leaf = None
+        elif chosen_leaf is not None:
+            chosen_leaf = self.check_leaf(chosen_leaf)
+        return self._retry(lambda conn: self._decide(conn, int(product_id), chosen_leaf, action, reviewer, key))
+
+    def _decide(self, conn, product_id, chosen_leaf, action, reviewer, key) -> dict:
+        row = conn.execute(select(queue).where(queue.c.dataset == self.dataset, queue.c.product_id == product_id)
+                           .with_for_update()).first()
+        earlier = self._by_key(conn, key)
+        if earlier is not None:
+            if earlier["product_id"] != product_id or earlier["action"] == UNDO:
+                raise Conflict(f"idempotency key {key!r} was already used for another request "
+                               f"({earlier['action']} of product {earlier['product_id']})")
+            return earlier
+        if row is None:
+            raise DataError(f"product {product_id} is not in the review queue of {self.dataset}")
+        if row.decision_id is not None:
+            raise Conflict(f"product {product_id} is already decided (decision {row.decision_id}); undo it first")
+        now = time.time()
+        if row.claimed_by not in (None, reviewer) and (row.claim_expires or 0) > now:
+            raise Conflict(f"product {product_id} is held by reviewer {row.claimed_by!r} for another "
+                           f"{row.claim_expires - now:.0f}s")
+        if action == ACCEPT and chosen_leaf is None:
+            if row.model_leaf is None:
+                raise DataError(f"product {product_id} has no model leaf to accept: choose a leaf")
+            chosen_leaf = self.check_leaf(row.model_leaf)
+        decision = self._record(conn, row, action, reviewer, key, chosen_leaf, None, now)
+        done = {"decision_id": decision["id"]} if action != SKIP else {"skips": queue.c.skips + 1}
+        conn.execute(update(queue).where(queue.c.dataset == self.dataset, queue.c.product_id == product_id)
+                     .values(claimed_by=None, claimed_at=None, claim_expires=None, **done))
+        return decision
+
+    def _record(self, conn, row, action, reviewer, key, chosen_leaf, undoes, now) -> dict:
+        """Append one decision (the product's snapshot and the model's view copied from its queue row)."""
+        values = {"dataset": self.dataset, "product_id": row.product_id, "snapshot": row.snapshot,
+                  "model_leaf": row.model_leaf, "model_confidence": row.confidence,
+                  "model_version": row.model_version, "reason": row.reason, "text_key": row.text_key,
+                  "chosen_leaf": chosen_leaf, "action": action, "reviewer": reviewer, "undoes": undoes,
+                  "idempotency_key": key, "at": now}
+        new_id = conn.execute(insert(decisions).values(**values)).inserted_primary_key[0]
+        return {"id": int(new_id)} | values
+
+    def _by_key(self, conn, key: str) -> dict | None:
+        row = conn.execute(select(decisions).where(decisions.c.idempotency_key == key)).first()
+        return None if row is None else dict(row._mapping)
+
+    def check_leaf(self, leaf) -> int:
+        """`leaf` as an int, if it is a leaf of the dataset's tree (else DataError)."""
+        if self.tree is None:
+            raise DataError("the review store was opened without the category tree: decisions cannot be checked")
+        try:
+            leaf = int(leaf)
+        except (TypeError, ValueError):
+            raise DataError(f"chosen leaf {leaf!r} is not a category id") from None
+        if leaf not in self.tree:
+            raise DataError(f"chosen leaf {leaf} is not a category of {self.dataset}'s tree")
+        if not self.tree.is_leaf(leaf):
+            raise DataError(f"chosen category {leaf} ({self.tree.title_path(leaf)}) is not a leaf: choose one of "
+                            "its leaves")
+        return leaf
+
+    def undo(self, reviewer: str, idempotency_key: str, ttl_s: float | None = None) -> dict:
+        """Cancel `reviewer`'s last decision that is not undone yet (an undo row of its own: the record is
+        never changed). Its product returns to the queue, held by the reviewer. Returns the undo row (the
+        same key again: the same row). Nothing to undo: Conflict."""
+        reviewer, key = _name(reviewer, "reviewer"), _name(idempotency_key, "idempotency key")
+        ttl = default_ttl() if ttl_s is None else float(ttl_s)
+        return self._retry(lambda conn: self._undo(conn, reviewer, key, ttl))
+
+    def _undo(self, conn, reviewer, key, ttl) -> dict:
+        earlier = self._by_key(conn, key)
+        if earlier is not None:
+            if earlier["action"] != UNDO or earlier["reviewer"] != reviewer:
+                raise Conflict(f"idempotency key {key!r} was already used for another request "
+                               f"({earlier['action']} of product {earlier['product_id']})")
+            return earlier
+        u = decisions.alias("u")
+        last = conn.execute(select(decisions).where(
+            decisions.c.dataset == self.dataset, decisions.c.reviewer == reviewer, decisions.c.action.in_(ACTIONS),
+            ~exists().where(u.c.undoes == decisions.c.id)).order_by(decisions.c.id.desc()).limit(1)).first()
+        if last is None:
+            raise Conflict(f"reviewer {reviewer!r} has no decision to undo in {self.dataset}")
+        where = (queue.c.dataset == self.dataset, queue.c.product_id == last.product_id)
+        row = conn.execute(select(queue).where(*where).with_for_update()).first()
+        now = time.time()
+        undo = self._record(conn, row, UNDO, reviewer, key, None, last.id, now)
+        values = {"skips": func.max(queue.c.skips - 1, 0) if not self.postgres
+                  else func.greatest(queue.c.skips - 1, 0)} if last.action == SKIP else {}
+        if row.decision_id == last.id:
+            values["decision_id"] = None
+        if row.decision_id is None or row.decision_id == last.id:  # open again: the reviewer holds it
+            values |= {"claimed_by": reviewer, "claimed_at": now, "claim_expires": now + ttl}
+        if values:
+            conn.execute(update(queue).where(*where).values(**values))
+        return undo
+
+    # -- what was decided -----------------------------------------------------------------------------
+    def decided_leaves(self, keys: Iterable[str]) -> dict[str, dict]:
+        """{text key: the latest standing decision on a product with that normalised text} for the keys
+        that have one."""
+        keys = sorted({k for k in keys if k})
+        out: dict[str, dict] = {}
+        with self._tx(write=False) as conn:
+            for start in range(0, len(keys), CHUNK):
+                rows = conn.execute(select(decisions).where(
+                    decisions.c.dataset == self.dataset, decisions.c.text_key.in_(keys[start:start + CHUNK]),
+                    standing()).order_by(decisions.c.id)).all()
+                out |= {r.text_key: dict(r._mapping) for r in rows}  # the latest of each key wins
+        return out
+
+    def decided_leaf(self, text_key: str) -> dict | None:
+        """The latest standing decision on a product with this normalised text (items.text_keys), or None."""
+        return self.decided_leaves([text_key]).get(text_key)
+
+    def counters(self) -> dict:
+        """done (products decided), left (still open), skipped (open, skipped at least once), suggestion-1
+        accepted (decided in the model's leaf: count and share), audit (audit products decided) and audit
+        precision (their share decided in the model's leaf: what goes through unreviewed really reaches)."""
+        decided = queue.c.decision_id.isnot(None)
+        top1 = decided & (decisions.c.chosen_leaf == queue.c.model_leaf)
+        audit = decided & (queue.c.reason == AUDIT)
+
+        def total(cond):
+            return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
+
+        stmt = (select(total(decided), total(queue.c.decision_id.is_(None)),
+                       total(queue.c.decision_id.is_(None) & (queue.c.skips > 0)), total(top1), total(audit),
+                       total(audit & (decisions.c.chosen_leaf == queue.c.model_leaf)))
+                .select_from(queue.outerjoin(decisions, decisions.c.id == queue.c.decision_id))
+                .where(queue.c.dataset == self.dataset))
+        with self._tx(write=False) as conn:
+            done, left, skipped, top1_n, audit_n, audit_ok = (int(v) for v in conn.execute(stmt).one())
+        return {"done": done, "left": left, "skipped": skipped, "suggestion1_accepted": top1_n,
+                "suggestion1_share": top1_n / done if done else None, "audit_decided": audit_n,
+                "audit_precision": audit_ok / audit_n if audit_n else None}
+
+    def decisions_frame(self) -> pd.DataFrame:
+        """Every decision of the dataset, oldest first (the append-only record, undos and skips included)."""
+        with self._tx(write=False) as conn:
+            rows = conn.execute(select(decisions).where(decisions.c.dataset == self.dataset)
+                                .order_by(decisions.c.id)).all()
+        return pd.DataFrame([dict(r._mapping) for r in rows], columns=[c.name for c in decisions.columns])
+
+    def export_training_rows(self) -> pd.DataFrame:
+        """The decisions as training rows in the task's train.parquet layout (id, title, short_description,
+        name_value_characteristics, rating, feedback_quantity, category_id): per product its latest
+        standing decision (skips and undone decisions left out), from the snapshot taken when queued."""
+        from prodcat.data.dataset import TRAIN_COLUMNS, validate_products
+
+        frame = self.decisions_frame()
+        undone = set(frame["undoes"].dropna().astype("int64").tolist())
+        keep = frame[frame["action"].isin(CHOICES) & ~frame["id"].isin(undone)]
+        keep = keep.drop_duplicates("product_id", keep="last").sort_values("product_id")
+        out = pd.DataFrame(keep["snapshot"].tolist(), columns=list(SNAPSHOT_FIELDS))
+        out.insert(0, "id", keep["product_id"].astype("int64").to_numpy())
+        out["category_id"] = keep["chosen_leaf"].astype("int64").to_numpy()
+        return validate_products(out, f"review store {masked(self.url)}", TRAIN_COLUMNS)
+
+
+def _name(value, what: str) -> str:
+    """A reviewer name or an idempotency key: a non-empty string of at most 200 characters."""
+    if not isinstance(value, str) or not value.strip() or len(value) > 200:
+        raise DataError(f"{what} must be a non-empty string of at most 200 characters (got {value!r})")
+    return value

@@ -1,0 +1,408 @@
+"""The review store (prodcat.review): queue order, claims, idempotent decisions, undo, the audit sample, the
+export, decisions by normalised text, bad input, 4 concurrent writer processes, kill -9, and the `review`
+commands. The store tests run on SQLite and on a real PostgreSQL server started for the session (skipped,
+with the reason, where PostgreSQL is not installed)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from conftest import REPO, TREE, products
+from pg_server import PostgresServer, free_port
+
+from prodcat.cli import main
+from prodcat.data.tree import CategoryTree
+from prodcat.errors import DataError
+from prodcat.review.db import Conflict, StoreError
+from prodcat.review.items import ORDER_SALT, QueueItem, audit_sample, snapshots, text_keys, unit_hash
+from prodcat.review.queue import queue_predictions
+from prodcat.review.schema import AUDIT, FLAGGED
+from prodcat.review.store import ReviewStore
+
+TREE_OBJ = CategoryTree.from_frame(TREE)  # leaves 11, 12, 21, 23, 24; 10, 20, 22 are inner categories
+LEAVES = [11, 12, 21, 23, 24]
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    server = PostgresServer.start()
+    yield server
+    if server is not None:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path):
+    """A fresh, empty store's URL: a SQLite file, or a new database on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'review' / 'review.db'}"
+    server = request.getfixturevalue("postgres")
+    if server is None:
+        pytest.skip(f"PostgreSQL review-store tests skipped: {PostgresServer.why_not}")
+    return server.new_database()
+
+
+@pytest.fixture
+def open_store(url):
+    """open_store() opens the fresh store (open_store("other"): another dataset in it; tree=None: without
+    the tree); every store opened is closed after the test."""
+    made = []
+
+    def make(dataset: str = "tiny", tree=TREE_OBJ):
+        made.append(ReviewStore(url, dataset, tree))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def catalogue(n: int, start: int = 1000) -> pd.DataFrame:
+    """Labelled products with distinct texts."""
+    p = products(n, start_id=start)
+    p["title"] = p["title"] + " n" + p["id"].astype(str)
+    return p
+
+
+def queue_items(p: pd.DataFrame, conf=None, reason: str = FLAGGED) -> list[QueueItem]:
+    """Items whose model leaf is the product's label, with `conf` (default: spread over 0.05-0.9)."""
+    conf = np.linspace(0.05, 0.9, len(p)) if conf is None else conf
+    return [QueueItem(int(i), s, [(int(c), float(x or 0)), (12, 0.05)], int(c), x, "v1", reason)
+            for i, s, c, x in zip(p["id"], snapshots(p), p["category_id"], conf)]
+
+
+def test_queue_serves_lowest_confidence_first_and_never_twice(open_store):
+    store = open_store()
+    p = catalogue(7)
+    items = queue_items(p.iloc[:6], [0.5, 0.1, 0.9, 0.3, 0.7, None])
+    items += queue_items(p.iloc[6:], [0.99], reason=AUDIT)  # an audit product: placed by a hash of its id
+    assert store.enqueue(items) == 7
+    assert store.enqueue(items) == 0  # already queued: not queued twice
+    assert store.enqueue(queue_items(catalogue(2, start=1006))) == 1  # 1006 is queued, 1007 is new
+    expected = sorted(items + [QueueItem(1007, {}, confidence=0.9)], key=lambda i: (i.priority, i.product_id))
+    assert items[-1].priority == pytest.approx(unit_hash([1006], ORDER_SALT)[0])
+    served = [store.claim_next(f"r{k}")["product_id"] for k in range(8)]
+    assert served == [i.product_id for i in expected]
+    assert served[0] == 1005  # no prediction (confidence None): first
+    assert store.claim_next("someone else") is None
+    other = open_store("other")  # another dataset in the same database: its own queue
+    assert other.enqueue(queue_items(catalogue(3), [0.1, 0.2, 0.3])) == 3
+    first = other.claim_next("ann")
+    other.decide(first["product_id"], None, "skip", "ann", "skip-1")
+    assert other.counters()["skipped"] == 1
+    order = []
+    while (item := other.claim_next("ann")) is not None:
+        order.append(item["product_id"])
+        other.decide(item["product_id"], None, "accept", "ann", f"a-{item['product_id']}")
+    assert order == [1001, 1002, 1000]  # the skipped product comes after the others
+
+
+def test_claims_are_exclusive_renewed_for_their_holder_and_expire(open_store):
+    store = open_store()
+    store.enqueue(queue_items(catalogue(20)))
+    a, b = store.claim_next("ann"), store.claim_next("bob")
+    assert a["product_id"] != b["product_id"]
+    assert store.claim_next("ann")["product_id"] == a["product_id"]  # a reloaded page: the same product
+    c = store.claim_next("carl", ttl_s=0.3)
+    time.sleep(0.6)
+    d = store.claim_next("dave")
+    assert d["product_id"] == c["product_id"]  # carl's claim expired: given again
+    with pytest.raises(Conflict, match="held by reviewer 'dave'"):
+        store.decide(c["product_id"], 11, "correct", "carl", "late")
+    assert store.decide(c["product_id"], 11, "correct", "dave", "dave-1")["reviewer"] == "dave"
+
+    got, stores = [], [open_store() for _ in range(8)]
+    threads = [threading.Thread(target=lambda s=s, k=k: got.append(s.claim_next(f"t{k}")["product_id"]))
+               for k, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    held = {a["product_id"], b["product_id"], c["product_id"]}
+    assert len(got) == 8 and len(set(got)) == 8 and not set(got) & held  # 8 at once, 8 different products
+
+
+def test_a_double_submit_stores_one_decision(open_store):
+    store = open_store()
+    store.enqueue(queue_items(catalogue(5)))
+    first = store.decide(1000, 21, "correct", "ann", "key-1")
+    again = store.decide(1000, 21, "correct", "ann", "key-1")
+    assert again["id"] == first["id"] and again["chosen_leaf"] == 21
+    results = []
+    workers = [threading.Thread(target=lambda fresh=fresh: results.append(
+        fresh.decide(1001, 12, "correct", "bob", "key-2")["id"])) for fresh in [open_store() for _ in range(4)]]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert len(results) == 4 and len(set(results)) == 1  # 4 submits at once: one decision
+    frame = store.decisions_frame()
+    assert len(frame) == 2 and frame["idempotency_key"].tolist() == ["key-1", "key-2"]
+    with pytest.raises(Conflict, match="key-1' was already used"):
+        store.decide(1002, 11, "correct", "ann", "key-1")
+    with pytest.raises(Conflict, match="already decided"):
+        store.decide(1000, 11, "correct", "ann", "key-3")
+
+
+def test_undo_returns_the_product_and_keeps_the_record(open_store):
+    store = open_store()
+    store.enqueue(queue_items(catalogue(4)))
+    store.decide(1000, 21, "correct", "ann", "d1")
+    store.decide(1001, None, "accept", "ann", "d2")
+    before = store.decisions_frame()
+    undo = store.undo("ann", "u1")
+    assert undo["action"] == "undo" and undo["undoes"] == before["id"].iloc[1]
+    assert store.undo("ann", "u1")["id"] == undo["id"]  # the same key again: the same undo, nothing more
+    item = store.item(1001)
+    assert item["decision_id"] is None and item["claimed_by"] == "ann"
+    assert store.claim_next("ann")["product_id"] == 1001  # the undone product comes back first
+    assert store.claim_next("bob")["product_id"] != 1001
+    store.undo("ann", "u2")  # the one before: 1000
+    assert store.claim_next("ann")["product_id"] == 1000
+    store.decide(1000, 24, "correct", "ann", "d3")
+    after = store.decisions_frame()
+    kept = [c for c in before.columns if c != "undoes"]  # append-only: the first rows are unchanged
+    assert after.iloc[:2][kept].to_dict("records") == before[kept].to_dict("records")
+    assert after["action"].tolist() == ["correct", "accept", "undo", "undo", "correct"]
+    assert store.export_training_rows()[["id", "category_id"]].values.tolist() == [[1000, 24]]
+    with pytest.raises(Conflict, match="no decision to undo"):
+        store.undo("nobody", "u3")
+    store.decide(1003, None, "skip", "carl", "s1")  # (bob holds 1002)
+    assert store.item(1003)["skips"] == 1
+    store.undo("carl", "u4")
+    assert store.item(1003)["skips"] == 0 and store.item(1003)["claimed_by"] == "carl"
+
+
+def test_audit_sample_is_reproducible_and_counted(open_store):
+    ids = np.arange(200_000)
+    picked = audit_sample(ids, 0.02)
+    assert abs(picked.mean() - 0.02) < 0.002 and (audit_sample(ids, 0.02) == picked).all()
+    assert not (audit_sample(ids, 0.01) & ~picked).any()  # a smaller share: a subset of the same products
+    p = catalogue(400)
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0.2, 1.0, len(p)).astype(np.float32)
+    table = pd.DataFrame({"id": p["id"], "predicted_category_id": p["category_id"], "confidence": conf,
+                          "category_path": "", "top1_category_id": p["category_id"], "top1_probability": conf,
+                          "top2_category_id": -1, "top2_probability": 0.0, "prediction_kind": "all models",
+                          "needs_review": conf < 0.6})
+    store = open_store()
+    counts = queue_predictions(store, table, p, 0.25, "v2")
+    audit = ~table["needs_review"].to_numpy() & audit_sample(p["id"], 0.25)
+    assert counts == {"flagged": int((conf < 0.6).sum()), "audit": int(audit.sum()),
+                      "added": int((conf < 0.6).sum() + audit.sum())}
+    assert queue_predictions(store, table, p, 0.25, "v2")["added"] == 0
+    k = int(np.argmax(conf < 0.6))  # the first flagged product
+    first = store.item(int(p["id"].iloc[k]))
+    assert first["suggestions"] == [[int(p["category_id"].iloc[k]), pytest.approx(float(conf[k]))]]  # no -1
+    audit_ids = p["id"].to_numpy()[audit]
+    for k, pid in enumerate(audit_ids.tolist()):  # every third audit product was wrong
+        leaf = int(p.set_index("id").at[pid, "category_id"])
+        store.decide(pid, None if k % 3 else next(x for x in LEAVES if x != leaf), "accept" if k % 3 else "correct",
+                     "ann", f"a{pid}")
+    c = store.counters()
+    right = sum(1 for k in range(len(audit_ids)) if k % 3)
+    assert c["audit_decided"] == len(audit_ids) and c["audit_precision"] == pytest.approx(right / len(audit_ids))
+    assert c["done"] == len(audit_ids) and c["left"] == counts["added"] - len(audit_ids)
+    assert c["suggestion1_accepted"] == right
+
+
+def test_export_is_the_train_layout_with_the_latest_standing_decision(open_store):
+    from prodcat.data.dataset import TRAIN_COLUMNS, validate_products
+
+    store = open_store()
+    p = catalogue(5)
+    store.enqueue(queue_items(p))
+    store.decide(1000, 21, "correct", "ann", "k1")
+    store.decide(1001, None, "accept", "ann", "k2")
+    store.decide(1002, None, "skip", "ann", "k3")
+    store.decide(1003, 23, "correct", "bob", "k4")
+    store.undo("bob", "k5")
+    store.decide(1003, 24, "correct", "bob", "k6")  # the latest standing decision wins
+    store.decide(1004, 11, "correct", "carl", "k7")
+    store.undo("carl", "k8")  # undone: not exported
+    out = store.export_training_rows()
+    assert list(out.columns) == list(TRAIN_COLUMNS)
+    assert out["id"].tolist() == [1000, 1001, 1003]
+    assert out["category_id"].tolist() == [21, int(p["category_id"].iloc[1]), 24]
+    assert out["id"].dtype == np.int64 and out["category_id"].dtype == np.int64 and out["rating"].dtype == float
+    want = p.set_index("id").loc[[1000, 1001, 1003], list(TRAIN_COLUMNS[1:-1])].reset_index()
+    pd.testing.assert_frame_equal(out.drop(columns="category_id"), validate_products(want))  # the same fields
+
+
+def test_a_decided_text_is_answered_and_never_queued_again(open_store):
+    store = open_store()
+    none = {"short_description": None, "name_value_characteristics": None}
+    first, same = {"title": "Молоко <b>Домик</b> 1,5 л"} | none, {"title": "молоко   домик 1.5л"} | none
+    assert text_keys([first, same])[0] == text_keys([first, same])[1]
+    assert text_keys([{"title": "", "short_description": None}]) == [None]  # no text: matches nothing
+    store.enqueue([QueueItem(1, first, [(12, 0.4)], 12, 0.4, "v1")])
+    key = store.item(1)["text_key"]
+    assert store.decided_leaf(key) is None
+    store.decide(1, 11, "correct", "ann", "k1")
+    assert store.decided_leaf(key)["chosen_leaf"] == 11
+    assert store.decided_leaves([key, "unknown"]).keys() == {key}
+    assert store.enqueue([QueueItem(2, same, [(12, 0.4)], 12, 0.4, "v1")]) == 0  # answered by the decision
+    store.undo("ann", "k2")
+    assert store.decided_leaf(key) is None
+    assert store.enqueue([QueueItem(2, same, [(12, 0.4)], 12, 0.4, "v1")]) == 1
+
+
+def test_bad_decisions_are_refused_with_a_message(open_store):
+    store = open_store()
+    store.enqueue(queue_items(catalogue(2)))
+    for leaf, message in ((20, r"category 20 \(Pets\) is not a leaf"), (999, "999 is not a category"),
+                          ("abc", "'abc' is not a category id")):
+        with pytest.raises(DataError, match=message):
+            store.decide(1000, leaf, "correct", "ann", f"bad-{leaf}")
+    with pytest.raises(DataError, match="product 77 is not in the review queue of tiny"):
+        store.decide(77, 11, "correct", "ann", "k77")
+    with pytest.raises(DataError, match="action 'maybe' is not allowed"):
+        store.decide(1000, 11, "maybe", "ann", "k")
+    with pytest.raises(DataError, match="reviewer must be a non-empty string"):
+        store.decide(1000, 11, "correct", " ", "k")
+    with pytest.raises(DataError, match="without the category tree"):
+        open_store(tree=None).decide(1000, 11, "correct", "ann", "k")
+    assert store.decisions_frame().empty  # nothing was written
+
+
+def test_unusable_databases_are_one_message_naming_the_url(tmp_path):
+    (tmp_path / "file").write_text("x")
+    port = free_port()
+    cases = [("mysql://u@h/db", "unsupported database 'mysql'"), ("nonsense", "not a usable database URL"),
+             ("sqlite://", "give a file"), (f"sqlite:///{tmp_path}/file/review.db", "cannot make the folder"),
+             (f"postgresql+psycopg://ann:secret@127.0.0.1:{port}/db", f"127.0.0.1:{port}")]
+    for url, message in cases:
+        with pytest.raises(StoreError, match=message) as info:
+            ReviewStore(url, "tiny")
+        assert "secret" not in str(info.value) and "\n" not in str(info.value)
+    assert "ann:***@" in str(info.value)
+    ReviewStore(f"sqlite:///{tmp_path}/ro.db", "tiny").close()  # made, then opened read-only
+    with pytest.raises(StoreError, match="readonly"):
+        ReviewStore(f"sqlite:///file:{tmp_path}/ro.db?mode=ro&uri=true", "tiny").enqueue(queue_items(catalogue(1)))
+    r = CliRunner().invoke(main, ["review", "status", "--data", str(tmp_path), "--set",
+                                  f"review.url=postgresql+psycopg://ann:secret@127.0.0.1:{port}/db"])
+    assert r.exit_code == 1 and "Traceback" not in r.output and "secret" not in r.output
+    assert r.output.startswith("Error: review store postgresql+psycopg://ann:***@127.0.0.1") and \
+        len(r.output.strip().splitlines()) == 1
+
+
+WRITER = r"""
+import sys, time
+from prodcat.data.tree import CategoryTree
+from prodcat.review.store import ReviewStore
+
+url, tree_csv, name, limit, ttl = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
+store = ReviewStore(url, "tiny", CategoryTree.from_csv(tree_csv))
+leaves = [11, 12, 21, 23, 24]
+print("#start", time.time(), flush=True)
+n = 0
+while n < limit and (item := store.claim_next(name, ttl_s=ttl)) is not None:
+    pid = item["product_id"]
+    key = f"{name}:{pid}"
+    leaf = leaves[pid % 5]
+    decision = store.decide(pid, leaf, "accept" if leaf == item["model_leaf"] else "correct", name, key)
+    if n % 100 == 0:  # a double submit: the same decision comes back
+        assert store.decide(pid, leaf, "correct", name, key)["id"] == decision["id"]
+    print(key, flush=True)  # acknowledged: the decision is committed
+    n += 1
+print("#end", time.time(), flush=True)
+"""
+
+
+def writer(url: str, tmp_path, name: str, limit: int = 10**9, ttl: float = 600) -> subprocess.Popen:
+    tree_csv = tmp_path / "tree.csv"
+    TREE.to_csv(tree_csv, index=False)
+    env = os.environ | {"PYTHONPATH": str(REPO / "src")}
+    return subprocess.Popen([sys.executable, "-c", WRITER, url, str(tree_csv), name, str(limit), str(ttl)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_four_concurrent_writers_lose_and_duplicate_no_decision(open_store, url, tmp_path):
+    store = open_store()
+    n = 10_000
+    assert store.enqueue(queue_items(catalogue(n), np.random.default_rng(1).uniform(0, 1, n))) == n
+    procs = [writer(url, tmp_path, f"w{k}") for k in range(4)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outputs]
+    lines = [ln.split() for out, _ in outputs for ln in out.splitlines()]
+    acked = [ln[0] for ln in lines if not ln[0].startswith("#")]
+    start = min(float(ln[1]) for ln in lines if ln[0] == "#start")
+    end = max(float(ln[1]) for ln in lines if ln[0] == "#end")
+    frame = store.decisions_frame()
+    assert len(acked) == n and len(set(acked)) == n
+    assert len(frame) == n and frame["product_id"].nunique() == n and set(frame["idempotency_key"]) == set(acked)
+    counters = store.counters()
+    assert counters["done"] == n and counters["left"] == 0
+    per_writer = {k: sum(a.startswith(f"w{k}:") for a in acked) for k in range(4)}
+    print(f"\n[review store] {url.split(':')[0]}: {n} decisions (claim + decide, one transaction each) by 4 "
+          f"processes in {end - start:.1f}s: {n / (end - start):.0f} decisions/s; per writer {per_writer}")
+
+
+def test_kill_9_loses_no_acknowledged_decision(open_store, url, tmp_path):
+    store = open_store()
+    store.enqueue(queue_items(catalogue(3000)))
+    proc = writer(url, tmp_path, "victim", ttl=1.0)
+    acked = []
+    for line in proc.stdout:
+        if not line.startswith("#"):
+            acked.append(line.strip())
+        if len(acked) >= 300:
+            break
+    proc.send_signal(signal.SIGKILL)  # in the middle of its next claim or decision
+    rest, _ = proc.communicate()
+    acked += [ln for ln in rest.splitlines() if ln and not ln.startswith("#")]
+    assert proc.returncode == -signal.SIGKILL and 300 <= len(acked) < 3000
+    stored = set(open_store().decisions_frame()["idempotency_key"])
+    assert set(acked) <= stored and len(stored) - len(acked) <= 1  # at most the decision being written
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    time.sleep(1.2)  # the killed writer's claim expires: its product is served again
+    left = store.counters()["left"]
+    assert left == 3000 - len(stored) and store.claim_next("next") is not None
+
+
+def test_review_commands_add_status_export(trained, tmp_path):
+    from prodcat.data.dataset import TRAIN_COLUMNS, read_products
+    from prodcat.review.queue import open_store, review_config
+
+    common, models, _ = trained
+    data = tmp_path / "tiny"
+    args = [str(a) for a in common]
+    r = CliRunner().invoke(main, ["review", "add", "--input", str(data / "test.parquet"), *args])
+    assert r.exit_code == 0, r.output
+    assert "30 products:" in r.output and "added to the queue" in r.output
+    store = open_store(*review_config(common[1], common[3], common[5]), TREE_OBJ)
+    left = store.counters()["left"]
+    assert left > 0 and str(tmp_path / "w" / "review" / "tiny" / "review.db") in r.output
+    pred = tmp_path / "pred.parquet"
+    r = CliRunner().invoke(main, ["predict", "--input", str(data / "test.parquet"), "--out", str(pred),
+                                  "--min-precision", "0.98", "--models", str(models)])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["review", "add", "--input", str(pred), *args])
+    assert r.exit_code == 1 and "give the products' own file too (--products FILE)" in r.output
+    r = CliRunner().invoke(main, ["review", "add", "--input", str(pred), "--products", str(data / "test.parquet"),
+                                  *args])
+    assert r.exit_code == 0 and f"0 added to the queue ({left} already queued or decided)" in r.output, r.output
+    item = store.claim_next("ann")
+    store.decide(item["product_id"], 23, "correct", "ann", "cli-1")
+    r = CliRunner().invoke(main, ["review", "status", *args])
+    assert r.exit_code == 0 and f"done 1, left {left - 1}" in r.output, r.output
+    out = tmp_path / "decided.parquet"
+    r = CliRunner().invoke(main, ["review", "export", "--out", str(out), *args])
+    assert r.exit_code == 0 and "1 decided products" in r.output, r.output
+    rows = read_products(out, TRAIN_COLUMNS)
+    assert rows[["id", "category_id"]].values.tolist() == [[item["product_id"], 23]]
+    store.close()
+    r = CliRunner().invoke(main, ["config", "--data", str(data)])
+    assert "review.audit_share" in r.output and "review.url" in r.output
