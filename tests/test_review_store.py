@@ -326,8 +326,10 @@ def writer(url: str, tmp_path, name: str, limit: int = 10**9, ttl: float = 600) 
 
 
 def test_four_concurrent_writers_lose_and_duplicate_no_decision(open_store, url, tmp_path):
+    """2,000 decisions here; the README's measurement: PRODCAT_STORE_WRITES=10000 ./run.sh test
+    tests/test_review_store.py -k four -s (prints the throughput)."""
     store = open_store()
-    n = 10_000
+    n = int(os.environ.get("PRODCAT_STORE_WRITES", 2000))
     assert store.enqueue(queue_items(catalogue(n), np.random.default_rng(1).uniform(0, 1, n))) == n
     procs = [writer(url, tmp_path, f"w{k}") for k in range(4)]
     outputs = [p.communicate(timeout=600) for p in procs]
