@@ -29,6 +29,7 @@ from prodcat.serve.loading import load_models
 
 KEY = "s3cret-key"
 SECRET_TEXT = "SECRET-PRODUCT-TEXT"  # must never reach the log or an error answer
+JSON = {"content-type": "application/json"}
 
 
 def invoke(*args):
@@ -202,7 +203,7 @@ def batch_with(bad: dict, at: int = 17, n: int = 18) -> dict:
 ])
 def test_bad_input_is_one_clear_problem(client, body, status, field, message, caplog):
     with caplog.at_level(logging.INFO, logger="prodcat"):  # json.dumps writes Infinity, as some clients do
-        response = client.post("/v1/predict", content=json.dumps(body), headers={"content-type": "application/json"})
+        response = client.post("/v1/predict", content=json.dumps(body), headers=JSON)
     problem = assert_problem(response, status, field, message)
     assert message in problem["detail"]
     assert SECRET_TEXT not in caplog.text and "POST /v1/predict %d" % status in caplog.text
@@ -210,8 +211,18 @@ def test_bad_input_is_one_clear_problem(client, body, status, field, message, ca
 
 def test_malformed_json_names_the_position(client):
     problem = assert_problem(client.post("/v1/predict", content=b'{"id": 1, "title": "x",}',
-                                         headers={"content-type": "application/json"}), 400, "body", "malformed JSON")
+                                         headers=JSON), 400, "body", "malformed JSON")
     assert "character" in problem["detail"]
+
+
+def test_a_body_that_is_not_json_says_so(client):
+    for content_type in ("application/x-www-form-urlencoded", "text/plain"):  # curl -d without -H, ...
+        response = client.post("/v1/predict", content=b'{"id": 1}', headers={"content-type": content_type})
+        assert_problem(response, 422, "body", "expected a JSON body (Content-Type: application/json)")
+    not_utf8 = client.post("/v1/predict", content=b'{"id": 1, "title": "\xff\xfe"}', headers=JSON)
+    assert "send JSON as UTF-8 text" in assert_problem(not_utf8, 400)["detail"]
+    lone = client.post("/v1/predict", content=b'{"id": 1, "title": "\\ud800"}', headers=JSON)  # a lone surrogate
+    assert_problem(lone, 422, "product.title", "not valid Unicode text")
 
 
 def test_a_10_mb_text_field_is_named_not_read(client):
@@ -226,7 +237,7 @@ def test_limits_of_batch_size_body_size_text_and_photo_pixels(small):
     assert_problem(small.post("/v1/predict", json={"id": 1, "title": "x" * 101}), 422, "product.title",
                    "longer than 100 characters")
     big = json.dumps({"id": 1, "title": "x" * 5000}).encode()
-    too_large = assert_problem(small.post("/v1/predict", content=big, headers={"content-type": "application/json"}),
+    too_large = assert_problem(small.post("/v1/predict", content=big, headers=JSON),
                                413)
     assert "at most 4,096 bytes" in too_large["detail"] and "5,0" in too_large["detail"]  # Content-Length seen
 
@@ -236,7 +247,7 @@ def test_limits_of_batch_size_body_size_text_and_photo_pixels(small):
             yield b"x" * 1000
         yield b'"}'
 
-    streamed = small.post("/v1/predict", content=chunks(), headers={"content-type": "application/json"})
+    streamed = small.post("/v1/predict", content=chunks(), headers=JSON)
     assert "passed 4,096 bytes" in assert_problem(streamed, 413)["detail"]
     photo = base64.b64encode(png(21, 20)).decode()
     assert_problem(small.post("/v1/predict", json={"id": 1, "photo": photo}), 422, "product.photo",

@@ -21,14 +21,17 @@ STATUS_OF_KIND = ((NotTrainedError, 503, "models not ready"), (UsageError, 400, 
                   (SettingsError, 422, "invalid settings"), (DataError, 422, "invalid products"))
 
 MESSAGES = {  # pydantic error type -> what the client reads
-    "missing": "required", "extra_forbidden": "unknown field", "int_type": "expected a whole number",
-    "int_parsing": "expected a whole number", "int_from_float": "expected a whole number",
-    "float_type": "expected a number", "float_parsing": "expected a number", "finite_number":
-    "expected a finite number", "string_type": "expected text", "bool_type": "expected true or false",
-    "model_type": "expected an object", "model_attributes_type": "expected an object", "list_type":
-    "expected a list", "dict_type": "expected an object", "request_shape": "expected a product object or "
-    "{\"products\": [...]}",
+    "missing": "required", "extra_forbidden": "unknown field",
+    "int_type": "expected a whole number", "int_parsing": "expected a whole number",
+    "int_from_float": "expected a whole number", "float_type": "expected a number",
+    "float_parsing": "expected a number", "finite_number": "expected a finite number",
+    "string_type": "expected text", "string_unicode": "not valid Unicode text", "bool_type": "expected true or false",
+    "model_type": "expected an object", "model_attributes_type": "expected an object", "list_type": "expected a list",
+    "dict_type": "expected an object",
+    "request_shape": "expected a product object or {\"products\": [...]}",
+    "not_json": "expected a JSON body (Content-Type: application/json)",
 }
+JSON_OR_FORM = ("application/json", "multipart/form-data")  # bodies that are read as such
 
 
 class Problem(Exception):
@@ -143,11 +146,16 @@ def install_handlers(app) -> None:
         return response(exc)
 
     async def on_validation(request, exc: RequestValidationError):
-        return response(from_validation(list(exc.errors())))
+        errors = list(exc.errors())
+        if request.headers.get("content-type", "").split(";")[0].strip() not in JSON_OR_FORM:
+            errors = [e | {"type": "not_json"} if tuple(e.get("loc", ())) == ("body",) else e for e in errors]
+        return response(from_validation(errors))
 
     async def on_http(request, exc: HTTPException):
         phrase = status_phrase(exc.status_code)
         detail = exc.detail if isinstance(exc.detail, str) else phrase
+        if detail == "There was an error parsing the body":  # FastAPI's words for a body it cannot decode
+            detail = "the body cannot be read: send JSON as UTF-8 text (or multipart form data to /v1/predict/upload)"
         return response(Problem(exc.status_code, phrase, detail, kind=phrase.replace(" ", "-"),
                                 headers=dict(exc.headers or {})))
 
