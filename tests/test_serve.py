@@ -603,5 +603,7 @@ def test_serve_checks_its_arguments_before_starting(served, tmp_path):
     assert r.exit_code == 1 and "serve.max_batch_items: 0 is below the minimum 1" in r.output
     r = invoke("serve", "--models", models, "--set", "serve.threshold=0.5")
     assert r.exit_code == 1 and "give one of them" in r.output
+    r = invoke("serve", "--models", models, "--set", "serve.min_precision=1.0")
+    assert r.exit_code == 1 and "serve.min_precision: 1.0 must be between 0 and 1, both excluded" in r.output
     r = invoke("serve", "--models", models, "--set", f"serve.api_key_file={tmp_path / 'no-key'}")
     assert r.exit_code == 1 and "serve.api_key_file" in r.output

@@ -42,4 +42,4 @@ def fail(path, column: str | None, problem: str, rows: Iterable | None = None) -
     where = f"{path}" + (f", column '{column}'" if column else "")
     at = f" (rows {describe_rows(rows)}; row numbers count data rows from 0)" if rows is not None else ""
     raise DataError(f"{where}: {problem}{at}", column=column, problem=problem,
-                    rows=None if rows is None else [int(r) for r in rows])
+                    rows=None if rows is None else list(rows))

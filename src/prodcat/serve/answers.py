@@ -25,8 +25,12 @@ class Ask:
 
 
 def check_review_settings(settings: dict) -> None:
+    """The service's review rule: a threshold or a minimal precision (strictly between 0 and 1), not both."""
     if settings["threshold"] is not None and settings["min_precision"] is not None:
         raise SettingsError("serve.threshold and serve.min_precision: give one of them (set the other to null)")
+    if settings["min_precision"] is not None and not 0 < settings["min_precision"] < 1:
+        raise SettingsError(f"serve.min_precision: {settings['min_precision']} must be between 0 and 1, both "
+                            "excluded (or null)")
 
 
 def ask_of(settings: dict, top: int | None = None, threshold: float | None = None,
