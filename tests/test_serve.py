@@ -18,15 +18,21 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+import schemathesis
 from click.testing import CliRunner
 from conftest import REPO, write_dataset
 from fastapi.testclient import TestClient
+from schemathesis.specs.openapi import schemas as _openapi_schemas  # noqa: F401 - see below
 
 from prodcat.cli import main
 from prodcat.errors import DataError
 from prodcat.serve.app import create_app
 from prodcat.serve.loading import load_models
 
+# schemathesis is a pytest plugin, so pytest parses its modules into Python ASTs (assertion rewriting) when they
+# are first imported; importing them here, at collection, keeps that off the moment the service's threads run:
+# CPython 3.11 can fail an AST parse under threads ("SystemError: AST constructor recursion depth mismatch",
+# python/cpython#106905), seen once in this module's fuzz test.
 KEY = "s3cret-key"
 SECRET_TEXT = "SECRET-PRODUCT-TEXT"  # must never reach the log or an error answer
 JSON = {"content-type": "application/json"}
@@ -493,7 +499,6 @@ TAKING_INPUT = ("POST /v1/predict", "POST /v1/predict/upload", "GET /v1/categori
 def test_a_schemathesis_fuzz_pass_over_the_openapi_document_finds_no_500(client):
     """Every operation of /openapi.json with schema-conforming and schema-breaking requests (a bounded number
     of each, derandomized): 4xx problems at worst, never a server error."""
-    import schemathesis
     from hypothesis import HealthCheck, given, settings
     from hypothesis.errors import Unsatisfiable
     from schemathesis import GenerationMode
