@@ -55,8 +55,9 @@ def free_port() -> int:
 def start_server(args, key: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     limit = max(1000, args.batch_size)
-    cmd = [sys.executable, "-m", "prodcat", "serve", "--models", args.models, "--port", str(port), "--use", args.use,
-           "--workers", str(args.workers), "--set", f"serve.max_batch_items={limit}"]
+    cmd = [sys.executable, "-m", "prodcat", "serve", "--models", args.models, "--port", str(port),
+           "--set", f"serve.max_batch_items={limit}"]
+    cmd += (["--use", args.use] if args.use else []) + (["--workers", str(args.workers)] if args.workers else [])
     env = os.environ | {"PYTHONPATH": str(REPO / "src"), "PRODCAT_API_KEY": key}
     log = open(args.server_log, "w")  # noqa: SIM115 - open while the server runs
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), f"http://127.0.0.1:{port}"
@@ -128,8 +129,8 @@ def batch_throughput(url: str, products: list[dict], n_batches: int, size: int, 
     for t in threads:
         t.join()
     seconds = time.perf_counter() - start
-    return {"batch_products_per_s": counts[0] / seconds, "batch_products": counts[0], "batch_failed_products": counts[1],
-            "batch_seconds": seconds}
+    return {"batch_products_per_s": counts[0] / seconds, "batch_products": counts[0],
+            "batch_failed_products": counts[1], "batch_seconds": seconds}
 
 
 def malformed_request(rng: random.Random, product: dict) -> tuple[bytes, str]:
@@ -247,8 +248,8 @@ def parse_args():
     p.add_argument("--products", required=True, help="parquet of products (e.g. a dataset's test.parquet)")
     p.add_argument("--url", help="a running service instead of starting one (memory is not measured then)")
     p.add_argument("--api-key", default=os.environ.get("PRODCAT_API_KEY"), help="with --url: for the reload")
-    p.add_argument("--use", choices=("full", "folds"), default="folds")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--use", choices=("full", "folds"), help="default: the serve.use setting")
+    p.add_argument("--workers", type=int, help="default: the serve.workers setting")
     p.add_argument("--single", type=int, default=300, help="single-product requests of phase 1")
     p.add_argument("--batches", type=int, default=20, help="batches of phase 2")
     p.add_argument("--batch-size", type=int, default=500)
@@ -275,11 +276,13 @@ def main() -> None:
     products = products_of(args.products, args.new_ids)
     key = args.api_key if args.url else secrets.token_hex(16)
     server, url = (None, args.url.rstrip("/")) if args.url else start_server(args, key)
-    results = {"products_in_file": len(products), "use": args.use, "workers": args.workers}
+    results = {"products_in_file": len(products)}
     try:
         with httpx.Client(timeout=args.timeout) as client:
             results["ready_after_s"] = wait_ready(client, url, server, args.ready_timeout)
-            results["model_version"] = client.get(f"{url}/v1/info").json()["model_version"]
+            info = client.get(f"{url}/v1/info").json()
+            results |= {"use": info["use"], "workers": args.workers or "serve.workers",
+                        "model_version": info["model_version"]}
             results["rss_loaded_mb"] = rss_mb(server.pid if server else None)
             single_latency(client, url, products[-20:], 20)  # warm-up
             results |= single_latency(client, url, products, args.single)
