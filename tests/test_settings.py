@@ -106,9 +106,10 @@ def test_set_overrides_are_parsed_and_checked():
 def test_declared_defaults_have_docs():
     from dataclasses import fields
 
-    from prodcat.settings import StackSettings, TextSettings
+    from prodcat.settings import ServeSettings, StackSettings, TextSettings
 
-    for schema in (RunSettings, TextSettings, StackSettings, *(s.settings for s in MODEL_SPECS.values())):
+    schemas = (RunSettings, TextSettings, StackSettings, ServeSettings, *(s.settings for s in MODEL_SPECS.values()))
+    for schema in schemas:
         for f in fields(schema):
             assert f.metadata.get("doc"), f"{schema.__name__}.{f.name} has no doc"
 
@@ -132,4 +133,5 @@ def test_config_command_prints_every_setting_and_its_source(tiny):
     assert lines["models.fasttext.epoch"].rstrip().endswith("# default")
     assert lines["pipeline"].rstrip().endswith("default.yaml")
     assert lines["data"].rstrip().endswith("# --data")
+    assert lines["serve.max_batch_items"].split()[1] == "1000" and lines["serve.host"].split()[1] == "'127.0.0.1'"
     assert "size rule: 120 training products" in r.output

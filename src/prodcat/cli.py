@@ -1,4 +1,5 @@
-"""Command line: python -m prodcat {folds,train,stack,predict,submit,scores,report,all} [--data DIR] [--config FILE]."""
+"""Command line: python -m prodcat {folds,train,stack,predict,serve,submit,scores,report,all} [--data DIR]
+[--config FILE]."""
 from __future__ import annotations
 
 import functools
@@ -11,6 +12,9 @@ import click
 
 from prodcat.errors import DataError, UsageError
 from prodcat.models.bag import DEFAULT_USE, USES
+from prodcat.settings import ServeSettings, defaults_of
+
+SERVE = defaults_of(ServeSettings)  # the defaults of `serve`'s flags
 
 
 def user_path(ctx, param, value):
@@ -234,6 +238,42 @@ def predict(input_path, out_path, images, models_dir, model, top, threshold, min
         models_dir = models_root(data, config, workdir)
     predict_file(models_dir, input_path, out_path, images, model, top, threshold, min_precision, use,
                  echo=click.echo)
+
+
+@main.command()
+@click.option("--models", "models_dir", type=click.Path(path_type=Path), callback=user_path, default=None,
+              help="Saved models (default: <workdir>/models/<dataset>/ of --data / the config).")
+@click.option("--host", default=None, help=f"Address to bind (default: the serve.host setting, {SERVE['host']}).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help=f"TCP port (default: the serve.port setting, {SERVE['port']}).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help=f"Worker processes, each with its own copy of the models (default: the serve.workers "
+                   f"setting, {SERVE['workers']}).")
+@click.option("--use", type=click.Choice(USES), default=None,
+              help=f"Each base model's full model or the average of its fold models (default: the serve.use "
+                   f"setting, {SERVE['use']}).")
+@click.option("--data", "data", type=click.Path(), default=None, callback=user_path,
+              help="Training dataset folder (for its name).")
+@click.option("--config", "config", type=click.Path(), default=None, callback=user_path, help="YAML config.")
+@click.option("--workdir", type=click.Path(), default=None, callback=user_path,
+              help="Where models/ is (default: the config's).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a setting, e.g. --set serve.max_batch_items=500 (repeatable).")
+def serve(models_dir, host, port, workers, use, data, config, workdir, sets):
+    """Serve the saved models over HTTP: POST /v1/predict, GET /v1/info, /v1/categories, /health/live,
+    /health/ready, /metrics (README: Serve). The serve.* settings hold the defaults of these flags."""
+    from prodcat.predict import check_models_folder
+    from prodcat.run import models_root
+    from prodcat.serve.security import configured_key
+    from prodcat.serve.server import run_server
+    from prodcat.settings import parse_sets, resolve_config
+
+    sets = parse_sets(sets) if sets else None
+    flags = {"host": host, "port": port, "workers": workers, "use": use}
+    settings = resolve_config(config, sets).values["serve"] | {k: v for k, v in flags.items() if v is not None}
+    models_dir = check_models_folder(models_dir or models_root(data, config, workdir, sets))
+    configured_key(settings)  # a missing key file stops now, not in every worker
+    run_server(models_dir, settings, echo=click.echo)
 
 
 @main.command()

@@ -8,7 +8,13 @@ from typing import Iterable
 class DataError(ValueError):
     """A failure the user can cause and fix: the base of prodcat's errors (each mapped to one message; a
     service maps the kinds to status codes). Raised as such: bad input data, the message naming the file,
-    the column and the offending rows."""
+    the column and the offending rows - also kept apart (`column`, `problem`, `rows`) so that a service can
+    name each offending field of a request."""
+
+    def __init__(self, message: str, *, column: str | None = None, problem: str | None = None,
+                 rows: list[int] | None = None):
+        super().__init__(message)
+        self.column, self.problem, self.rows = column, problem, rows
 
 
 class SettingsError(DataError):
@@ -35,4 +41,5 @@ def fail(path, column: str | None, problem: str, rows: Iterable | None = None) -
     """Raise a DataError 'FILE, column COL: PROBLEM at rows ...'."""
     where = f"{path}" + (f", column '{column}'" if column else "")
     at = f" (rows {describe_rows(rows)}; row numbers count data rows from 0)" if rows is not None else ""
-    raise DataError(f"{where}: {problem}{at}")
+    raise DataError(f"{where}: {problem}{at}", column=column, problem=problem,
+                    rows=None if rows is None else list(rows))

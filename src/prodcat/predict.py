@@ -27,6 +27,15 @@ from prodcat.probs import NO_LABEL, TopK, average
 
 AVERAGE = "average"
 ALL = "all models"  # the kind of a prediction every stacked model took part in
+TREE_FILE = "categories_tree.csv"  # saved beside the models: the tree they predict leaves of
+
+
+def check_models_folder(root: str | Path) -> Path:
+    """`root` if it holds saved models (their category tree), else a NotTrainedError saying what to do."""
+    root = Path(root)
+    if not (root / TREE_FILE).is_file():
+        raise NotTrainedError(f"{root.resolve()}: no saved models here (train them first: ./run.sh all)")
+    return root
 
 
 class Predictor:
@@ -48,9 +57,7 @@ class Predictor:
         root = Path(root)
         if use not in USES:
             raise UsageError(f"use must be one of {', '.join(USES)} (got {use!r})")
-        tree_file = root / "categories_tree.csv"
-        if not tree_file.exists():
-            raise NotTrainedError(f"{root.resolve()}: no saved models here (train them first: ./run.sh all)")
+        tree_file = check_models_folder(root) / TREE_FILE
         with warnings.catch_warnings():  # the tree's notes were shown when the models were trained
             warnings.simplefilter("ignore")
             tree = CategoryTree.from_csv(tree_file)
@@ -102,6 +109,13 @@ class Predictor:
         if self.model == STACK:
             return int(self.stacker().meta["top_k"])
         return min(int(self.saved_env(m)["top_k"]) for m in self.base_names())
+
+    def check_top(self, top: int, name: str = "--top") -> int:
+        """`top` if the saved models keep that many classes per product, else a UsageError naming `name`."""
+        if top > self.top_k:
+            raise UsageError(f"{name} {top}: the saved models keep {self.top_k} classes per product; give "
+                             f"{name} {self.top_k} or less (or retrain with a larger top_k)")
+        return top
 
     def base_names(self) -> list[str]:
         if self.model == STACK:
@@ -237,9 +251,7 @@ def predict_file(root: Path, input_path: Path, out_path: Path, images: Path | No
 
     start = time.time()
     predictor = Predictor.load(root, model, preload=False, use=use)
-    if top > predictor.top_k:
-        raise UsageError(f"--top {top}: the saved models keep {predictor.top_k} classes per product; give "
-                         f"--top {predictor.top_k} or less (or retrain with a larger top_k)")
+    predictor.check_top(top)
     if min_precision is not None:
         predictor.thresholds_for(min_precision)  # fails now, not after the models have loaded
     frame = read_input(input_path)

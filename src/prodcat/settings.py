@@ -257,6 +257,38 @@ class StackSettings:
                          "reported (models not stacked are ignored)", min=0.0, max=1.0)
 
 
+USES = ("full", "folds")  # how a bag predicts new products: its full child, or the average of its folds
+DEFAULT_USE = "folds"  # README "Refit on all products": measured on uhtt_ke
+
+
+@dataclass
+class ServeSettings:
+    host: str = setting("127.0.0.1", "address the HTTP service binds to (loopback: this machine only)")
+    port: int = setting(8000, "TCP port of the HTTP service", min=1, max=65535)
+    workers: int = setting(1, "worker processes, each with its own copy of the models (README: memory per worker)",
+                           min=1)
+    use: str = setting(DEFAULT_USE, "each base model's full model or the average of its fold models", choices=USES)
+    model: Union[str, None] = setting(None, "stack, average or a base model (null: stack when saved)")
+    top: int = setting(3, "alternatives per product when a request does not say", min=1)
+    threshold: Union[float, None] = setting(None, "flag needs_review below this confidence (null: from "
+                                            "min_precision)", min=0.0, max=1.0)
+    min_precision: Union[float, None] = setting(0.98, "flag needs_review below the threshold that reaches this "
+                                                "precision on the OOF confidences (null: flag nothing unless "
+                                                "threshold is set)", min=0.0, max=1.0)
+    max_batch_items: int = setting(1000, "products in one request at most", min=1)
+    max_body_bytes: int = setting(16 * 1024 * 1024, "bytes of one request body at most (chunked bodies too)",
+                                  min=1024)
+    max_text_chars: int = setting(50_000, "characters of one text field of a product at most", min=1)
+    max_photo_pixels: int = setting(40_000_000, "pixels of a photo at most (width x height; no decompression "
+                                    "bombs)", min=1)
+    predict_threads: int = setting(2, "predictions that run at once (the others wait their turn)", min=1)
+    max_category_results: int = setting(100, "leaves one category search returns at most", min=1)
+    api_key_file: Union[str, None] = setting(None, "file holding the API key of the write endpoints (the "
+                                             "PRODCAT_API_KEY environment variable wins)")
+    reload_on_sighup: bool = setting(True, "SIGHUP loads the models folder again and swaps it in")
+    graceful_shutdown_s: int = setting(30, "seconds in-flight requests get to finish at shutdown", min=0)
+
+
 @dataclass
 class ReviewSettings:
     url: str = setting("auto", "database URL of the review store ('auto': SQLite at <workdir>/review/<dataset>/"
@@ -289,6 +321,7 @@ class RunSettings:
     models: dict = setting({}, "per-model settings; a variant: NAME: {model: BASE, ...}")
     stack: StackSettings = setting(StackSettings(), "the LightGBM stacker")
     review: ReviewSettings = setting(ReviewSettings(), "the review queue and its decision store")
+    serve: ServeSettings = setting(ServeSettings(), "the HTTP service (./run.sh serve)")
 
 
 # -- size rules: settings that depend on how many training products there are ---------------------------

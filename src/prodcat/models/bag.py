@@ -26,12 +26,11 @@ import pandas as pd
 from prodcat.errors import DataError, NotTrainedError
 from prodcat.models.base import MODEL_FILE, BaseModel, load_model, read_model_meta
 from prodcat.probs import TopK, average
+from prodcat.settings import DEFAULT_USE, USES  # noqa: F401 - declared with the settings, used here
 from prodcat.storage import write_json
 
 BAG_FILE = "bag.json"
 FULL = "full"  # the child trained on every product
-USES = ("full", "folds")  # how a bag predicts new products: its full child, or the average of its folds
-DEFAULT_USE = "folds"  # README "Refit on all products": measured on uhtt_ke
 
 
 def child_dir(fold: int | None) -> str:

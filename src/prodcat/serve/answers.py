@@ -1,0 +1,87 @@
+"""A request's products -> the Predictor -> the answer: the products become one frame that passes the one
+check of products (`validate_products`, as a file would), their photos become temporary files, and the
+Predictor's table becomes the response body - the same predictions `./run.sh predict` writes."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from prodcat.data.dataset import NUMERIC_COLUMNS, TEXT_COLUMNS, validate_products
+from prodcat.errors import SettingsError, UsageError
+from prodcat.probs import NO_LABEL
+from prodcat.serve.loading import LoadedModels
+from prodcat.serve.photos import PhotoFiles, from_base64
+
+
+@dataclass(frozen=True)
+class Ask:
+    """How to answer a request: alternatives per product and the review rule."""
+
+    top: int
+    threshold: float | None
+    min_precision: float | None
+
+
+def check_review_settings(settings: dict) -> None:
+    """The service's review rule: a threshold or a minimal precision (strictly between 0 and 1), not both."""
+    if settings["threshold"] is not None and settings["min_precision"] is not None:
+        raise SettingsError("serve.threshold and serve.min_precision: give one of them (set the other to null)")
+    if settings["min_precision"] is not None and not 0 < settings["min_precision"] < 1:
+        raise SettingsError(f"serve.min_precision: {settings['min_precision']} must be between 0 and 1, both "
+                            "excluded (or null)")
+
+
+def ask_of(settings: dict, top: int | None = None, threshold: float | None = None,
+           min_precision: float | None = None) -> Ask:
+    """The request's own choices, else the service's: a request that gives a threshold or a minimal
+    precision replaces the service's review rule; giving both is a UsageError (as for `predict`)."""
+    if threshold is not None and min_precision is not None:
+        raise UsageError("give a threshold or a minimal precision, not both")
+    if threshold is None and min_precision is None:
+        threshold, min_precision = settings["threshold"], settings["min_precision"]
+    return Ask(top if top is not None else settings["top"], threshold, min_precision)
+
+
+def product_frame(products: list, photos: PhotoFiles, item: str, uploaded: str | None = None) -> pd.DataFrame:
+    """The request's products (pydantic objects, in order) as a checked frame; each photo a temporary file
+    (`uploaded`: the path of a single product's uploaded photo). `item` names them in errors."""
+    columns = {col: [getattr(p, col) for p in products] for col in ("id",) + TEXT_COLUMNS + NUMERIC_COLUMNS}
+    columns = {col: (values if col not in NUMERIC_COLUMNS else [math.nan if v is None else v for v in values])
+               for col, values in columns.items()}
+    rows = range(len(products)) if item == "products" else [None]
+    columns["image_path"] = pd.Series([photos.add(from_base64(p.photo, row), row) if p.photo is not None
+                                       else uploaded for p, row in zip(products, rows)], dtype=object)  # as with_photos
+    return validate_products(pd.DataFrame(columns), where=item)
+
+
+def answer(models: LoadedModels, frame: pd.DataFrame, ask: Ask) -> tuple[dict, pd.DataFrame]:
+    """(the response body, the Predictor's table) for a checked frame."""
+    predictor = models.predictor
+    predictor.check_top(ask.top, "top")
+    table = predictor.predict(frame, ask.top, ask.threshold, ask.min_precision)
+    return {"model_version": models.version, "predictions": predictions(table, predictor.tree, ask.top)}, table
+
+
+def predictions(table: pd.DataFrame, tree, top: int) -> list[dict]:
+    """The Predictor's table as the response's predictions (a leaf that could not be predicted: null)."""
+    paths: dict[int, str] = {}
+
+    def path(category: int) -> str:
+        if category not in paths:
+            paths[category] = tree.title_path(category) if category in tree else ""
+        return paths[category]
+
+    alternatives = [list(zip(table[f"top{j}_category_id"].tolist(), table[f"top{j}_probability"].tolist()))
+                    for j in range(1, top + 1)]
+    out = []
+    for i, (pid, leaf, conf, kind, review) in enumerate(zip(
+            table["id"].tolist(), table["predicted_category_id"].tolist(), table["confidence"].tolist(),
+            table["prediction_kind"].tolist(), table["needs_review"].tolist())):
+        out.append({"id": pid, "predicted_category_id": None if leaf == NO_LABEL else leaf,
+                    "confidence": None if math.isnan(conf) else conf, "category_path": path(leaf),
+                    "alternatives": [{"category_id": c, "probability": p, "category_path": path(c)}
+                                     for c, p in (alt[i] for alt in alternatives) if c != NO_LABEL],
+                    "needs_review": bool(review), "prediction_kind": str(kind)})
+    return out

@@ -1,0 +1,102 @@
+"""The FastAPI application: `create_app(models_dir, settings)` (settings: the `serve` section of the
+declared settings, checked like a config file), and `app_from_env` - the factory each uvicorn worker calls
+(`./run.sh serve` hands it the models folder and the settings in the environment).
+
+Life cycle: at start-up the models load in a background thread (live at once, ready when loaded); with
+several workers each worker finishes loading before it takes requests, so that uvicorn's rolling restart
+(SIGHUP to the supervisor, or POST /v1/reload) brings in only workers that can answer. A single process
+reloads in place on SIGHUP (`serve.reload_on_sighup`). Shutdown is uvicorn's: in-flight requests finish.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+from fastapi import FastAPI
+
+import prodcat
+from prodcat.serve.answers import check_review_settings
+from prodcat.serve.limits import BodySizeLimit
+from prodcat.serve.loading import ModelHolder, load_models
+from prodcat.serve.observe import Metrics, RequestLog
+from prodcat.serve.problems import document_problems, install_handlers
+from prodcat.serve.routes import build_router
+from prodcat.serve.schemas import request_models
+from prodcat.serve.security import configured_key
+from prodcat.settings import ServeSettings, check, complete
+
+MODELS_ENV = "PRODCAT_SERVE_MODELS"  # what ./run.sh serve hands each worker
+SETTINGS_ENV = "PRODCAT_SERVE_SETTINGS"
+SUPERVISOR_ENV = "PRODCAT_SERVE_SUPERVISOR"  # the pid of uvicorn's supervisor of several workers
+
+
+def serve_settings(settings: dict | None) -> dict:
+    """The `serve` settings, checked like a config file's section and completed with the declared defaults."""
+    checked = check(ServeSettings, dict(settings or {}), "serve settings", "serve")
+    completed = complete(ServeSettings, checked)
+    check_review_settings(completed)
+    return completed
+
+
+class Service:
+    """What the endpoints share: the settings, the models and their loading, the metrics, the request
+    models, the API key and the prediction slots."""
+
+    def __init__(self, models_dir: Path, settings: dict, loader=load_models):
+        self.settings = serve_settings(settings)
+        self.api_key = configured_key(self.settings)
+        self.metrics = Metrics()
+        self.holder = ModelHolder(models_dir, self.settings, loader, on_outcome=self.count_reload)
+        self.requests = request_models(self.settings["max_text_chars"], self.settings["max_batch_items"])
+        self.predicting = threading.BoundedSemaphore(self.settings["predict_threads"])  # prediction slots
+        self.supervised = str(os.getppid()) == os.environ.get(SUPERVISOR_ENV)  # a worker of several
+
+    def count_reload(self, outcome: str) -> None:
+        self.metrics.loads.labels(outcome).inc()
+
+    @asynccontextmanager
+    async def lifespan(self, app: FastAPI):
+        loading = self.holder.start()
+        if self.settings["workers"] > 1:  # take no request before the models are in (rolling restarts)
+            await anyio.to_thread.run_sync(loading.join)
+            if self.holder.current is None:
+                raise RuntimeError(f"the models did not load: {self.holder.failure}")
+        restore = self.on_sighup() if self.settings["reload_on_sighup"] else None
+        try:
+            yield
+        finally:
+            if restore is not None:
+                signal.signal(signal.SIGHUP, restore)
+
+    def on_sighup(self):
+        """SIGHUP reloads the models in the background (where signals can be set: the main thread); returns
+        the handler it replaced."""
+        if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
+            return None
+        return signal.signal(signal.SIGHUP, lambda *_: self.holder.reload_in_background())
+
+
+def create_app(models_dir: str | Path, settings: dict | None = None, loader=load_models) -> FastAPI:
+    """The service of the models under `models_dir` with the `serve` settings (defaults where absent);
+    `loader`: how a models folder is loaded (tests slow it down)."""
+    service = Service(Path(models_dir), settings, loader)
+    app = FastAPI(title="prodcat", version=prodcat.__version__, lifespan=service.lifespan,
+                  description="Categorises marketplace products into the leaves of a category tree with the "
+                              "saved prodcat models. Every error is application/problem+json (RFC 9457).")
+    app.state.service = service
+    install_handlers(app)
+    document_problems(app)
+    app.include_router(build_router(service))
+    app.add_middleware(BodySizeLimit, max_bytes=service.settings["max_body_bytes"])
+    app.add_middleware(RequestLog, metrics=service.metrics)  # outermost: logs and counts every answer
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The application of one uvicorn worker, from what `./run.sh serve` put in the environment."""
+    return create_app(os.environ[MODELS_ENV], json.loads(os.environ.get(SETTINGS_ENV, "{}")))
