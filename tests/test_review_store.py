@@ -408,3 +408,9 @@ def test_review_commands_add_status_export(trained, tmp_path):
     store.close()
     r = CliRunner().invoke(main, ["config", "--data", str(data)])
     assert "review.audit_share" in r.output and "review.url" in r.output
+    # learn: the decision (about a test product) joins the training rows; the folds retrain, then are reused
+    r = CliRunner().invoke(main, ["learn", *args])
+    assert r.exit_code == 0 and "[learn] 1 decided products" in r.output and "fold 0: trained" in r.output, r.output
+    assert "submission" in r.output and "reload a running service" in r.output
+    r = CliRunner().invoke(main, ["learn", *args])
+    assert r.exit_code == 0 and "fold 0: finished earlier, reused" in r.output, r.output

@@ -264,16 +264,19 @@ def serve(models_dir, host, port, workers, use, data, config, workdir, sets):
     /health/ready, /metrics (README: Serve). The serve.* settings hold the defaults of these flags."""
     from prodcat.predict import check_models_folder
     from prodcat.run import models_root
+    from prodcat.serve.desk import read_reviewers
     from prodcat.serve.security import configured_key
     from prodcat.serve.server import run_server
     from prodcat.settings import parse_sets, resolve_config
 
     sets = parse_sets(sets) if sets else None
     flags = {"host": host, "port": port, "workers": workers, "use": use}
-    settings = resolve_config(config, sets).values["serve"] | {k: v for k, v in flags.items() if v is not None}
+    cfg = resolve_config(config, sets).values
+    settings = cfg["serve"] | {k: v for k, v in flags.items() if v is not None}
     models_dir = check_models_folder(models_dir or models_root(data, config, workdir, sets))
     configured_key(settings)  # a missing key file stops now, not in every worker
-    run_server(models_dir, settings, echo=click.echo)
+    read_reviewers(cfg["review"]["reviewers_file"])  # so does a bad reviewers file
+    run_server(models_dir, settings, echo=click.echo, review=cfg["review"])
 
 
 @main.command()
@@ -490,6 +493,31 @@ def review_export(out_path, data, config, workdir, sets):
     rows = store.export_training_rows()
     write_parquet(rows, out_path)
     click.echo(f"{len(rows)} decided products from {store} -> {out_path}")
+
+
+@main.command()
+@store_options
+@click.option("--force", is_flag=True, help="Retrain finished folds.")
+@click.option("--refit", is_flag=True, help="Also the full models (what a service with serve.use=full answers with).")
+@click.pass_context
+def learn(ctx, data, config, workdir, sets, force, refit):
+    """Train with the reviewers' decisions: they are exported to <workdir>/review/<dataset>/decisions.parquet
+    and `all --extra` that file runs (a decision about a training product replaces its label; what did not
+    change is reused). A running service then takes the new models: POST /v1/reload or SIGHUP."""
+    from prodcat.review.queue import open_store
+    from prodcat.storage import write_parquet
+
+    cfg, paths = review_setup(data, config, workdir, sets)
+    rows = open_store(cfg, paths).export_training_rows()
+    if not len(rows):
+        raise DataError(f"no decisions to learn from in the review store of {paths.dataset} yet (review products "
+                        "first: the service's /review page)")
+    extra = paths.review_db.parent / "decisions.parquet"
+    write_parquet(rows, extra)
+    click.echo(f"[learn] {len(rows)} decided products -> {extra}")
+    ctx.invoke(all_, data=data, config=config, workdir=workdir, sets=sets, extra=extra, force=force, refit=refit)
+    click.echo("[learn] done: reload a running service to answer with the new models (POST /v1/reload with the "
+               "API key, or SIGHUP)")
 
 
 @main.command(name="all")

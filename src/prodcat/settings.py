@@ -300,6 +300,9 @@ class ReviewSettings:
                                  min=0.0, max=1.0)
     suggestions: int = setting(5, "top-N suggestions kept per queued product (keys 1-9 accept one)", min=1, max=9)
     claim_ttl_s: int = setting(600, "seconds a reviewer holds a product before another reviewer may get it", min=1)
+    reviewers_file: Union[str, None] = setting(None, "reviewers of the service's /review page, one 'NAME KEY' per "
+                                               "line (null: no review page; the service then neither queues "
+                                               "nor answers from decisions)")
 
 
 @dataclass

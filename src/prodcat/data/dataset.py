@@ -93,11 +93,15 @@ class Dataset:
     train: pd.DataFrame
     test_frame: pd.DataFrame | None = field(default=None, repr=False)
     _images: ImageFolder | None = field(default=None, repr=False)
+    extra_ids: np.ndarray | None = field(default=None, repr=False)  # products added by `extra` (load_dataset)
 
     @property
     def test(self) -> pd.DataFrame:
+        """test.parquet, whose ids must not be train.parquet's (products people decided since - `extra` -
+        may be test products: the Kaggle private test reviewed is the same case as tomorrow's products)."""
         if self.test_frame is None:
-            self.test_frame = read_test(self.root / "test.parquet", self.train)
+            given = self.train if self.extra_ids is None else self.train[~self.train["id"].isin(self.extra_ids)]
+            self.test_frame = read_test(self.root / "test.parquet", given)
         return self.test_frame
 
     @property
@@ -151,15 +155,16 @@ def load_dataset(root: str | Path, name: str | None = None, extra: str | Path | 
     tree = CategoryTree.from_csv(root / "categories_tree.csv")
     train = read_products(root / "train.parquet", TRAIN_COLUMNS)
     check_labels(train, tree, root / "train.parquet")
+    extra_ids = None
     if extra is not None:
-        train = with_extra(train, Path(extra), tree)
-    return Dataset(name=dataset_name(root, name), root=root, tree=tree, train=train)
+        train, extra_ids = with_extra(train, Path(extra), tree)
+    return Dataset(name=dataset_name(root, name), root=root, tree=tree, train=train, extra_ids=extra_ids)
 
 
-def with_extra(train: pd.DataFrame, path: Path, tree: CategoryTree) -> pd.DataFrame:
-    """The training rows with the labelled products of `path` added: a product already in training (same
-    id) takes the extra row (its label as decided, its fields as they were then), in its place; new
-    products are appended. The extra rows pass the same checks as train.parquet."""
+def with_extra(train: pd.DataFrame, path: Path, tree: CategoryTree) -> tuple[pd.DataFrame, np.ndarray]:
+    """(the training rows with the labelled products of `path` added, their ids): a product already in
+    training (same id) takes the extra row (its label as decided, its fields as they were then), in its
+    place; new products are appended. The extra rows pass the same checks as train.parquet."""
     extra = read_products(path, TRAIN_COLUMNS)
     check_labels(extra, tree, path)
     where = pd.Index(train["id"]).get_indexer(extra["id"])
@@ -169,7 +174,8 @@ def with_extra(train: pd.DataFrame, path: Path, tree: CategoryTree) -> pd.DataFr
         values = train[col].to_numpy().copy()
         values[where[known]] = extra[col].to_numpy()[known]
         replaced[col] = pd.Series(values, dtype=train[col].dtype)
-    return pd.concat([pd.DataFrame(replaced), extra.loc[~known, list(train.columns)]], ignore_index=True)
+    merged = pd.concat([pd.DataFrame(replaced), extra.loc[~known, list(train.columns)]], ignore_index=True)
+    return merged, extra["id"].to_numpy()
 
 
 def read_test(path: Path, train: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -4,8 +4,9 @@ declared settings, checked like a config file), and `app_from_env` - the factory
 
 Life cycle: at start-up the models load in a background thread (live at once, ready when loaded); with
 several workers each worker finishes loading before it takes requests, so that uvicorn's rolling restart
-(SIGHUP to the supervisor, or POST /v1/reload) brings in only workers that can answer. A single process
-reloads in place on SIGHUP (`serve.reload_on_sighup`). Shutdown is uvicorn's: in-flight requests finish.
+(SIGHUP to the supervisor) brings in only workers that can answer. Reloads in place: a single process on
+SIGHUP (`serve.reload_on_sighup`), each worker of several on SIGUSR1 (POST /v1/reload sends it to every
+worker). Shutdown is uvicorn's: in-flight requests finish.
 """
 from __future__ import annotations
 
@@ -28,10 +29,12 @@ from prodcat.serve.problems import document_problems, install_handlers
 from prodcat.serve.routes import build_router
 from prodcat.serve.schemas import request_models
 from prodcat.serve.security import configured_key
-from prodcat.settings import ServeSettings, check, complete
+from prodcat.serve.desk import ReviewDesk
+from prodcat.settings import ReviewSettings, ServeSettings, check, complete
 
 MODELS_ENV = "PRODCAT_SERVE_MODELS"  # what ./run.sh serve hands each worker
 SETTINGS_ENV = "PRODCAT_SERVE_SETTINGS"
+REVIEW_ENV = "PRODCAT_SERVE_REVIEW"  # the review settings (the reviewers' page)
 SUPERVISOR_ENV = "PRODCAT_SERVE_SUPERVISOR"  # the pid of uvicorn's supervisor of several workers
 
 
@@ -43,12 +46,18 @@ def serve_settings(settings: dict | None) -> dict:
     return completed
 
 
+def review_settings(review: dict | None) -> dict:
+    """The `review` settings, checked and completed like the `serve` ones."""
+    return complete(ReviewSettings, check(ReviewSettings, dict(review or {}), "review settings", "review"))
+
+
 class Service:
     """What the endpoints share: the settings, the models and their loading, the metrics, the request
     models, the API key and the prediction slots."""
 
-    def __init__(self, models_dir: Path, settings: dict, loader=load_models):
+    def __init__(self, models_dir: Path, settings: dict, loader=load_models, review: dict | None = None):
         self.settings = serve_settings(settings)
+        self.desk = ReviewDesk(models_dir, review_settings(review))
         self.api_key = configured_key(self.settings)
         self.metrics = Metrics()
         self.holder = ModelHolder(models_dir, self.settings, loader, on_outcome=self.count_reload)
@@ -66,25 +75,30 @@ class Service:
             await anyio.to_thread.run_sync(loading.join)
             if self.holder.current is None:
                 raise RuntimeError(f"the models did not load: {self.holder.failure}")
-        restore = self.on_sighup() if self.settings["reload_on_sighup"] else None
+        # one process: SIGHUP reloads in place; a worker of several: SIGUSR1 (POST /v1/reload tells every
+        # worker), while SIGHUP to uvicorn's supervisor stays its rolling restart of the workers
+        reload_signal = getattr(signal, "SIGUSR1" if self.supervised else "SIGHUP", None)
+        restore = self.reload_on(reload_signal) if self.settings["reload_on_sighup"] or self.supervised else None
         try:
             yield
         finally:
             if restore is not None:
-                signal.signal(signal.SIGHUP, restore)
+                signal.signal(reload_signal, restore)
 
-    def on_sighup(self):
-        """SIGHUP reloads the models in the background (where signals can be set: the main thread); returns
-        the handler it replaced."""
-        if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
+    def reload_on(self, signum):
+        """The signal reloads the models in the background (where signals can be set: the main thread);
+        returns the handler it replaced."""
+        if threading.current_thread() is not threading.main_thread() or signum is None:
             return None
-        return signal.signal(signal.SIGHUP, lambda *_: self.holder.reload_in_background())
+        return signal.signal(signum, lambda *_: self.holder.reload_in_background())
 
 
-def create_app(models_dir: str | Path, settings: dict | None = None, loader=load_models) -> FastAPI:
+def create_app(models_dir: str | Path, settings: dict | None = None, loader=load_models,
+               review: dict | None = None) -> FastAPI:
     """The service of the models under `models_dir` with the `serve` settings (defaults where absent);
-    `loader`: how a models folder is loaded (tests slow it down)."""
-    service = Service(Path(models_dir), settings, loader)
+    `loader`: how a models folder is loaded (tests slow it down); `review`: the review settings (its
+    reviewers file opens the /review page)."""
+    service = Service(Path(models_dir), settings, loader, review)
     app = FastAPI(title="prodcat", version=prodcat.__version__, lifespan=service.lifespan,
                   description="Categorises marketplace products into the leaves of a category tree with the "
                               "saved prodcat models. Every error is application/problem+json (RFC 9457).")
@@ -99,4 +113,5 @@ def create_app(models_dir: str | Path, settings: dict | None = None, loader=load
 
 def app_from_env() -> FastAPI:
     """The application of one uvicorn worker, from what `./run.sh serve` put in the environment."""
-    return create_app(os.environ[MODELS_ENV], json.loads(os.environ.get(SETTINGS_ENV, "{}")))
+    return create_app(os.environ[MODELS_ENV], json.loads(os.environ.get(SETTINGS_ENV, "{}")),
+                      review=json.loads(os.environ.get(REVIEW_ENV, "{}")))

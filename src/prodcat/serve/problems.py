@@ -11,6 +11,7 @@ import json
 import logging
 
 from prodcat.errors import DataError, NotTrainedError, SettingsError, UsageError
+from prodcat.review.db import Conflict, StoreError
 
 PROBLEM_JSON = "application/problem+json"
 TYPE = "urn:prodcat:problem:"  # + a short name: the `type` member of every problem
@@ -18,6 +19,7 @@ MAX_FIELD_ERRORS = 20  # field errors listed in one answer (the detail says how 
 log = logging.getLogger("prodcat.serve")
 
 STATUS_OF_KIND = ((NotTrainedError, 503, "models not ready"), (UsageError, 400, "request not answerable"),
+                  (StoreError, 503, "review store unavailable"), (Conflict, 409, "conflict"),
                   (SettingsError, 422, "invalid settings"), (DataError, 422, "invalid products"))
 
 MESSAGES = {  # pydantic error type -> what the client reads

@@ -25,7 +25,9 @@ from prodcat.serve import schemas
 from prodcat.serve.answers import answer, ask_of, product_frame
 from prodcat.serve.loading import ReloadRunning
 from prodcat.serve.photos import PhotoFiles
+from prodcat.serve.desk import apply_decisions
 from prodcat.serve.problems import Problem, from_data_error, from_validation
+from prodcat.serve.review_routes import add_review
 from prodcat.serve.security import API_KEY_HEADER, check_key
 
 QUERY_CHARS = 200  # characters of a category search at most
@@ -44,6 +46,7 @@ def build_router(service) -> APIRouter:
     add_upload(router, service)
     add_info(router, service)
     add_reload(router, service)
+    add_review(router, service)
     return router
 
 
@@ -65,42 +68,58 @@ def add_health(router: APIRouter, service) -> None:
 
 
 async def respond(service, request: Request, products: list, ask_args: dict, item: str,
-                  uploaded: Optional[bytes] = None) -> dict:
+                  uploaded: Optional[bytes] = None, queue: bool = False) -> dict:
     """Predict a request's products in a worker thread with the models that answer when it starts; count
-    them in the log line and the metrics."""
+    them in the log line and the metrics. `queue`: the flagged ones go to the review queue."""
     models = service.holder.require()
     request.state.items = len(products)
     body, flagged = await anyio.to_thread.run_sync(
-        partial(predict_now, service, models, products, ask_args, item, uploaded))
+        partial(predict_now, service, models, products, ask_args, item, uploaded, queue))
     service.metrics.predicted(len(products), flagged)
     return body
 
 
-def predict_now(service, models, products: list, ask_args: dict, item: str, uploaded: Optional[bytes]):
+def predict_now(service, models, products: list, ask_args: dict, item: str, uploaded: Optional[bytes],
+                queue: bool = False):
     """(response body, products flagged), once one of the `serve.predict_threads` prediction slots is
     free: photos checked into temporary files (removed at the end), the products checked by
-    `validate_products`, predicted."""
+    `validate_products`, predicted; with a review desk, products people already decided are answered
+    with the decision, and (`queue`) the flagged ones are queued for review."""
     with service.predicting, PhotoFiles(service.settings["max_photo_pixels"]) as photos:
         try:
             ask = ask_of(service.settings, **ask_args)
             frame = product_frame(products, photos, item, None if uploaded is None else photos.add(uploaded))
             body, table = answer(models, frame, ask)
+            if service.desk.enabled:
+                tree = models.predictor.tree
+                apply_decisions(body, service.desk.decided(frame, tree), tree)
+                if queue:
+                    service.desk.queue(table, frame, models.version, tree)
         except DataError as exc:
             raise from_data_error(exc, item) from None
-    return body, int(table["needs_review"].sum())
+    return body, sum(p["needs_review"] for p in body["predictions"])
 
 
 def add_predict(router: APIRouter, service) -> None:
     requests = service.requests
 
-    @router.post("/v1/predict", response_model=schemas.PredictResponse, responses=problems(400, 413, 422, 503),
-                 tags=["predict"])
-    async def predict(request: Request, body: Annotated[requests.body, Body()]):
+    key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="the service's API key")
+
+    @router.post("/v1/predict", response_model=schemas.PredictResponse,
+                 responses=problems(400, 401, 403, 413, 422, 503), tags=["predict"])
+    async def predict(request: Request, body: Annotated[requests.body, Body()],
+                      api_key: Annotated[Optional[str], Security(key_header)] = None):
         """Categorise one product, or a batch `{"products": [...]}` (with `top`, `threshold` or
-        `min_precision` for the whole batch; a single product gets the service's defaults)."""
+        `min_precision` for the whole batch; a single product gets the service's defaults). A batch with
+        `"review": true` also queues its flagged products for the review page (API key)."""
         if isinstance(body, requests.batch):
+            if body.review:
+                check_key(service.api_key, api_key)
+                if not service.desk.enabled:
+                    raise Problem(422, "invalid request", "review: this service has no review page (set "
+                                  "review.reviewers_file)", [{"field": "review", "message": "no review page"}])
             options = {"top": body.top, "threshold": body.threshold, "min_precision": body.min_precision}
-            return await respond(service, request, body.products, options, "products")
+            return await respond(service, request, body.products, options, "products", queue=body.review)
         return await respond(service, request, [body], {}, "product")
 
 
@@ -170,12 +189,15 @@ def add_reload(router: APIRouter, service) -> None:
     async def reload(response: Response, api_key: Annotated[Optional[str], Security(key_header)] = None):
         """Load the models folder again (e.g. retrained) and swap it in: the old models answer until the new
         ones are loaded; a failed load keeps them and says why. With several workers, the workers are
-        replaced one by one (each loads the models before it takes requests)."""
+        told to reload in place, each in the background (their outcome is in the log and the metrics)."""
         check_key(service.api_key, api_key)
         if service.supervised:
-            os.kill(os.getppid(), signal.SIGHUP)  # uvicorn's supervisor: a rolling restart of the workers
+            import psutil
+
+            for worker in psutil.Process(os.getppid()).children():  # every worker, this one too
+                os.kill(worker.pid, signal.SIGUSR1)
             response.status_code = 202
-            return {"status": "restarting workers", "model_version": None, "previous_version": None,
+            return {"status": "reloading workers", "model_version": None, "previous_version": None,
                     "load_seconds": None}
         try:
             loaded, previous = await anyio.to_thread.run_sync(service.holder.load)

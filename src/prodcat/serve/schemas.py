@@ -76,6 +76,8 @@ def request_models(max_text_chars: int, max_batch_items: int) -> RequestModels:
         top: Top = None
         threshold: Threshold = None
         min_precision: MinPrecision = None
+        review: bool = Field(False, description="queue the products flagged for review (and the audit sample) "
+                                                "on the service's review page (API key; needs the review page)")
 
     body = Annotated[Union[Annotated[PredictBatch, Tag(BATCH_TAG)], Annotated[Product, Tag(PRODUCT_TAG)]],
                      Discriminator(_body_kind, custom_error_type="request_shape",
@@ -99,6 +101,8 @@ class Prediction(BaseModel):
     needs_review: bool = Field(description="confidence under the review threshold of its prediction kind")
     prediction_kind: str = Field(description="which out-of-fold confidences judge it: `all models`, or "
                                              "`without MODEL` where a model had nothing to say")
+    source: Literal["model", "review"] = Field("model", description="`review`: a person already decided a "
+                                                                   "product with this text (confidence 1)")
 
 
 class PredictResponse(BaseModel):
@@ -192,7 +196,7 @@ class Categories(BaseModel):
 
 
 class Reloaded(BaseModel):
-    status: Literal["reloaded", "restarting workers"]
+    status: Literal["reloaded", "reloading workers"]
     model_version: Optional[str] = Field(description="the models now answering (null: workers restart one by one)")
     previous_version: Optional[str]
     load_seconds: Optional[float]

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from prodcat.serve.app import MODELS_ENV, SETTINGS_ENV, SUPERVISOR_ENV, serve_settings
+from prodcat.serve.app import MODELS_ENV, REVIEW_ENV, SETTINGS_ENV, SUPERVISOR_ENV, review_settings, serve_settings
 
 APP = "prodcat.serve.app:app_from_env"
 WORKER_READY_S = 600  # how long a (re)started worker may take to load the models before uvicorn gives up on it
@@ -31,13 +31,14 @@ def log_config() -> dict:
     return config
 
 
-def run_server(models_dir: Path, settings: dict, echo=print) -> None:
-    """Serve the models under `models_dir` until stopped."""
+def run_server(models_dir: Path, settings: dict, echo=print, review: dict | None = None) -> None:
+    """Serve the models under `models_dir` until stopped (`review`: the review settings)."""
     import uvicorn
 
     settings = serve_settings(settings)
     os.environ[MODELS_ENV] = str(Path(models_dir).resolve())
     os.environ[SETTINGS_ENV] = json.dumps(settings)
+    os.environ[REVIEW_ENV] = json.dumps(review_settings(review))
     metrics_dir = None
     if settings["workers"] > 1:
         metrics_dir = tempfile.mkdtemp(prefix="prodcat-serve-metrics-")

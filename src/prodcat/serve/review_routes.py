@@ -1,0 +1,135 @@
+"""The reviewer's page and its calls (prodcat.review.page renders, prodcat.review.store keeps):
+
+    GET  /review                 sign-in form, or the signed-in reviewer's current product
+    POST /review/sign-in         a reviewer key (form) -> a session cookie (HttpOnly, SameSite=Strict)
+    POST /review/sign-out
+    POST /review/decide          {product_id, category_id, action, idempotency_key} -> the next product's HTML
+    POST /review/undo            {idempotency_key} -> the undone product again
+    GET  /review/photo/{id}      a queued product's photo
+
+The decision is committed to the store before the answer is sent; the page moves on only on that answer.
+JSON bodies and a SameSite=Strict cookie: another site's form cannot post a decision.
+(No `from __future__ import annotations`: FastAPI reads these annotations at run time.)
+"""
+from typing import Annotated, Literal, Optional
+
+import anyio
+from fastapi import APIRouter, Cookie, Form, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from prodcat.errors import DataError
+from prodcat.review import page
+from prodcat.serve.problems import Problem
+
+COOKIE = "prodcat_reviewer"
+
+
+class Decision(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    product_id: int
+    category_id: Optional[int] = Field(None, description="the chosen leaf (null for skip)")
+    action: Literal["accept", "correct", "skip"]
+    idempotency_key: str = Field(min_length=8, max_length=200)
+
+
+class Undo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    idempotency_key: str = Field(min_length=8, max_length=200)
+
+
+class Shown(BaseModel):
+    item_html: str
+    counters_html: str
+
+
+def add_review(router: APIRouter, service) -> None:
+    """The page's routes (a service without reviewers answers them 404)."""
+    desk = service.desk
+
+    def signed_in(key: Optional[str]) -> str:
+        if not desk.enabled:
+            raise Problem(404, "not found", "this service has no review page (set review.reviewers_file)")
+        name = desk.reviewer(key)
+        if name is None:
+            raise Problem(401, "unauthorized", "sign in at /review with your reviewer key", kind="unauthorized")
+        return name
+
+    async def in_thread(work):
+        from prodcat.review.db import Conflict, StoreError
+
+        try:
+            return await anyio.to_thread.run_sync(work)
+        except Conflict as exc:  # already decided, held by another reviewer, nothing to undo
+            raise Problem(409, "conflict", str(exc), kind="conflict") from None
+        except StoreError as exc:
+            raise Problem(503, "review store unavailable", str(exc), kind="review-store-unavailable") from None
+        except DataError as exc:  # e.g. a leaf that is not a leaf
+            raise Problem(422, "invalid decision", str(exc), kind="invalid-decision") from None
+
+    def shown(name: str) -> dict:
+        """The reviewer's next product (their own claim first) and the counters, rendered."""
+        tree = service.holder.require().predictor.tree
+        store = desk.store(tree)
+        item = store.claim_next(name, desk.settings["claim_ttl_s"])
+        photo = (f"/review/photo/{int(item['product_id'])}" if item and item["snapshot"].get("image_path")
+                 else None)
+        return {"item_html": page.item_html(item, tree.title_path, photo),
+                "counters_html": page.counters_html(store.counters())}
+
+    @router.get("/review", response_class=HTMLResponse, include_in_schema=False)
+    async def review(prodcat_reviewer: Annotated[Optional[str], Cookie()] = None):
+        if not desk.enabled:
+            raise Problem(404, "not found", "this service has no review page (set review.reviewers_file)")
+        name = desk.reviewer(prodcat_reviewer)
+        if name is None:
+            return HTMLResponse(page.sign_in())
+        now = await in_thread(lambda: shown(name))
+        return HTMLResponse(page.review_page(name, now["item_html"], now["counters_html"]))
+
+    @router.post("/review/sign-in", include_in_schema=False)
+    async def sign_in(key: Annotated[str, Form(max_length=500)] = ""):
+        if not desk.enabled:
+            raise Problem(404, "not found", "this service has no review page (set review.reviewers_file)")
+        if desk.reviewer(key) is None:
+            return HTMLResponse(page.sign_in("That key is not a reviewer's key."), status_code=401)
+        answer = RedirectResponse("/review", status_code=303)
+        answer.set_cookie(COOKIE, key, httponly=True, samesite="strict", path="/review", max_age=12 * 3600)
+        return answer
+
+    @router.post("/review/sign-out", include_in_schema=False)
+    async def sign_out():
+        answer = RedirectResponse("/review", status_code=303)
+        answer.delete_cookie(COOKIE, path="/review")
+        return answer
+
+    @router.post("/review/decide", response_model=Shown, include_in_schema=False)
+    async def decide(body: Decision, prodcat_reviewer: Annotated[Optional[str], Cookie()] = None):
+        name = signed_in(prodcat_reviewer)
+
+        def work():
+            tree = service.holder.require().predictor.tree
+            desk.store(tree).decide(body.product_id, body.category_id, body.action, name, body.idempotency_key)
+            return shown(name)
+
+        return await in_thread(work)
+
+    @router.post("/review/undo", response_model=Shown, include_in_schema=False)
+    async def undo(body: Undo, prodcat_reviewer: Annotated[Optional[str], Cookie()] = None):
+        name = signed_in(prodcat_reviewer)
+
+        def work():
+            desk.store(service.holder.require().predictor.tree).undo(name, body.idempotency_key,
+                                                                     desk.settings["claim_ttl_s"])
+            return shown(name)
+
+        return await in_thread(work)
+
+    @router.get("/review/photo/{product_id}", include_in_schema=False)
+    async def photo(product_id: int, request: Request,
+                    prodcat_reviewer: Annotated[Optional[str], Cookie()] = None):
+        signed_in(prodcat_reviewer)
+        path = await in_thread(lambda: desk.photo(product_id, service.holder.require().predictor.tree))
+        if path is None:
+            raise Problem(404, "not found", f"product {product_id} has no photo in the review queue")
+        return FileResponse(path)
