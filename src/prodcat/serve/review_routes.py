@@ -14,7 +14,7 @@ JSON bodies and a SameSite=Strict cookie: another site's form cannot post a deci
 from typing import Annotated, Literal, Optional
 
 import anyio
-from fastapi import APIRouter, Cookie, Form, Request
+from fastapi import APIRouter, Cookie, Form
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,55 +43,76 @@ class Shown(BaseModel):
     counters_html: str
 
 
-def add_review(router: APIRouter, service) -> None:
-    """The page's routes (a service without reviewers answers them 404)."""
-    desk = service.desk
+NO_PAGE = "this service has no review page (set review.reviewers_file)"
 
-    def signed_in(key: Optional[str]) -> str:
-        if not desk.enabled:
-            raise Problem(404, "not found", "this service has no review page (set review.reviewers_file)")
-        name = desk.reviewer(key)
+
+async def in_thread(work):
+    """Run store work in a worker thread; the store's refusals as problems."""
+    from prodcat.review.db import Conflict, StoreError
+
+    try:
+        return await anyio.to_thread.run_sync(work)
+    except Conflict as exc:  # already decided, held by another reviewer, nothing to undo
+        raise Problem(409, "conflict", str(exc), kind="conflict") from None
+    except StoreError as exc:
+        raise Problem(503, "review store unavailable", str(exc), kind="review-store-unavailable") from None
+    except DataError as exc:  # e.g. a leaf that is not a leaf
+        raise Problem(422, "invalid decision", str(exc), kind="invalid-decision") from None
+
+
+class Desk:
+    """What the page's routes share: the service's review desk and its models' tree."""
+
+    def __init__(self, service):
+        self.service, self.desk = service, service.desk
+
+    def tree(self):
+        return self.service.holder.require().predictor.tree
+
+    def enabled(self) -> None:
+        if not self.desk.enabled:
+            raise Problem(404, "not found", NO_PAGE)
+
+    def signed_in(self, key: Optional[str]) -> str:
+        """The reviewer of the session's key (else 401)."""
+        self.enabled()
+        name = self.desk.reviewer(key)
         if name is None:
             raise Problem(401, "unauthorized", "sign in at /review with your reviewer key", kind="unauthorized")
         return name
 
-    async def in_thread(work):
-        from prodcat.review.db import Conflict, StoreError
-
-        try:
-            return await anyio.to_thread.run_sync(work)
-        except Conflict as exc:  # already decided, held by another reviewer, nothing to undo
-            raise Problem(409, "conflict", str(exc), kind="conflict") from None
-        except StoreError as exc:
-            raise Problem(503, "review store unavailable", str(exc), kind="review-store-unavailable") from None
-        except DataError as exc:  # e.g. a leaf that is not a leaf
-            raise Problem(422, "invalid decision", str(exc), kind="invalid-decision") from None
-
-    def shown(name: str) -> dict:
+    def shown(self, name: str) -> dict:
         """The reviewer's next product (their own claim first) and the counters, rendered."""
-        tree = service.holder.require().predictor.tree
-        store = desk.store(tree)
-        item = store.claim_next(name, desk.settings["claim_ttl_s"])
+        tree = self.tree()
+        store = self.desk.store(tree)
+        item = store.claim_next(name, self.desk.settings["claim_ttl_s"])
         photo = (f"/review/photo/{int(item['product_id'])}" if item and item["snapshot"].get("image_path")
                  else None)
         return {"item_html": page.item_html(item, tree.title_path, photo),
                 "counters_html": page.counters_html(store.counters())}
 
+
+def add_review(router: APIRouter, service) -> None:
+    """The page's routes (a service without reviewers answers them 404)."""
+    desk = Desk(service)
+    add_page(router, desk)
+    add_calls(router, desk)
+
+
+def add_page(router: APIRouter, desk: Desk) -> None:
     @router.get("/review", response_class=HTMLResponse, include_in_schema=False)
     async def review(prodcat_reviewer: Annotated[Optional[str], Cookie()] = None):
-        if not desk.enabled:
-            raise Problem(404, "not found", "this service has no review page (set review.reviewers_file)")
-        name = desk.reviewer(prodcat_reviewer)
+        desk.enabled()
+        name = desk.desk.reviewer(prodcat_reviewer)
         if name is None:
             return HTMLResponse(page.sign_in())
-        now = await in_thread(lambda: shown(name))
+        now = await in_thread(lambda: desk.shown(name))
         return HTMLResponse(page.review_page(name, now["item_html"], now["counters_html"]))
 
     @router.post("/review/sign-in", include_in_schema=False)
     async def sign_in(key: Annotated[str, Form(max_length=500)] = ""):
-        if not desk.enabled:
-            raise Problem(404, "not found", "this service has no review page (set review.reviewers_file)")
-        if desk.reviewer(key) is None:
+        desk.enabled()
+        if desk.desk.reviewer(key) is None:
             return HTMLResponse(page.sign_in("That key is not a reviewer's key."), status_code=401)
         answer = RedirectResponse("/review", status_code=303)
         answer.set_cookie(COOKIE, key, httponly=True, samesite="strict", path="/review", max_age=12 * 3600)
@@ -103,33 +124,33 @@ def add_review(router: APIRouter, service) -> None:
         answer.delete_cookie(COOKIE, path="/review")
         return answer
 
+
+def add_calls(router: APIRouter, desk: Desk) -> None:
     @router.post("/review/decide", response_model=Shown, include_in_schema=False)
     async def decide(body: Decision, prodcat_reviewer: Annotated[Optional[str], Cookie()] = None):
-        name = signed_in(prodcat_reviewer)
+        name = desk.signed_in(prodcat_reviewer)
 
         def work():
-            tree = service.holder.require().predictor.tree
-            desk.store(tree).decide(body.product_id, body.category_id, body.action, name, body.idempotency_key)
-            return shown(name)
+            desk.desk.store(desk.tree()).decide(body.product_id, body.category_id, body.action, name,
+                                                body.idempotency_key)
+            return desk.shown(name)
 
         return await in_thread(work)
 
     @router.post("/review/undo", response_model=Shown, include_in_schema=False)
     async def undo(body: Undo, prodcat_reviewer: Annotated[Optional[str], Cookie()] = None):
-        name = signed_in(prodcat_reviewer)
+        name = desk.signed_in(prodcat_reviewer)
 
         def work():
-            desk.store(service.holder.require().predictor.tree).undo(name, body.idempotency_key,
-                                                                     desk.settings["claim_ttl_s"])
-            return shown(name)
+            desk.desk.store(desk.tree()).undo(name, body.idempotency_key, desk.desk.settings["claim_ttl_s"])
+            return desk.shown(name)
 
         return await in_thread(work)
 
     @router.get("/review/photo/{product_id}", include_in_schema=False)
-    async def photo(product_id: int, request: Request,
-                    prodcat_reviewer: Annotated[Optional[str], Cookie()] = None):
-        signed_in(prodcat_reviewer)
-        path = await in_thread(lambda: desk.photo(product_id, service.holder.require().predictor.tree))
+    async def photo(product_id: int, prodcat_reviewer: Annotated[Optional[str], Cookie()] = None):
+        desk.signed_in(prodcat_reviewer)
+        path = await in_thread(lambda: desk.desk.photo(product_id, desk.tree()))
         if path is None:
             raise Problem(404, "not found", f"product {product_id} has no photo in the review queue")
         return FileResponse(path)
