@@ -5,7 +5,8 @@ headless Chromium against a real service of the given models. Measures and print
         --products ../shared/data/uhtt_ke/test.parquet [--n 40] [--screenshot docs/review_page.png]
 
 The service gets a fresh review store in a temp folder; --n products are queued through POST /v1/predict
-(review: true, every one flagged with threshold 1); the reviewer takes suggestion 1 for each (key `1`).
+(review: true, threshold 1: all but the certain ones are flagged); the reviewer takes suggestion 1 for each
+(key `1`) until the queue is empty.
 """
 from __future__ import annotations
 
@@ -84,9 +85,10 @@ def main() -> None:
             driver.save_screenshot(args.screenshot)
         times = []
         body = driver.find_element(By.TAG_NAME, "body")
-        for _ in range(args.n - 1):
+        while current is not None:  # until the queue is empty
             body.send_keys("1")
-            current = wait.until(lambda d, before=current: shown() not in (before, None) and shown())
+            wait.until(lambda d, before=current: shown() != before)
+            current = shown()
             times.append(driver.execute_script("return window.prodcatShownMs"))
     finally:
         driver.quit()
