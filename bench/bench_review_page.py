@@ -46,6 +46,7 @@ def start(models: str, folder: Path):
         except httpx.TransportError:
             pass
         time.sleep(0.2)
+    server.terminate()
     sys.exit("the service did not get ready")
 
 
@@ -85,8 +86,9 @@ def main() -> None:
             driver.save_screenshot(args.screenshot)
         times = []
         body = driver.find_element(By.TAG_NAME, "body")
-        while current is not None:  # until the queue is empty
-            body.send_keys("1")
+        while current is not None:  # until the queue is empty (a product without suggestions: skipped)
+            has_one = driver.execute_script("return !!document.querySelector(\"#product li[data-n='1']\")")
+            body.send_keys("1" if has_one else "s")
             wait.until(lambda d, before=current: shown() != before)
             current = shown()
             times.append(driver.execute_script("return window.prodcatShownMs"))

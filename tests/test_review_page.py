@@ -80,6 +80,7 @@ def test_the_page_needs_a_reviewer_key_and_decisions_are_kept_once(desk):
                                               "idempotency_key": "k" * 10}).status_code == 401
     signed = fresh.post("/review/sign-in", data={"key": "annkey-0001"}, follow_redirects=False)
     assert signed.status_code == 303 and "httponly" in signed.headers["set-cookie"].lower()
+    assert "annkey-0001" not in signed.headers["set-cookie"]  # a signed session, never the key itself
     page = fresh.get("/review").text
     assert "id=product" in page and "ann" in page and "<kbd>1</kbd>" in page
     store = store_of(folder, models)
@@ -93,6 +94,10 @@ def test_the_page_needs_a_reviewer_key_and_decisions_are_kept_once(desk):
     assert (store.decisions_frame()["idempotency_key"] == decision["idempotency_key"]).sum() == 1
     bad = fresh.post("/review/decide", json=decision | {"idempotency_key": str(uuid.uuid4()), "category_id": 0})
     assert bad.status_code in (409, 422) and bad.headers["content-type"] == "application/problem+json"
+    for wrong in ({"category_id": None, "action": "correct"}, {"product_id": 10**20}):  # no leaf; id out of range
+        answer = fresh.post("/review/decide", json=decision | wrong | {"idempotency_key": str(uuid.uuid4())})
+        assert answer.status_code == 422 and answer.headers["content-type"] == "application/problem+json"
+    assert fresh.get(f"/review/photo/{10**20}").status_code == 422
     undone = fresh.post("/review/undo", json={"idempotency_key": str(uuid.uuid4())})
     assert undone.status_code == 200 and f"data-id={item['product_id']}" in undone.json()["item_html"]
 

@@ -288,9 +288,9 @@ def test_photos_reach_the_models_as_temporary_files_removed_after_the_request(cl
 
     seen = []
 
-    def spy(models, frame, ask):
+    def spy(models, frame, ask, keep=0):
         seen.append([(p, os.path.isfile(p)) if isinstance(p, str) else None for p in frame["image_path"].tolist()])
-        return answer(models, frame, ask)
+        return answer(models, frame, ask, keep)
 
     answer = routes.answer
     monkeypatch.setattr(routes, "answer", spy)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +104,7 @@ class Predictor:
         with np.load(path) as z:
             return seen_rows(frame["id"].to_numpy(), z["ids"])
 
-    @property
+    @cached_property
     def top_k(self) -> int:
         """Classes kept per product by the saved models (the most `predict --top` can show)."""
         if self.model == STACK:
@@ -153,9 +154,10 @@ class Predictor:
         Products it cannot predict (a base image model without a photo) take the next best model's."""
         return self.predict_kinds(frame)[0]
 
+    @cached_property
     def hidden(self) -> list[str]:
         """The stacked models whose silence makes a product another kind of prediction (`stack.hide`:
-        id_neighbours says nothing about a product past every training id)."""
+        id_neighbours says nothing about a product past every training id); read once, with the models."""
         if self.model != STACK:
             return []
         return [m for m in self.stacker().names if (self.root / STACK / f"{WITHOUT}{m}.npz").exists()]
@@ -169,7 +171,7 @@ class Predictor:
         frame = validate_products(frame)
         parts = self.fold_predictions(frame)
         kinds = np.full(len(frame), ALL, dtype=object)
-        for m in self.hidden():
+        for m in self.hidden:
             kinds[average(parts[m]).missing & (kinds == ALL)] = f"without {m}"
         if self.model == STACK:
             return self.stacker().predict(parts, frame), kinds
@@ -216,8 +218,10 @@ class Predictor:
         """{kind: (threshold, expected coverage, expected precision)} for a target precision of the
         accepted products, each from the OOF confidences of that kind of prediction."""
         if precision not in self._thresholds:  # picked once per precision (the OOF files do not change)
+            if len(self._thresholds) >= 64:  # a service's clients may ask for many precisions: bounded
+                self._thresholds.clear()
             out = {}
-            for kind in [ALL] + [f"without {m}" for m in self.hidden()]:
+            for kind in [ALL] + [f"without {m}" for m in self.hidden]:
                 c = self.oof_confidence(kind)
                 out[kind] = pick_threshold(c["confidence"], c["correct"], precision)
             self._thresholds[precision] = out
@@ -229,7 +233,7 @@ def to_frame(top: TopK, tree: CategoryTree, n_top: int = 3, threshold=None, kind
     pred = top.labels[:, 0]
     conf = np.where(top.missing, np.nan, top.scores[:, 0].astype(np.float32))
     out = {"id": top.ids, "predicted_category_id": pred, "confidence": conf,
-           "category_path": [tree.title_path(int(c)) if c in tree else "" for c in pred.tolist()]}
+           "category_path": [tree.shown_path(c) for c in pred.tolist()]}
     for j in range(n_top):
         has = j < top.k
         out[f"top{j + 1}_category_id"] = top.labels[:, j] if has else np.full(len(top), NO_LABEL)

@@ -134,6 +134,11 @@ class CategoryTree:
     def title_path(self, node: int, sep: str = " > ") -> str:
         return sep.join(self.titles[n] for n in self.path(node))
 
+    def shown_path(self, node: int) -> str:
+        """The title path of a category to show, "" for one not in this tree (no prediction; a category of
+        an older tree kept in a review queue)."""
+        return self.title_path(int(node)) if node in self else ""
+
     def is_leaf(self, node: int) -> bool:
         return int(node) in self.leaves
 

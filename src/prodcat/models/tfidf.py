@@ -144,9 +144,11 @@ class Featurizer:
             if (rows >= 0).all():
                 return fitted[rows]
         key = hashlib.sha1("\x1f".join(texts).encode("utf-8", "surrogatepass")).hexdigest()
-        if getattr(self, "_last", (None,))[0] != key:
-            self._last = (key, self._stack(self.word.transform(texts), char_wb_tfidf(self.char, texts)))
-        return self._last[1]
+        last = getattr(self, "_last", None)  # read once: another thread (a service's request) may replace it
+        if last is None or last[0] != key:
+            last = (key, self._stack(self.word.transform(texts), char_wb_tfidf(self.char, texts)))
+            self._last = last
+        return last[1]
 
     def save(self, folder: Path) -> None:
         """Vocabularies (parquet: term, column) and IDF weights (npz)."""

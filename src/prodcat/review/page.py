@@ -5,6 +5,7 @@ every leaf path, s skips, u undoes the last decision. Every key press posts the 
 product's HTML in the same answer (one round trip); the decision is stored before the answer is sent."""
 from __future__ import annotations
 
+import uuid
 from html import escape
 
 from prodcat.data.text import parse_characteristics
@@ -34,9 +35,6 @@ SCRIPT = """
 const ui = {busy: false, picked: 0, hits: []};
 const $ = (id) => document.getElementById(id);
 function current() { return $('product') ? $('product').dataset : null; }
-function newKey() {
-  return (crypto.randomUUID ? crypto.randomUUID() : Date.now() + '-' + Math.random().toString(16).slice(2));
-}
 async function post(url, body) {
   if (ui.busy) return;
   ui.busy = true;
@@ -55,10 +53,14 @@ async function post(url, body) {
     $('error').textContent = 'the service did not answer (' + e + '); press the key again';
   } finally { ui.busy = false; }
 }
-function decide(action, leaf) {
+function decide(action, leaf) {  // the key comes with the product: a retry after a lost answer is the same decision
   const p = current();
   if (!p) return;
-  post('/review/decide', {product_id: Number(p.id), category_id: leaf, action: action, idempotency_key: newKey()});
+  post('/review/decide', {product_id: Number(p.id), category_id: leaf, action: action, idempotency_key: p.key});
+}
+function undo() {
+  const u = document.querySelector('[data-undo]');
+  if (u) post('/review/undo', {idempotency_key: u.dataset.undo});
 }
 function openPicker() {
   if (!current()) return;
@@ -104,7 +106,7 @@ document.addEventListener('keydown', (e) => {
     e.preventDefault();
   } else if (e.key === '/') { openPicker(); e.preventDefault(); }
   else if (e.key === 's') { decide('skip', null); e.preventDefault(); }
-  else if (e.key === 'u') { post('/review/undo', {idempotency_key: newKey()}); e.preventDefault(); }
+  else if (e.key === 'u') { undo(); e.preventDefault(); }
 });
 """
 
@@ -149,9 +151,13 @@ def counters_html(counters: dict) -> str:
 
 
 def item_html(item: dict | None, title_path, photo_url: str | None = None) -> str:
-    """One product to decide, or the note that nothing is left. `title_path(leaf)`: a leaf's full path."""
+    """One product to decide, or the note that nothing is left. `title_path(leaf)`: a leaf's full path.
+    Each rendering carries fresh idempotency keys for its decision and for an undo: a retry of the same key
+    press (its answer lost) sends the same key and is stored once."""
+    keys = f"data-key={uuid.uuid4().hex} data-undo={uuid.uuid4().hex}"
     if item is None:
-        return "<div class='card done'>Nothing left to review. New products arrive as they are flagged.</div>"
+        return (f"<div class='card done' {keys}>Nothing left to review. New products arrive as they are "
+                "flagged.</div>")
     snap = item["snapshot"]
     fields = "".join(f"<dt>{escape(name or 'value')}</dt><dd>{escape(' | '.join(values))}</dd>"
                      for name, values in parse_characteristics(snap.get("name_value_characteristics")))
@@ -166,7 +172,7 @@ def item_html(item: dict | None, title_path, photo_url: str | None = None) -> st
         for n, (leaf, prob) in enumerate(item["suggestions"][:9], start=1))
     audit = " · <span class=audit>audit sample (accepted without review)</span>" if item["reason"] == "audit" else ""
     desc = snap.get("short_description") or ""
-    return (f"<div class=card id=product data-id={int(item['product_id'])}><div class=product>{photo}<div>"
+    return (f"<div class=card id=product data-id={int(item['product_id'])} {keys}><div class=product>{photo}<div>"
             f"<h1>{escape(snap.get('title') or '(no title)')}</h1>"
             f"<div class=meta>product {int(item['product_id'])}{' · ' + numbers if numbers else ''}{audit}</div>"
             f"{f'<p class=desc>{escape(desc)}</p>' if desc else ''}<dl>{fields}</dl></div></div>"

@@ -26,7 +26,7 @@ from prodcat.data.tree import CategoryTree
 from prodcat.errors import DataError
 from prodcat.review.db import Conflict, StoreError, masked, open_engine, transaction
 from prodcat.review.items import SNAPSHOT_FIELDS, QueueItem, text_keys
-from prodcat.review.schema import ACCEPT, ACTIONS, AUDIT, CHOICES, SKIP, UNDO, decisions, metadata, queue
+from prodcat.review.schema import ACCEPT, ACTIONS, AUDIT, CHOICES, CORRECT, SKIP, UNDO, decisions, metadata, queue
 
 CHUNK = 500  # values per IN (...) list
 ATTEMPTS = 5  # PostgreSQL: a transaction that met a concurrent one's unique key is tried again
@@ -164,6 +164,8 @@ class ReviewStore:
             chosen_leaf = None
         elif chosen_leaf is not None:
             chosen_leaf = self.check_leaf(chosen_leaf)
+        elif action == CORRECT:
+            raise DataError("a correction needs the chosen leaf (category_id)")
         return self._retry(lambda conn: self._decide(conn, int(product_id), chosen_leaf, action, reviewer, key))
 
     def _decide(self, conn, product_id, chosen_leaf, action, reviewer, key) -> dict:

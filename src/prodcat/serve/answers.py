@@ -56,11 +56,12 @@ def product_frame(products: list, photos: PhotoFiles, item: str, uploaded: str |
     return validate_products(pd.DataFrame(columns), where=item)
 
 
-def answer(models: LoadedModels, frame: pd.DataFrame, ask: Ask) -> tuple[dict, pd.DataFrame]:
-    """(the response body, the Predictor's table) for a checked frame."""
+def answer(models: LoadedModels, frame: pd.DataFrame, ask: Ask, keep: int = 0) -> tuple[dict, pd.DataFrame]:
+    """(the response body, the Predictor's table) for a checked frame; the table holds at least `keep`
+    alternatives (what a review queue keeps), as far as the models have them."""
     predictor = models.predictor
     predictor.check_top(ask.top, "top")
-    table = predictor.predict(frame, ask.top, ask.threshold, ask.min_precision)
+    table = predictor.predict(frame, max(ask.top, min(keep, predictor.top_k)), ask.threshold, ask.min_precision)
     return {"model_version": models.version, "predictions": predictions(table, predictor.tree, ask.top)}, table
 
 
@@ -70,7 +71,7 @@ def predictions(table: pd.DataFrame, tree, top: int) -> list[dict]:
 
     def path(category: int) -> str:
         if category not in paths:
-            paths[category] = tree.title_path(category) if category in tree else ""
+            paths[category] = tree.shown_path(category)
         return paths[category]
 
     alternatives = [list(zip(table[f"top{j}_category_id"].tolist(), table[f"top{j}_probability"].tolist()))

@@ -29,6 +29,7 @@ from prodcat.serve.problems import document_problems, install_handlers
 from prodcat.serve.routes import build_router
 from prodcat.serve.schemas import request_models
 from prodcat.serve.security import configured_key
+from prodcat.serve.workers import worker_file
 from prodcat.serve.desk import ReviewDesk
 from prodcat.settings import ReviewSettings, ServeSettings, check, complete
 
@@ -70,19 +71,25 @@ class Service:
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI):
+        # one process: SIGHUP reloads in place; a worker of several: SIGUSR1 (POST /v1/reload tells every
+        # registered worker), while SIGHUP to uvicorn's supervisor stays its rolling restart of the workers.
+        # The handler comes first: a worker still loading must not die of a reload signal.
+        reload_signal = getattr(signal, "SIGUSR1" if self.supervised else "SIGHUP", None)
+        restore = self.reload_on(reload_signal) if self.settings["reload_on_sighup"] or self.supervised else None
+        registered = worker_file() if self.supervised else None
         loading = self.holder.start()
         if self.settings["workers"] > 1:  # take no request before the models are in (rolling restarts)
             await anyio.to_thread.run_sync(loading.join)
             if self.holder.current is None:
                 raise RuntimeError(f"the models did not load: {self.holder.failure}")
-        # one process: SIGHUP reloads in place; a worker of several: SIGUSR1 (POST /v1/reload tells every
-        # worker), while SIGHUP to uvicorn's supervisor stays its rolling restart of the workers
-        reload_signal = getattr(signal, "SIGUSR1" if self.supervised else "SIGHUP", None)
-        restore = self.reload_on(reload_signal) if self.settings["reload_on_sighup"] or self.supervised else None
+        if registered is not None:
+            registered.touch()
         try:
             yield
         finally:
-            if restore is not None:
+            if registered is not None:
+                registered.unlink(missing_ok=True)
+            if restore is not None and not self.supervised:  # a draining worker keeps ignoring reloads
                 signal.signal(reload_signal, restore)
 
     def reload_on(self, signum):

@@ -5,9 +5,11 @@ flags (and the audit sample), answer a product whose text a person already decid
 No reviewers configured: no desk (the page answers 404, predictions come from the models only)."""
 from __future__ import annotations
 
+import hashlib
 import hmac
-import shutil
+import logging
 import threading
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +17,8 @@ import pandas as pd
 from prodcat.errors import SettingsError
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+log = logging.getLogger("prodcat.serve")
+SESSION_S = 12 * 3600  # how long a reviewer stays signed in
 
 
 def read_reviewers(path: str | None) -> dict[str, str]:
@@ -33,8 +37,8 @@ def read_reviewers(path: str | None) -> dict[str, str]:
         if len(parts) != 2 or len(parts[1]) < 8:
             raise SettingsError(f"review.reviewers_file: {path}, line {number}: expected 'NAME KEY' with a key of "
                                 "at least 8 characters")
-        if parts[1] in reviewers:
-            raise SettingsError(f"review.reviewers_file: {path}, line {number}: a key given twice")
+        if parts[1] in reviewers or parts[0] in reviewers.values():
+            raise SettingsError(f"review.reviewers_file: {path}, line {number}: a key or a name given twice")
         reviewers[parts[1]] = parts[0]
     return reviewers
 
@@ -43,10 +47,16 @@ def store_url(models_dir: Path, url: str) -> str:
     """review.url; 'auto': the SQLite file of the models' workdir and dataset (outputs.Paths.review_db)."""
     from prodcat.outputs import Paths
 
+    from prodcat.review.db import StoreError
+
     if url != "auto":
         return url
     path = Paths(Path(models_dir).resolve().parent.parent, Path(models_dir).name).review_db
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"review store {path}: {exc.strerror or exc} (the models folder is not "
+                         "<workdir>/models/<dataset>/: set review.url)") from None
     return f"sqlite:///{path}"
 
 
@@ -72,6 +82,24 @@ class ReviewDesk:
                 found = name
         return found
 
+    def session(self, name: str) -> str:
+        """A signed-in reviewer's session token 'NAME.EXPIRY.MAC' (HMAC with the reviewer's own key: the
+        key itself never travels again; removing the key ends the session)."""
+        expiry = int(time.time()) + SESSION_S
+        return f"{name}.{expiry}.{self._mac(name, expiry)}"
+
+    def reviewer_of(self, token: str | None) -> str | None:
+        """The reviewer of a valid, unexpired session token, else None."""
+        parts = (token or "").rsplit(".", 2)
+        if len(parts) != 3 or not parts[1].isdigit() or int(parts[1]) < time.time():
+            return None
+        mac = self._mac(parts[0], int(parts[1]))
+        return parts[0] if mac is not None and hmac.compare_digest(mac, parts[2]) else None
+
+    def _mac(self, name: str, expiry: int) -> str | None:
+        key = next((k for k, n in self.reviewers.items() if n == name), None)
+        return None if key is None else hmac.new(key.encode(), f"{name}.{expiry}".encode(), "sha256").hexdigest()
+
     def store(self, tree):
         from prodcat.review.store import ReviewStore
 
@@ -79,35 +107,52 @@ class ReviewDesk:
             if self._store is None:
                 url = store_url(self.models_dir, self.settings["url"])
                 self._store = ReviewStore(url, self.models_dir.name, tree)
+            self._store.tree = tree  # the models that answer now (a reload may bring another tree)
             return self._store
 
     def photos_dir(self) -> Path:
         return self.models_dir.resolve().parent.parent / "review" / self.models_dir.name / "photos"
 
     def queue(self, table: pd.DataFrame, frame: pd.DataFrame, version: str, tree) -> dict:
-        """Queue a request's flagged products and audit sample; their photos (a request's temporary files)
-        are kept beside the store first."""
+        """Queue a request's flagged products and audit sample; the photos of those (a request's temporary
+        files) are kept beside the store first, named by their content (never overwritten)."""
+        from prodcat.review.items import audit_sample
         from prodcat.review.queue import queue_predictions
 
+        share = float(self.settings["audit_share"])
         frame = frame.copy()
         if "image_path" in frame.columns:
-            kept = []
-            for pid, path in zip(frame["id"].tolist(), frame["image_path"].tolist()):
-                if isinstance(path, str) and Path(path).is_file():
-                    target = self.photos_dir() / f"{int(pid)}{Path(path).suffix.lower()}"
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(path, target)
-                    path = str(target)
-                kept.append(path)
-            frame["image_path"] = pd.Series(kept, dtype=object)
-        return queue_predictions(self.store(tree), table, frame, float(self.settings["audit_share"]), version)
+            queued = table["needs_review"].to_numpy(bool) | audit_sample(table["id"].to_numpy(), share)
+            frame["image_path"] = pd.Series([self.keep_photo(path) if wanted else None for path, wanted
+                                             in zip(frame["image_path"].tolist(), queued)], dtype=object)
+        return queue_predictions(self.store(tree), table, frame, share, version)
+
+    def keep_photo(self, path) -> str | None:
+        """A copy of a request's photo under the review folder, named by its content hash (atomic)."""
+        if not (isinstance(path, str) and Path(path).is_file()):
+            return None
+        data = Path(path).read_bytes()
+        target = self.photos_dir() / f"{hashlib.sha256(data).hexdigest()[:32]}{Path(path).suffix.lower()}"
+        if not target.exists():
+            from prodcat.storage import atomic_path
+
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(target) as tmp:
+                tmp.write_bytes(data)
+        return str(target)
 
     def decided(self, frame: pd.DataFrame, tree) -> dict[int, dict]:
-        """{row of the frame: the standing decision on a product with that row's normalised text}."""
+        """{row of the frame: the standing decision on a product with that row's normalised text}; a store
+        that cannot be read is logged and the models answer alone."""
+        from prodcat.review.db import StoreError
         from prodcat.review.items import snapshots, text_keys
 
         keys = text_keys(snapshots(frame))
-        found = self.store(tree).decided_leaves(k for k in keys if k)
+        try:
+            found = self.store(tree).decided_leaves(k for k in keys if k)
+        except StoreError as exc:
+            log.warning("answers from decisions skipped: %s", exc)
+            return {}
         return {row: found[key] for row, key in enumerate(keys) if key in found}
 
     def photo(self, product_id: int, tree) -> Path | None:
@@ -125,5 +170,5 @@ def apply_decisions(body: dict, decided: dict[int, dict], tree) -> None:
     for row, decision in decided.items():
         leaf = int(decision["chosen_leaf"])
         body["predictions"][row] |= {"predicted_category_id": leaf, "confidence": 1.0, "needs_review": False,
-                                     "category_path": tree.title_path(leaf) if leaf in tree else "",
+                                     "category_path": tree.shown_path(leaf),
                                      "source": "review"}

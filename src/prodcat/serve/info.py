@@ -50,7 +50,7 @@ def oof_scores(predictor: Predictor) -> list[dict]:
     kept = [(name, predictor.root / name, CONFIDENCE_FILE) for name in predictor.bags]
     if (predictor.root / STACK / CONFIDENCE_FILE).is_file():
         kept.append((STACK, predictor.root / STACK, CONFIDENCE_FILE))
-        kept += [(f"{STACK} without {m}", predictor.root / STACK, f"{WITHOUT}{m}.npz") for m in predictor.hidden()]
+        kept += [(f"{STACK} without {m}", predictor.root / STACK, f"{WITHOUT}{m}.npz") for m in predictor.hidden]
     rows = []
     for name, folder, file in kept:
         c = load_confidence(folder, file)

@@ -14,21 +14,23 @@ JSON bodies and a SameSite=Strict cookie: another site's form cannot post a deci
 from typing import Annotated, Literal, Optional
 
 import anyio
-from fastapi import APIRouter, Cookie, Form
+from fastapi import APIRouter, Cookie, Form, Path, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from prodcat.errors import DataError
 from prodcat.review import page
-from prodcat.serve.problems import Problem
+from prodcat.serve.desk import SESSION_S
+from prodcat.serve.problems import Problem, from_data_error
+from prodcat.serve.schemas import INT64
 
 COOKIE = "prodcat_reviewer"
 
 
 class Decision(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    product_id: int
-    category_id: Optional[int] = Field(None, description="the chosen leaf (null for skip)")
+    product_id: int = Field(ge=INT64[0], le=INT64[1])
+    category_id: Optional[int] = Field(None, ge=INT64[0], le=INT64[1], description="the chosen leaf (null for skip)")
     action: Literal["accept", "correct", "skip"]
     idempotency_key: str = Field(min_length=8, max_length=200)
 
@@ -47,17 +49,12 @@ NO_PAGE = "this service has no review page (set review.reviewers_file)"
 
 
 async def in_thread(work):
-    """Run store work in a worker thread; the store's refusals as problems."""
-    from prodcat.review.db import Conflict, StoreError
-
+    """Run store work in a worker thread; the store's refusals as problems (409 conflict, 503 store or models
+    unavailable, 422 a bad decision: prodcat.serve.problems)."""
     try:
         return await anyio.to_thread.run_sync(work)
-    except Conflict as exc:  # already decided, held by another reviewer, nothing to undo
-        raise Problem(409, "conflict", str(exc), kind="conflict") from None
-    except StoreError as exc:
-        raise Problem(503, "review store unavailable", str(exc), kind="review-store-unavailable") from None
-    except DataError as exc:  # e.g. a leaf that is not a leaf
-        raise Problem(422, "invalid decision", str(exc), kind="invalid-decision") from None
+    except DataError as exc:
+        raise from_data_error(exc, "decision") from None
 
 
 class Desk:
@@ -76,7 +73,7 @@ class Desk:
     def signed_in(self, key: Optional[str]) -> str:
         """The reviewer of the session's key (else 401)."""
         self.enabled()
-        name = self.desk.reviewer(key)
+        name = self.desk.reviewer_of(key)
         if name is None:
             raise Problem(401, "unauthorized", "sign in at /review with your reviewer key", kind="unauthorized")
         return name
@@ -88,7 +85,7 @@ class Desk:
         item = store.claim_next(name, self.desk.settings["claim_ttl_s"])
         photo = (f"/review/photo/{int(item['product_id'])}" if item and item["snapshot"].get("image_path")
                  else None)
-        return {"item_html": page.item_html(item, tree.title_path, photo),
+        return {"item_html": page.item_html(item, tree.shown_path, photo),
                 "counters_html": page.counters_html(store.counters())}
 
 
@@ -103,19 +100,22 @@ def add_page(router: APIRouter, desk: Desk) -> None:
     @router.get("/review", response_class=HTMLResponse, include_in_schema=False)
     async def review(prodcat_reviewer: Annotated[Optional[str], Cookie()] = None):
         desk.enabled()
-        name = desk.desk.reviewer(prodcat_reviewer)
+        name = desk.desk.reviewer_of(prodcat_reviewer)
         if name is None:
             return HTMLResponse(page.sign_in())
         now = await in_thread(lambda: desk.shown(name))
         return HTMLResponse(page.review_page(name, now["item_html"], now["counters_html"]))
 
     @router.post("/review/sign-in", include_in_schema=False)
-    async def sign_in(key: Annotated[str, Form(max_length=500)] = ""):
+    async def sign_in(request: Request, key: Annotated[str, Form(max_length=500)] = ""):
         desk.enabled()
-        if desk.desk.reviewer(key) is None:
+        name = desk.desk.reviewer(key)
+        if name is None:
+            await anyio.sleep(0.5)  # a wrong key costs the guesser time
             return HTMLResponse(page.sign_in("That key is not a reviewer's key."), status_code=401)
         answer = RedirectResponse("/review", status_code=303)
-        answer.set_cookie(COOKIE, key, httponly=True, samesite="strict", path="/review", max_age=12 * 3600)
+        answer.set_cookie(COOKIE, desk.desk.session(name), httponly=True, samesite="strict", path="/review",
+                          max_age=SESSION_S, secure=request.url.scheme == "https")
         return answer
 
     @router.post("/review/sign-out", include_in_schema=False)
@@ -148,7 +148,7 @@ def add_calls(router: APIRouter, desk: Desk) -> None:
         return await in_thread(work)
 
     @router.get("/review/photo/{product_id}", include_in_schema=False)
-    async def photo(product_id: int, prodcat_reviewer: Annotated[Optional[str], Cookie()] = None):
+    async def photo(product_id: Annotated[int, Path(ge=INT64[0], le=INT64[1])], prodcat_reviewer: Annotated[Optional[str], Cookie()] = None):
         desk.signed_in(prodcat_reviewer)
         path = await in_thread(lambda: desk.desk.photo(product_id, desk.tree()))
         if path is None:

@@ -10,8 +10,6 @@
 (No `from __future__ import annotations`: FastAPI reads these annotations at run time, some of them are the
 service's own request models.)
 """
-import os
-import signal
 from functools import partial
 from typing import Annotated, Optional
 
@@ -29,6 +27,7 @@ from prodcat.serve.desk import apply_decisions
 from prodcat.serve.problems import Problem, from_data_error, from_validation
 from prodcat.serve.review_routes import add_review
 from prodcat.serve.security import API_KEY_HEADER, check_key
+from prodcat.serve.workers import signal_workers
 
 QUERY_CHARS = 200  # characters of a category search at most
 
@@ -85,16 +84,19 @@ def predict_now(service, models, products: list, ask_args: dict, item: str, uplo
     free: photos checked into temporary files (removed at the end), the products checked by
     `validate_products`, predicted; with a review desk, products people already decided are answered
     with the decision, and (`queue`) the flagged ones are queued for review."""
-    with service.predicting, PhotoFiles(service.settings["max_photo_pixels"]) as photos:
+    desk = service.desk
+    with PhotoFiles(service.settings["max_photo_pixels"]) as photos:
         try:
             ask = ask_of(service.settings, **ask_args)
             frame = product_frame(products, photos, item, None if uploaded is None else photos.add(uploaded))
-            body, table = answer(models, frame, ask)
-            if service.desk.enabled:
+            keep = desk.settings["suggestions"] if queue else 0  # what the review queue keeps of each product
+            with service.predicting:
+                body, table = answer(models, frame, ask, keep)
+            if desk.enabled:  # the store's work outside the prediction slots
                 tree = models.predictor.tree
-                apply_decisions(body, service.desk.decided(frame, tree), tree)
+                apply_decisions(body, desk.decided(frame, tree), tree)
                 if queue:
-                    service.desk.queue(table, frame, models.version, tree)
+                    desk.queue(table, frame, models.version, tree)
         except DataError as exc:
             raise from_data_error(exc, item) from None
     return body, sum(p["needs_review"] for p in body["predictions"])
@@ -192,10 +194,7 @@ def add_reload(router: APIRouter, service) -> None:
         told to reload in place, each in the background (their outcome is in the log and the metrics)."""
         check_key(service.api_key, api_key)
         if service.supervised:
-            import psutil
-
-            for worker in psutil.Process(os.getppid()).children():  # every worker, this one too
-                os.kill(worker.pid, signal.SIGUSR1)
+            signal_workers()  # every worker, this one too
             response.status_code = 202
             return {"status": "reloading workers", "model_version": None, "previous_version": None,
                     "load_seconds": None}

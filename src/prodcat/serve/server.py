@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from prodcat.serve.app import MODELS_ENV, REVIEW_ENV, SETTINGS_ENV, SUPERVISOR_ENV, review_settings, serve_settings
+from prodcat.serve.workers import WORKERS_ENV
 
 APP = "prodcat.serve.app:app_from_env"
 WORKER_READY_S = 600  # how long a (re)started worker may take to load the models before uvicorn gives up on it
@@ -44,6 +45,8 @@ def run_server(models_dir: Path, settings: dict, echo=print, review: dict | None
         metrics_dir = tempfile.mkdtemp(prefix="prodcat-serve-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         os.environ[SUPERVISOR_ENV] = str(os.getpid())
+        os.environ[WORKERS_ENV] = os.path.join(metrics_dir, "workers")  # each worker registers its pid here
+        os.makedirs(os.environ[WORKERS_ENV])
     echo(f"[serve] {models_dir} on http://{settings['host']}:{settings['port']} ({settings['workers']} worker(s), "
          f"{settings['use']} models); docs at /docs, OpenAPI at /openapi.json")
     try:
