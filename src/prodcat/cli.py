@@ -448,7 +448,8 @@ def review_add(input_path, products_path, images, models_dir, model, min_precisi
                sets):
     """Queue the products that need review (and the audit sample of the accepted ones) from a file."""
     from prodcat.predict import Predictor
-    from prodcat.review.queue import model_version, open_store, queue_predictions, read_review_input
+    from prodcat.review.queue import open_store, queue_predictions, read_review_input
+    from prodcat.serve.info import model_version
 
     cfg, paths = review_setup(data, config, workdir, sets)
     predictor = Predictor.load(models_dir or paths.models_root, model, preload=False, use=use)

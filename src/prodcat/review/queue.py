@@ -2,7 +2,6 @@
 (`queue_predictions`), the store of a config and workdir (`open_store`), and what `review add` reads."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -46,19 +45,6 @@ def queue_predictions(store: ReviewStore, table: pd.DataFrame, products: pd.Data
             model_leaf=leaf if known else None, confidence=float(conf) if known else None,
             reason=FLAGGED if flagged[r] else AUDIT))
     return {"flagged": int(flagged.sum()), "audit": int(audit.sum()), "added": store.enqueue(items)}
-
-
-def model_version(predictor) -> str:
-    """'MODEL:USE:HASH' of the saved models a Predictor uses (the hash of the stacker's and each bag's
-    record: a retrained model has another version)."""
-    from prodcat.outputs import STACK
-
-    h = hashlib.sha1()
-    files = ([predictor.root / STACK / "stacker.json"] if predictor.model == STACK else [])
-    files += [predictor.root / name / "bag.json" for name in predictor.base_names()]
-    for path in files:
-        h.update(path.read_bytes() if path.exists() else b"-")
-    return f"{predictor.model}:{predictor.use}:{h.hexdigest()[:10]}"
 
 
 def store_url(cfg: dict, paths) -> str:
