@@ -122,16 +122,17 @@ def test_the_stacker_scores_full_models_with_its_full_ranker_alone(refitted):
     test = pd.read_parquet(common[1] / "test.parquet")
     full, folds = Predictor.load(models, use="full"), Predictor.load(models, use="folds")
     stacker = full.stacker()
-    assert stacker.full is not None and len(stacker.boosters) == 3
+    fold_rankers, whole = stacker.sets[None]
+    assert whole is not None and len(fold_rankers) == 3
 
     class Unused:
         def predict(self, x):
             raise AssertionError("a fold ranker scored full predictions")
 
     expected = full.predict(test)
-    stacker.boosters = [Unused()] * 3
+    stacker.sets[None] = ([Unused()] * 3, whole)
     pd.testing.assert_frame_equal(full.predict(test), expected)
-    folds.stacker().full = Unused()
+    folds.stacker().sets[None] = (fold_rankers, Unused())
     assert len(folds.predict(test)) == len(test)
 
 
@@ -216,7 +217,7 @@ def test_one_spec_per_model_and_the_lists_derived_from_it():
     from prodcat.settings import MODEL_SPECS, RunSettings, StackSettings, defaults_of
 
     assert defaults_of(RunSettings)["pipeline"] == [n for n, s in MODEL_SPECS.items() if s.pipeline]
-    assert defaults_of(StackSettings)["hide"] == {"id_neighbours": 0.2}
+    assert defaults_of(StackSettings)["hide"] == {"id_neighbours": 1.0}
     for name in MODEL_SPECS:
         cls = model_class(name)
         assert issubclass(cls, BaseModel) and cls.name == name

@@ -233,8 +233,9 @@ def test_rankers_probabilities_are_averaged_over_the_union_of_candidates():
 
 
 def test_hidden_model_copies_and_the_oof_hf1_without_it(big_run):
-    """stack.hide: the rankers also learn from products shown without a model; the OOF hF1 without it is
-    reported (the fake fastText's mistakes are learnable: the stack beats it even alone)."""
+    """stack.hide: a second set of rankers learns from products shown without a model and ranks the products
+    it says nothing about; the OOF hF1 without it is reported (the fake fastText's mistakes are learnable:
+    the stack beats it even alone)."""
     run = big_run
     y = run.ds.train["category_id"].to_numpy()
     rng = np.random.default_rng(5)
@@ -249,6 +250,7 @@ def test_hidden_model_copies_and_the_oof_hf1_without_it(big_run):
     frame = products(200, seed=9, start_id=50000)
     truth = frame.pop("category_id").to_numpy()
     stacker = Stacker.load(run.paths.models("stack"), run.ds.tree)
+    assert set(stacker.sets) == {None, "id_neighbours"} and len(stacker.sets["id_neighbours"][0]) == run.k
     parts = {"fasttext": [fakes["fasttext"](frame, truth) for _ in range(run.k)],
              "id_neighbours": [TopK.empty(frame["id"].to_numpy(), run.top_k)] * run.k}
     test = stacker.predict(parts, frame)

@@ -225,7 +225,7 @@ MODEL_SPECS = {  # registry order: the order models are listed and stacked in
     "tfidf": ModelSpec("prodcat.models.tfidf:TfidfModel", TfidfSettings),
     "image": ModelSpec("prodcat.models.image:ImageModel", ImageSettings),
     "coca": ModelSpec("prodcat.models.coca:CocaModel", CocaSettings),
-    "id_neighbours": ModelSpec("prodcat.models.id_neighbours:IdNeighboursModel", IdNeighboursSettings, hide=0.2),
+    "id_neighbours": ModelSpec("prodcat.models.id_neighbours:IdNeighboursModel", IdNeighboursSettings, hide=1.0),
 }
 
 
@@ -251,10 +251,10 @@ class StackSettings:
     exclude_features: list[str] = setting([], "feature names or suffixes left out")
     priors: list[str] = setting([], "lookup-prior keys (prodcat.stacking.priors), e.g. word1, word1+word2, char:Brand")
     hide: dict = setting({n: m.hide for n, m in MODEL_SPECS.items() if m.hide},
-                         "MODEL: SHARE - the rankers also learn from that share of the "
-                         "training products shown without MODEL's predictions, so that the stack does well where it "
-                         "has nothing to say (id_neighbours on tomorrow's products); the OOF hF1 without it is "
-                         "reported (models not stacked are ignored)", min=0.0, max=1.0)
+                         "MODEL: SHARE - a second set of rankers learns from that share of the training "
+                         "products shown without MODEL's predictions and ranks the products MODEL says nothing "
+                         "about (id_neighbours on tomorrow's products); the OOF hF1 without it is reported "
+                         "(models not stacked are ignored)", min=0.0, max=1.0)
 
 
 USES = ("full", "folds")  # how a bag predicts new products: its full child, or the average of its folds

@@ -7,9 +7,9 @@ model's top probability, the model's top probability and entropy, whether it ran
 whether the model is missing for the product (no photo) and its flags; shared: how many models rank the
 candidate first, the mean and max probability, the candidate's training frequency and depth, the number of
 candidates; optionally lookup priors (prodcat.stacking.priors: how often the candidate goes with the product's first
-title words or brand in the other folds' labels). `stack.hide` adds to the rankers' training a copy of a share
-of the products without a sometimes-silent model (id_neighbours on tomorrow's products) and reports the OOF hF1
-without it. A LightGBM ranker (lambdarank by default, one query per
+title words or brand in the other folds' labels). For a sometimes-silent model (`stack.hide`: id_neighbours
+says nothing about tomorrow's products) a second set of rankers learns from the products shown as if it had
+said nothing, and ranks the products it says nothing about; the OOF hF1 without it is reported. A LightGBM ranker (lambdarank by default, one query per
 product, the true leaf relevant) scores the pairs; a softmax per product with a temperature fitted on the OOF
 rows turns scores into probabilities.
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -45,6 +46,7 @@ from prodcat.stacking.features import NodeIndex, candidate_pairs, monotone_const
 from prodcat.storage import write_json
 
 DEFAULTS = defaults_of(StackSettings)  # declared (with their docs) in prodcat.settings
+FORMAT = 2  # the saved stacker's layout: ranker sets (main, and one per hidden model), each k folds + full
 
 
 def stack_params(run: Run) -> dict:
@@ -56,7 +58,7 @@ def inputs_key(run: Run, names: list[str], p: dict, inputs: dict) -> str:
     models, whose held-out predictions are its training rows): an unchanged stack is reused."""
     from prodcat.settings import config_hash
 
-    return config_hash({"params": p, "models": names, "inputs": inputs,
+    return config_hash({"format": FORMAT, "params": p, "models": names, "inputs": inputs,
                         "data": run.ds.fingerprint, "folds": run.k, "seed": run.seed, "top_k": run.top_k,
                         "text": run.cfg["text"]})
 
@@ -98,14 +100,14 @@ class MeanProbability:
 
 
 class Stacker:
-    """The fitted stacker: one LightGBM ranker per fold and a full one (every product), the softmax
+    """The fitted stacker: ranker sets - the main one, and one per `stack.hide` model for the products that
+    model says nothing about - each one LightGBM ranker per fold and a full one (every product); the softmax
     temperature, the hF1 level of the decoding, the training class counts per fold and the lookup priors.
     Saved as LightGBM model text files, json, npz and parquet; `predict` stacks the base models' predictions
     of any frame."""
 
-    def __init__(self, tree, meta: dict, boosters: list, freq: np.ndarray, counts: np.ndarray,
-                 priors=None, full=None):
-        self.tree, self.meta, self.boosters, self.full = tree, meta, boosters, full
+    def __init__(self, tree, meta: dict, sets: dict, freq: np.ndarray, counts: np.ndarray, priors=None):
+        self.tree, self.meta, self.sets = tree, meta, sets  # {None | hidden model: (fold rankers, full ranker)}
         self.nodes = NodeIndex(tree)
         self.freq, self.counts, self.priors = freq, counts, priors
 
@@ -120,7 +122,7 @@ class Stacker:
 
     def features(self, parts: dict[str, TopK], inputs: tuple, fold: int):
         """(rows, classes, features) of a frame's candidates, from base predictions made by fold models
-        `fold` (-1: fold-averaged predictions; counts then scaled to a fold's share)."""
+        `fold` (-1: the full models' predictions; counts then scaled to a fold's share)."""
         k = self.meta["k"]
         prod, codes = inputs
         r, c = candidate_pairs(list(parts.values()), self.nodes, int(self.meta["params"]["candidates"]))
@@ -131,24 +133,32 @@ class Stacker:
             x = pd.concat([x, self.priors.features(codes, r, c, np.int64(fold))], axis=1)
         return r, c, x.reindex(columns=self.meta["columns"], fill_value=0.0)  # e.g. a missing flag
 
+    def scores(self, view: dict[str, TopK], r: np.ndarray, x: pd.DataFrame, fold: int) -> np.ndarray:
+        """Each pair scored by its product's ranker set: that of the first hidden model that said nothing
+        about the product, else the main set; ranker `fold` of the set (-1: its full ranker)."""
+        out, done = np.zeros(len(r)), np.zeros(len(r), bool)
+        for m in [m for m in self.sets if m is not None and m in view] + [None]:
+            mine = ~done & (view[m].missing[r] if m is not None else True)
+            fold_rankers, full = self.sets[m]
+            out[mine] = score(fold_rankers[fold] if fold >= 0 else full, x[mine])
+            done |= mine
+        return out
+
     def predict(self, parts: dict[str, list[TopK]], frame: pd.DataFrame) -> TopK:
         """Stacked TopK of the frame (column 0: the decided leaf). `parts[model][f]`: fold model f's
         predictions; ranker f scores fold f's, the stacked probabilities are averaged over the rankers.
-        `parts[model] == [full child's]`: the full ranker scores them."""
+        `parts[model] == [full child's]`: the full rankers score them."""
         from prodcat.probs import average
 
-        n_folds = len(self.boosters)
+        n_folds = len(self.sets[None][0])
         per_fold = all(len(v) == n_folds for v in parts.values()) and n_folds == self.meta["k"]
         inputs = self.product_inputs(frame)
-        if per_fold:
-            scored = []
-            for f, booster in enumerate(self.boosters):
-                r, c, x = self.features({m: parts[m][f] for m in self.names}, inputs, f)
-                scored.append((r, c, score(booster, x)))
-        else:
-            r, c, x = self.features({m: average(parts[m]) for m in self.names}, inputs, -1)
-            rankers = [self.full] if self.full is not None else self.boosters
-            scored = [(r, c, score(booster, x)) for booster in rankers]
+        views = ([(f, {m: parts[m][f] for m in self.names}) for f in range(n_folds)] if per_fold
+                 else [(-1, {m: average(parts[m]) for m in self.names})])
+        scored = []
+        for f, view in views:
+            r, c, x = self.features(view, inputs, f)
+            scored.append((r, c, self.scores(view, r, x, f)))
         rows, cls, proba = _average_test(scored, self.meta["temperature"], len(self.nodes.ids))
         decided = decode(rows, cls, proba, self.nodes, len(frame), self.meta["decoding"], self.meta["f_level"])
         return _to_topk(frame["id"].to_numpy(), rows, cls, proba, decided, self.nodes,
@@ -161,11 +171,12 @@ class Stacker:
         from prodcat.storage import atomic_path, write_npz
 
         (folder / "stacker.json").unlink(missing_ok=True)
-        for f, booster in [*enumerate(self.boosters), ("_full", self.full)]:
-            if booster is None or isinstance(booster, MeanProbability):
-                continue  # nothing learned: `meta["fallback"]` says so
-            with atomic_path(folder / f"ranker{f}.txt") as tmp:
-                booster.save_model(str(tmp))
+        for m, (fold_rankers, full) in self.sets.items():
+            for f, booster in [*enumerate(fold_rankers), ("full", full)]:
+                if isinstance(booster, MeanProbability):
+                    continue  # nothing learned: `meta["fallback"]` says so
+                with atomic_path(folder / f"{ranker_name(m, f)}.txt") as tmp:
+                    booster.save_model(str(tmp))
         write_npz({"freq": self.freq, "counts": self.counts}, folder / "counts.npz")
         if self.priors is not None:
             self.priors.save(folder)
@@ -184,18 +195,17 @@ class Stacker:
         if not (folder / "stacker.json").exists():
             raise NotTrainedError(f"{folder}: no saved stacker here (run ./run.sh stack first)")
         meta = json.loads((folder / "stacker.json").read_text())
-        if "files" not in meta:
-            raise NotTrainedError(f"{folder}: a stacker saved by an older prodcat (no file checksums): refit "
-                                  "it with ./run.sh stack --force")
+        if meta.get("format") != FORMAT or "files" not in meta:
+            raise NotTrainedError(f"{folder}: a stacker saved by an older prodcat: refit it with ./run.sh stack "
+                                  "--force")
         verify_files(folder, meta["files"])
-        fallback = meta.get("fallback", [])
 
-        def ranker(f):
-            return MeanProbability() if f in fallback else lgb.Booster(model_file=str(folder / f"ranker{f}.txt"))
+        def ranker(m, f):
+            name = ranker_name(m, f)
+            return MeanProbability() if name in meta["fallback"] else lgb.Booster(model_file=str(folder / f"{name}.txt"))
 
-        boosters = [ranker(f) for f in range(meta["n_rankers"])]
-        # the full ranker (none in a stacker of an older prodcat: its fold rankers score full predictions)
-        full = ranker("_full") if "ranker_full.txt" in meta["files"] or "_full" in fallback else None
+        sets = {m: ([ranker(m, f) for f in range(meta["n_rankers"])], ranker(m, "full"))
+                for m in [None, *meta["without"]]}
         with np.load(folder / "counts.npz") as z:
             freq, counts = z["freq"], z["counts"]
         priors = None
@@ -203,7 +213,7 @@ class Stacker:
             from prodcat.stacking.priors import LookupPriors
 
             priors = LookupPriors.load(folder, meta["params"]["priors"], meta["k"], len(NodeIndex(tree).ids))
-        return cls(tree, meta, boosters, freq, counts, priors, full)
+        return cls(tree, meta, sets, freq, counts, priors)
 
 
 def run_stack(run: Run, models: list[str] | None = None, echo=print, force: bool = False) -> dict:
@@ -291,25 +301,25 @@ def fit_stacker(run: Run, names: list[str], p: dict, echo=print):
     recall = float(has_truth.mean())
     echo(f"[stack] {', '.join(names)}: {len(rows) / n_train:.1f} candidates per product, truth among them "
          f"for {recall:.2%}, {x.shape[1]} features ({time.time() - start:.0f}s)")
-    hidden = {}  # model -> (rows, cls, x) of every product as if that model had said nothing
-    for m, share in _hidden_models(p, names).items():
-        parts = {name: (TopK.empty(v.ids, v.k) if name == m else v) for name, v in oof.items()}
-        r, c, xh = _pairs(parts, nodes, p, freq_oof, folds, prod, priors, codes)
-        hidden[m] = (r, c, xh.reindex(columns=x.columns, fill_value=0.0), share)
-
-    boosters, full, score_oof, importance, score_hidden = _fit_rankers(run, p, x, rows, is_true, has_truth, stack_folds,
-                                                                 n_folds, echo, start, hidden, y)
+    hidden = {m: (*_pairs({n: (TopK.empty(v.ids, v.k) if n == m else v) for n, v in oof.items()}, nodes, p,
+                          freq_oof, folds, prod, priors, codes, x.columns), share)
+              for m, share in _hidden_models(p, names).items()}  # every product as if m had said nothing
+    sets = _fit_rankers(run, p, Queries(x, rows, is_true), has_truth, stack_folds, n_folds, echo, start, hidden, y)
+    score_oof, importance = sets[None][2:]
+    score_hidden = {m: sets[m][2] for m in hidden}
+    for m, (r, _, _, _) in hidden.items():  # a product the model said nothing about: its own rankers' scores
+        _route(score_oof, rows, r, score_hidden[m], oof[m].missing)
     temp, f_level, proba_oof, results, decided, without, without_top = _decide_oof(
         run, p, nodes, rows, cls, score_oof, is_true, hidden, score_hidden, echo)
     method = p["decoding"]
     ids = run.ds.train["id"].to_numpy()
     oof_top = _to_topk(ids, rows, cls, proba_oof, decided[method], nodes, run.top_k)
-    meta = {"models": names, "params": p, "k": run.k, "n_rankers": n_folds, "temperature": temp,
-            "fallback": [f for f, b in enumerate(boosters) if isinstance(b, MeanProbability)]
-            + (["_full"] if isinstance(full, MeanProbability) else []),
-            "f_level": f_level, "decoding": method, "columns": list(x.columns), "top_k": run.top_k,
-            "text": run.env.text, "data": run.ds.fingerprint}
-    stacker = Stacker(run.ds.tree, meta, boosters, freq_oof, counts, priors, full)
+    meta = {"format": FORMAT, "models": names, "params": p, "k": run.k, "n_rankers": n_folds, "temperature": temp,
+            "fallback": [ranker_name(m, f) for m, (fold, whole, _, _) in sets.items()
+                         for f, b in [*enumerate(fold), ("full", whole)] if isinstance(b, MeanProbability)],
+            "without": list(hidden), "f_level": f_level, "decoding": method, "columns": list(x.columns),
+            "top_k": run.top_k, "text": run.env.text, "data": run.ds.fingerprint}
+    stacker = Stacker(run.ds.tree, meta, {m: found[:2] for m, found in sets.items()}, freq_oof, counts, priors)
     info = {"data": run.ds.fingerprint, "k": run.k, "models": names, "params": p, "temperature": temp,
             "candidates_per_product": round(len(rows) / n_train, 2), "candidate_recall": recall,
             "oof_hF1": results, "oof_hF1_without": without, "decoding": method,
@@ -356,13 +366,13 @@ def _decide_oof(run: Run, p: dict, nodes, rows, cls, score_oof, is_true, hidden:
     return temp, f_level, proba_oof, results, decided, without, without_top
 
 
-def _pairs(parts: dict[str, TopK], nodes, p, freq_oof, folds, prod, priors, codes):
-    """(rows, classes, features) of the OOF candidates of every training product."""
+def _pairs(parts: dict[str, TopK], nodes, p, freq_oof, folds, prod, priors, codes, columns=None):
+    """(rows, classes, features) of the OOF candidates of every training product (`columns`: those)."""
     rows, cls = candidate_pairs(list(parts.values()), nodes, int(p["candidates"]))
     x = pair_features(parts, nodes, rows, cls, freq_oof, folds, prod)
     if priors is not None:
         x = pd.concat([x, priors.features(codes, rows, cls, folds[rows])], axis=1)
-    return rows, cls, x
+    return rows, cls, (x if columns is None else x.reindex(columns=columns, fill_value=0.0))
 
 
 def _hidden_models(p, names: list[str]) -> dict[str, float]:
@@ -371,59 +381,72 @@ def _hidden_models(p, names: list[str]) -> dict[str, float]:
     return {m: float(share) for m, share in (p["hide"] or {}).items() if m in names and share > 0}
 
 
-def _fit_rankers(run, p, x, rows, is_true, has_truth, stack_folds, n_folds, echo, start, hidden=None, y=None):
-    """One LightGBM ranker per fold on the other folds' products, their scores of the held-out pairs (and of
-    the held-out pairs of every hidden-model copy), and a full ranker on every product. A hidden model's copy of a sampled `share` of the
-    training products joins the ranker's training queries, so that it ranks well without that model."""
+class Queries(NamedTuple):
+    """What a set of rankers learns from: the (product, candidate) pairs' features, their product rows
+    (sorted) and whether each pair is the product's true leaf."""
+
+    x: pd.DataFrame
+    rows: np.ndarray
+    is_true: np.ndarray
+
+
+def _fit_rankers(run, p, main: Queries, has_truth, stack_folds, n_folds, echo, start, hidden=None, y=None):
+    """{None: the main set, m: the set for products without m} of ranker sets, each (fold rankers, full
+    ranker, held-out scores of its pairs, feature importance). The main set learns from every product's
+    candidates; the set of a hidden model m (`stack.hide`) from a sampled `share` of the products shown as if
+    m had said nothing, and ranks the products m says nothing about (id_neighbours on tomorrow's products)."""
+    params = _ranker_params(p, list(main.x.columns), run.seed)
+    rng = np.random.default_rng(run.seed)
+    sets = {None: (main, has_truth)}
+    for m, (r, c, xh, share) in (hidden or {}).items():
+        sets[m] = (Queries(xh, r, c == y[r]), has_truth & (rng.random(len(has_truth)) < share))
+    return {m: _fit_set(params, p, q, allowed, stack_folds, n_folds, rng, echo, start,
+                        "" if m is None else f" without {m}") for m, (q, allowed) in sets.items()}
+
+
+def _fit_set(params, p, q: Queries, allowed, stack_folds, n_folds, rng, echo, start, label: str):
+    """One LightGBM ranker per fold on the other folds' `allowed` products (their scores of the held-out
+    pairs: honest OOF), then the full ranker on every allowed product (AutoGluon's refit_full of a stacker
+    level: it alone scores the full base models' predictions)."""
     import lightgbm as lgb
 
-    params = _ranker_params(p, list(x.columns), run.seed)
-    rng = np.random.default_rng(run.seed)
-    hidden = hidden or {}
-    n_train = len(has_truth)
-    shown = {m: rng.random(n_train) < share for m, (_, _, _, share) in hidden.items()}  # products in the copy
-    pair_fold = stack_folds[rows]
-    score_oof = np.zeros(len(rows))
-    score_hidden = {m: np.zeros(len(r)) for m, (r, _, _, _) in hidden.items()}
-    importance = np.zeros(x.shape[1])
-    boosters = []
-
-    def fit_one(train_prod, what: str):
-        """A ranker on these products' queries (and their hidden-model copies)."""
-        if len(train_prod) > p["max_train_products"]:
-            train_prod = np.sort(rng.choice(train_prod, int(p["max_train_products"]), replace=False))
-        sel = np.isin(rows, train_prod)
+    n_train = len(allowed)
+    scores, importance, boosters = np.zeros(len(q.rows)), np.zeros(q.x.shape[1]), []
+    pair_fold = stack_folds[q.rows]
+    for f in [*range(n_folds), None]:
+        products = np.flatnonzero(allowed & ((stack_folds != f) if f is not None else True))
+        if len(products) > p["max_train_products"]:
+            products = np.sort(rng.choice(products, int(p["max_train_products"]), replace=False))
+        sel = np.isin(q.rows, products)
+        what = f"{'full (every product)' if f is None else f'fold {f}'}{label}"
         if not sel.any():
             echo(f"warning: [stack] {what}: no product has its true class among the candidates (e.g. every "
                  "class has one product): candidates are ranked by the base models' mean probability")
-            return MeanProbability()
-        xs, labels, groups = [x[sel]], [is_true[sel]], [_group_sizes(rows[sel], n_train)]
-        for m, (r, c, xh, _) in hidden.items():
-            take = np.isin(r, train_prod) & shown[m][r]
-            xs.append(xh[take])
-            labels.append(c[take] == y[r[take]])
-            groups.append(_group_sizes(r[take], n_train))
-        ds = lgb.Dataset(pd.concat(xs, ignore_index=True) if len(xs) > 1 else xs[0],
-                         label=np.concatenate(labels).astype(int), group=np.concatenate(groups),
-                         free_raw_data=True)
-        booster = lgb.train(params, ds, num_boost_round=int(p["num_boost_round"]))
-        echo(f"[stack] {what}: ranker on {len(train_prod)} products ({time.time() - start:.0f}s)")
-        return booster
-
-    for f in range(n_folds):
-        booster = fit_one(np.flatnonzero((stack_folds != f) & has_truth), f"fold {f}")
-        if not isinstance(booster, MeanProbability):
+            booster = MeanProbability()
+        else:
+            ds = lgb.Dataset(q.x[sel], label=q.is_true[sel].astype(int), group=_group_sizes(q.rows[sel], n_train),
+                             free_raw_data=True)
+            booster = lgb.train(params, ds, num_boost_round=int(p["num_boost_round"]))
             importance += booster.feature_importance("gain")
-        held = pair_fold == f
-        score_oof[held] = score(booster, x[held])
-        for m, (r, _, xh, _) in hidden.items():
-            held_h = stack_folds[r] == f
-            score_hidden[m][held_h] = score(booster, xh[held_h])
+            echo(f"[stack] {what}: ranker on {len(products)} products ({time.time() - start:.0f}s)")
+        if f is not None:
+            held = pair_fold == f
+            scores[held] = score(booster, q.x[held])
         boosters.append(booster)
-    # the full ranker (AutoGluon's refit_full of a stacker level): every product's queries, the same settings;
-    # it alone scores the full base models' predictions (one ranker, not k, per new product)
-    full = fit_one(np.flatnonzero(has_truth), "full (every product)")
-    return boosters, full, score_oof, importance, score_hidden
+    return boosters[:-1], boosters[-1], scores, importance
+
+
+def _route(score_oof, rows, rows_h, score_h, missing) -> None:
+    """The OOF scores of the products a hidden model said nothing about, from that model's own rankers
+    (their candidates are the same pairs in both views: the model proposed none)."""
+    in_main, in_hidden = missing[rows], missing[rows_h]
+    if in_main.sum() == in_hidden.sum():
+        score_oof[in_main] = score_h[in_hidden]
+
+
+def ranker_name(model: str | None, fold) -> str:
+    """File stem of a ranker: ranker{f} / ranker_full, or ranker_without_{model}_{f|full}."""
+    return f"ranker{'' if model is None else f'_without_{model}_'}{fold if fold != 'full' or model else '_full'}"
 
 
 def _ranker_params(p: dict, columns: list[str], seed: int) -> dict:
