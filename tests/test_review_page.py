@@ -81,6 +81,8 @@ def test_the_page_needs_a_reviewer_key_and_decisions_are_kept_once(desk):
     signed = fresh.post("/review/sign-in", data={"key": "annkey-0001"}, follow_redirects=False)
     assert signed.status_code == 303 and "httponly" in signed.headers["set-cookie"].lower()
     assert "annkey-0001" not in signed.headers["set-cookie"]  # a signed session, never the key itself
+    forged = TestClient(client.app, cookies={"prodcat_reviewer": "ann.99999999999.deadbeef"})
+    assert "Reviewer key" in forged.get("/review").text  # a forged session: the sign-in form, no 500
     page = fresh.get("/review").text
     assert "id=product" in page and "ann" in page and "<kbd>1</kbd>" in page
     store = store_of(folder, models)

@@ -84,7 +84,8 @@ class ReviewDesk:
 
     def session(self, name: str) -> str:
         """A signed-in reviewer's session token 'NAME.EXPIRY.MAC' (HMAC with the reviewer's own key: the
-        key itself never travels again; removing the key ends the session)."""
+        key itself never travels again; a key removed from the reviewers file ends its sessions when the
+        service restarts)."""
         expiry = int(time.time()) + SESSION_S
         return f"{name}.{expiry}.{self._mac(name, expiry)}"
 
@@ -94,7 +95,7 @@ class ReviewDesk:
         if len(parts) != 3 or not parts[1].isdigit() or int(parts[1]) < time.time():
             return None
         mac = self._mac(parts[0], int(parts[1]))
-        return parts[0] if mac is not None and hmac.compare_digest(mac, parts[2]) else None
+        return parts[0] if mac is not None and hmac.compare_digest(mac.encode(), parts[2].encode()) else None
 
     def _mac(self, name: str, expiry: int) -> str | None:
         key = next((k for k, n in self.reviewers.items() if n == name), None)
