@@ -613,3 +613,38 @@ def test_serve_checks_its_arguments_before_starting(served, tmp_path):
     assert r.exit_code == 1 and "serve.min_precision: 1.0 must be between 0 and 1, both excluded" in r.output
     r = invoke("serve", "--models", models, "--set", f"serve.api_key_file={tmp_path / 'no-key'}")
     assert r.exit_code == 1 and "serve.api_key_file" in r.output
+
+
+def test_several_workers_reload_in_place_when_asked(served):
+    """--workers 2: POST /v1/reload tells every registered worker (SIGUSR1); each loads the models again in
+    place and keeps answering."""
+    import httpx
+
+    _, models, _ = served
+    port = free_port()
+    env = os.environ | {"PYTHONPATH": str(REPO / "src"), "PRODCAT_API_KEY": KEY}
+    server = subprocess.Popen([sys.executable, "-m", "prodcat", "serve", "--models", str(models), "--port", str(port),
+                               "--workers", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    loads = 'prodcat_model_loads_total{outcome="ok"} '
+    try:
+        def ready() -> bool:
+            try:
+                return f"{loads}2.0" in httpx.get(f"{url}/metrics").text  # both workers loaded
+            except httpx.TransportError:
+                assert server.poll() is None, "the server stopped"
+                return False
+
+        wait_until(ready, 90)
+        answer = httpx.post(f"{url}/v1/reload", headers={"X-API-Key": KEY})
+        assert answer.status_code == 202 and answer.json()["status"] == "reloading workers"
+        wait_until(lambda: f"{loads}4.0" in httpx.get(f"{url}/metrics").text, 90)
+        assert httpx.post(f"{url}/v1/predict", json={"id": 1, "title": "dog wet can"}).status_code == 200
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    log = server.stdout.read()
+    assert log.count("(replacing ") == 2 and "Traceback" not in log, log[-3000:]
