@@ -24,8 +24,7 @@ def queue_predictions(store: ReviewStore, table: pd.DataFrame, products: pd.Data
     out. Returns {"flagged": n, "audit": n, "added": n}."""
     table = table.reset_index(drop=True)
     ids = table["id"].to_numpy(np.int64)
-    flagged = table["needs_review"].to_numpy(bool)
-    audit = ~flagged & audit_sample(ids, audit_share)
+    flagged, audit = queued(table, audit_share)
     rows = np.flatnonzero(flagged | audit)
     where = pd.Index(products["id"].to_numpy(np.int64)).get_indexer(ids[rows])
     if (where < 0).any():
@@ -45,6 +44,13 @@ def queue_predictions(store: ReviewStore, table: pd.DataFrame, products: pd.Data
             model_leaf=leaf if known else None, confidence=float(conf) if known else None,
             reason=FLAGGED if flagged[r] else AUDIT))
     return {"flagged": int(flagged.sum()), "audit": int(audit.sum()), "added": store.enqueue(items)}
+
+
+def queued(table: pd.DataFrame, audit_share: float) -> tuple[np.ndarray, np.ndarray]:
+    """(flagged, audit) masks of a `Predictor.predict` table's rows: the products that need review, and the
+    audit sample of the others (`audit_share`, picked by a hash of the id)."""
+    flagged = table["needs_review"].to_numpy(bool)
+    return flagged, ~flagged & audit_sample(table["id"].to_numpy(np.int64), audit_share)
 
 
 def store_url(cfg: dict, paths) -> str:

@@ -22,6 +22,7 @@ from fastapi import FastAPI
 
 import prodcat
 from prodcat.serve.answers import check_review_settings
+from prodcat.serve.desk import ReviewDesk
 from prodcat.serve.limits import BodySizeLimit
 from prodcat.serve.loading import ModelHolder, load_models
 from prodcat.serve.observe import Metrics, RequestLog
@@ -30,7 +31,6 @@ from prodcat.serve.routes import build_router
 from prodcat.serve.schemas import request_models
 from prodcat.serve.security import configured_key
 from prodcat.serve.workers import worker_file
-from prodcat.serve.desk import ReviewDesk
 from prodcat.settings import ReviewSettings, ServeSettings, check, complete
 
 MODELS_ENV = "PRODCAT_SERVE_MODELS"  # what ./run.sh serve hands each worker

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from prodcat.errors import SettingsError
@@ -43,15 +44,21 @@ def read_reviewers(path: str | None) -> dict[str, str]:
     return reviewers
 
 
-def store_url(models_dir: Path, url: str) -> str:
-    """review.url; 'auto': the SQLite file of the models' workdir and dataset (outputs.Paths.review_db)."""
+def review_paths(models_dir: Path):
+    """The outputs.Paths of the workdir and dataset whose models are under `models_dir`
+    (<workdir>/models/<dataset>/): where their review store and photos go."""
     from prodcat.outputs import Paths
 
+    return Paths(Path(models_dir).resolve().parent.parent, Path(models_dir).name)
+
+
+def store_url(models_dir: Path, url: str) -> str:
+    """review.url; 'auto': the SQLite file of the models' workdir and dataset (outputs.Paths.review_db)."""
     from prodcat.review.db import StoreError
 
     if url != "auto":
         return url
-    path = Paths(Path(models_dir).resolve().parent.parent, Path(models_dir).name).review_db
+    path = review_paths(models_dir).review_db
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -112,20 +119,19 @@ class ReviewDesk:
             return self._store
 
     def photos_dir(self) -> Path:
-        return self.models_dir.resolve().parent.parent / "review" / self.models_dir.name / "photos"
+        return review_paths(self.models_dir).review_db.parent / "photos"
 
     def queue(self, table: pd.DataFrame, frame: pd.DataFrame, version: str, tree) -> dict:
         """Queue a request's flagged products and audit sample; the photos of those (a request's temporary
         files) are kept beside the store first, named by their content (never overwritten)."""
-        from prodcat.review.items import audit_sample
-        from prodcat.review.queue import queue_predictions
+        from prodcat.review.queue import queue_predictions, queued
 
         share = float(self.settings["audit_share"])
         frame = frame.copy()
         if "image_path" in frame.columns:
-            queued = table["needs_review"].to_numpy(bool) | audit_sample(table["id"].to_numpy(), share)
-            frame["image_path"] = pd.Series([self.keep_photo(path) if wanted else None for path, wanted
-                                             in zip(frame["image_path"].tolist(), queued)], dtype=object)
+            wanted = np.logical_or(*queued(table, share))
+            frame["image_path"] = pd.Series([self.keep_photo(path) if keep else None for path, keep
+                                             in zip(frame["image_path"].tolist(), wanted)], dtype=object)
         return queue_predictions(self.store(tree), table, frame, share, version)
 
     def keep_photo(self, path) -> str | None:

@@ -148,7 +148,8 @@ def add_calls(router: APIRouter, desk: Desk) -> None:
         return await in_thread(work)
 
     @router.get("/review/photo/{product_id}", include_in_schema=False)
-    async def photo(product_id: Annotated[int, Path(ge=INT64[0], le=INT64[1])], prodcat_reviewer: Annotated[Optional[str], Cookie()] = None):
+    async def photo(product_id: Annotated[int, Path(ge=INT64[0], le=INT64[1])],
+                    prodcat_reviewer: Annotated[Optional[str], Cookie()] = None):
         desk.signed_in(prodcat_reviewer)
         path = await in_thread(lambda: desk.desk.photo(product_id, desk.tree()))
         if path is None:

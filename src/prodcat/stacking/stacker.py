@@ -9,9 +9,9 @@ candidate first, the mean and max probability, the candidate's training frequenc
 candidates; optionally lookup priors (prodcat.stacking.priors: how often the candidate goes with the product's first
 title words or brand in the other folds' labels). For a sometimes-silent model (`stack.hide`: id_neighbours
 says nothing about tomorrow's products) a second set of rankers learns from the products shown as if it had
-said nothing, and ranks the products it says nothing about; the OOF hF1 without it is reported. A LightGBM ranker (lambdarank by default, one query per
-product, the true leaf relevant) scores the pairs; a softmax per product with a temperature fitted on the OOF
-rows turns scores into probabilities.
+said nothing, and ranks the products it says nothing about; the OOF hF1 without it is reported. A LightGBM
+ranker (lambdarank by default, one query per product, the true leaf relevant) scores the pairs; a softmax per
+product with a temperature fitted on the OOF rows turns scores into probabilities.
 
 Honest OOF: the stacker is cross-validated over the OOF rows with the run's product folds (the rows of
 fold f are scored by a ranker trained on the other folds). New products (a test file, tomorrow's
@@ -202,7 +202,9 @@ class Stacker:
 
         def ranker(m, f):
             name = ranker_name(m, f)
-            return MeanProbability() if name in meta["fallback"] else lgb.Booster(model_file=str(folder / f"{name}.txt"))
+            if name in meta["fallback"]:
+                return MeanProbability()
+            return lgb.Booster(model_file=str(folder / f"{name}.txt"))
 
         sets = {m: ([ranker(m, f) for f in range(meta["n_rankers"])], ranker(m, "full"))
                 for m in [None, *meta["without"]]}
@@ -307,8 +309,7 @@ def fit_stacker(run: Run, names: list[str], p: dict, echo=print):
     sets = _fit_rankers(run, p, Queries(x, rows, is_true), has_truth, stack_folds, n_folds, echo, start, hidden, y)
     score_oof, importance = sets[None][2:]
     score_hidden = {m: sets[m][2] for m in hidden}
-    for m, (r, _, _, _) in hidden.items():  # a product the model said nothing about: its own rankers' scores
-        _route(score_oof, rows, r, score_hidden[m], oof[m].missing)
+    _route(score_oof, rows, {m: (hidden[m][0], score_hidden[m], oof[m].missing) for m in hidden})
     temp, f_level, proba_oof, results, decided, without, without_top = _decide_oof(
         run, p, nodes, rows, cls, score_oof, is_true, hidden, score_hidden, echo)
     method = p["decoding"]
@@ -436,12 +437,18 @@ def _fit_set(params, p, q: Queries, allowed, stack_folds, n_folds, rng, echo, st
     return boosters[:-1], boosters[-1], scores, importance
 
 
-def _route(score_oof, rows, rows_h, score_h, missing) -> None:
-    """The OOF scores of the products a hidden model said nothing about, from that model's own rankers
-    (their candidates are the same pairs in both views: the model proposed none)."""
-    in_main, in_hidden = missing[rows], missing[rows_h]
-    if in_main.sum() == in_hidden.sum():
-        score_oof[in_main] = score_h[in_hidden]
+def _route(score_oof, rows, hidden: dict) -> None:
+    """The OOF scores of the products a hidden model said nothing about from that model's own rankers
+    (`hidden`: {model: (its view's pair rows, their scores, its missing products)}); a product two models
+    said nothing about goes to the first one's, as in Stacker.scores. Their candidates are the same pairs
+    in both views: the model proposed none."""
+    routed = np.zeros(len(next(iter(hidden.values()))[2]), bool) if hidden else None
+    for rows_h, score_h, missing in hidden.values():
+        products = missing & ~routed
+        in_main, in_hidden = products[rows], products[rows_h]
+        if in_main.sum() == in_hidden.sum():
+            score_oof[in_main] = score_h[in_hidden]
+            routed |= products
 
 
 def ranker_name(model: str | None, fold) -> str:
