@@ -107,6 +107,19 @@ class IdNeighboursSettings:
 
 
 @dataclass
+class KnnSettings:
+    neighbours: int = setting(20, "most similar training products that vote", min=1)
+    power: float = setting(3.0, "a neighbour's vote: its cosine similarity to this power", min=0.0)
+    word_ngrams: list[int] = setting([1, 2], "word n-gram range [min, max]", min=1)
+    min_df: int = setting(2, "minimal document count of a word n-gram", min=1)
+    max_postings: int = setting(2000, "terms found in more training products than this are not searched (they "
+                                "make the search slow and decide little)", min=1)
+    chunk: int = setting(2000, "products per similarity chunk", min=1)
+    threads: int = setting(2, "threads for the similarity chunks", min=1)
+    text: dict = setting({}, "text settings for this model only (keys of `text`)")
+
+
+@dataclass
 class TrainerSettings:
     accelerator: str = setting("auto", "Lightning accelerator", choices=("auto", "cpu", "gpu", "cuda"))
     devices: Union[int, str] = setting("auto", "processes per node: GPUs ('auto': all of them); with accelerator: "
@@ -226,6 +239,7 @@ MODEL_SPECS = {  # registry order: the order models are listed and stacked in
     "image": ModelSpec("prodcat.models.image:ImageModel", ImageSettings),
     "coca": ModelSpec("prodcat.models.coca:CocaModel", CocaSettings),
     "id_neighbours": ModelSpec("prodcat.models.id_neighbours:IdNeighboursModel", IdNeighboursSettings, hide=1.0),
+    "knn": ModelSpec("prodcat.models.knn:KnnModel", KnnSettings, pipeline=False),
 }
 
 
@@ -248,6 +262,8 @@ class StackSettings:
     folds: Union[int, None] = setting(None, "the ranker's cross-validation folds (null: the run's k)", min=2)
     product_features: bool = setting(True, "the product's text length, has description/characteristics")
     monotone: bool = setting(True, "monotone constraints on the probability/rank features")
+    class_features: bool = setting(False, "the candidate leaf and its parent as categorical features (the "
+                                   "rankers learn each class's own bias; otherwise they are class-agnostic)")
     exclude_features: list[str] = setting([], "feature names or suffixes left out")
     priors: list[str] = setting([], "lookup-prior keys (prodcat.stacking.priors), e.g. word1, word1+word2, char:Brand")
     hide: dict = setting({n: m.hide for n, m in MODEL_SPECS.items() if m.hide},

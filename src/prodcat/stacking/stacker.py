@@ -42,7 +42,8 @@ from prodcat.probs import TopK
 from prodcat.run import Run
 from prodcat.settings import StackSettings, defaults_of
 from prodcat.stacking.decoding import _average_test, _to_topk, decode, fit_temperature, group_softmax
-from prodcat.stacking.features import NodeIndex, candidate_pairs, monotone_constraints, pair_features, product_features
+from prodcat.stacking.features import (CLASS_COLUMNS, NodeIndex, candidate_pairs, monotone_constraints,
+                                      pair_features, product_features)
 from prodcat.storage import write_json
 
 DEFAULTS = defaults_of(StackSettings)  # declared (with their docs) in prodcat.settings
@@ -128,7 +129,8 @@ class Stacker:
         r, c = candidate_pairs(list(parts.values()), self.nodes, int(self.meta["params"]["candidates"]))
         counts = self.freq[fold] if fold >= 0 else self.counts * (k - 1) / k
         n = len(next(iter(parts.values())))
-        x = pair_features(parts, self.nodes, r, c, counts[None, :], np.zeros(n, np.int64), prod)
+        x = pair_features(parts, self.nodes, r, c, counts[None, :], np.zeros(n, np.int64), prod,
+                          (DEFAULTS | self.meta["params"])["class_features"])
         if self.priors is not None:
             x = pd.concat([x, self.priors.features(codes, r, c, np.int64(fold))], axis=1)
         return r, c, x.reindex(columns=self.meta["columns"], fill_value=0.0)  # e.g. a missing flag
@@ -370,7 +372,7 @@ def _decide_oof(run: Run, p: dict, nodes, rows, cls, score_oof, is_true, hidden:
 def _pairs(parts: dict[str, TopK], nodes, p, freq_oof, folds, prod, priors, codes, columns=None):
     """(rows, classes, features) of the OOF candidates of every training product (`columns`: those)."""
     rows, cls = candidate_pairs(list(parts.values()), nodes, int(p["candidates"]))
-    x = pair_features(parts, nodes, rows, cls, freq_oof, folds, prod)
+    x = pair_features(parts, nodes, rows, cls, freq_oof, folds, prod, p["class_features"])
     if priors is not None:
         x = pd.concat([x, priors.features(codes, rows, cls, folds[rows])], axis=1)
     return rows, cls, (x if columns is None else x.reindex(columns=columns, fill_value=0.0))
@@ -465,6 +467,8 @@ def _ranker_params(p: dict, columns: list[str], seed: int) -> dict:
               "deterministic": True, "force_row_wise": True}
     if p["monotone"]:  # more probability for the candidate never lowers its score: a strong regulariser
         params |= {"monotone_constraints": monotone_constraints(columns), "monotone_constraints_method": "advanced"}
+    if p["class_features"]:
+        params["categorical_feature"] = [columns.index(c) for c in CLASS_COLUMNS if c in columns]
     if p["objective"] == "lambdarank":
         params |= {"lambdarank_truncation_level": 10, "eval_at": [1]}
     return params

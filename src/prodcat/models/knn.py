@@ -1,0 +1,177 @@
+"""Nearest-training-products base model: the leaves of the most similar training titles.
+
+The linear text models learn one weight per n-gram and class, so a product line whose training products share
+an odd leaf (a catch-all, or a specific sibling the words do not explain) is outvoted by the n-grams' other
+products. A product's nearest training products know how *that* line was filed: on uhtt_ke a product's
+titles without their numbers (sizes, article codes) match a training product's for 16 % of the products,
+and then the match's leaf is right 97 % of the time.
+
+Per product: cosine similarity of word 1-2-gram TF-IDF rows (sublinear tf; vocabulary and IDF fitted once
+per k-fold run on the training rows' texts, no labels) against every training product of the model; the
+`neighbours` most similar vote for their leaves with weight similarity ** `power`, and a leaf's probability
+is its share of the votes. The flag `nearest` (the similarity of the most similar training product, 0-1)
+tells the stacker how close that neighbour is. A product sharing no term with any training product gets no
+prediction (missing). Terms found in more than `max_postings` training products (`для`, `и`) are left out
+of the search: they make the similarity search slow and decide little.
+
+Saved per fold: the vocabulary and IDF (shared by the k folds), the training rows (sparse, transposed:
+terms x products) and their leaves.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from prodcat.models.base import BaseModel
+from prodcat.probs import NO_LABEL, TopK
+
+
+class KnnModel(BaseModel):
+    name = "knn"
+
+    def __init__(self, params, env):
+        super().__init__(params, env)
+        self.vectorizer = None
+        self.index: sp.csr_matrix | None = None  # terms x training products (search terms only)
+        self.labels: np.ndarray | None = None  # leaf of each training product
+        self._rows = None  # (text -> row, matrix) of the texts the vectorizer was fitted on
+
+    def prepare(self, train) -> None:
+        """Vocabulary and IDF from every training row (no labels), shared by the k folds: fitted once."""
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        texts = self.env.texts(train, self.params.get("text")).tolist()
+        self.vectorizer = TfidfVectorizer(ngram_range=tuple(self.params["word_ngrams"]),
+                                          min_df=self.params["min_df"] if len(texts) >= 100 else 1,
+                                          sublinear_tf=True, dtype=np.float32, token_pattern=r"(?u)\b\w+\b")
+        try:
+            x = self.vectorizer.fit_transform(texts)
+        except ValueError as exc:  # no text at all: one placeholder term, every product missing
+            if "empty vocabulary" not in str(exc):
+                raise
+            self.vectorizer.min_df = 1
+            x = self.vectorizer.fit_transform(["emptytext"] + texts)[1:]
+        self._rows = (pd.Series(np.arange(len(texts)), index=texts).groupby(level=0).first().to_dict(), x.tocsr())
+
+    def features(self, frame) -> sp.csr_matrix:
+        """TF-IDF rows of these products (rows of the texts the vocabulary was fitted on are looked up)."""
+        texts = self.env.texts(frame, self.params.get("text")).tolist()
+        if self._rows is not None:
+            where, fitted = self._rows
+            rows = np.array([where.get(t, -1) for t in texts], np.int64)
+            if (rows >= 0).all():
+                return fitted[rows]
+        return self.vectorizer.transform(texts).tocsr()
+
+    def _fit(self, train, workdir: Path, fold: int | None) -> None:
+        if self.vectorizer is None:
+            self.prepare(train)
+        x = self.features(train)
+        df = np.bincount(x.indices, minlength=x.shape[1])
+        common = df > int(self.params["max_postings"])
+        x = x.tocsc()
+        x.data[np.repeat(common, np.diff(x.indptr))] = 0  # common terms: not searched
+        x.eliminate_zeros()
+        self.index = x.T.tocsr().astype(np.float32)
+        self.labels = train["category_id"].to_numpy(np.int64)
+
+    def predict(self, frame) -> TopK:
+        ids = frame["id"].to_numpy()
+        k = self.env.top_k
+        if len(ids) == 0:
+            return TopK.empty(ids, k)
+        x = self.features(frame)
+        classes, y = np.unique(self.labels, return_inverse=True)
+        chunk, n = int(self.params["chunk"]), x.shape[0]
+
+        def part(start: int):
+            sims = (x[start:start + chunk] @ self.index).tocsr()
+            return _vote(sims.indptr, sims.indices, sims.data, y.astype(np.int64), int(self.params["neighbours"]),
+                         float(self.params["power"]), k)
+
+        starts = range(0, n, chunk)
+        with ThreadPoolExecutor(max(1, min(int(self.params["threads"]), len(starts)))) as pool:
+            parts = list(pool.map(part, starts))
+        lab = np.concatenate([p[0] for p in parts])
+        scores = np.concatenate([p[1] for p in parts])
+        nearest = np.concatenate([p[2] for p in parts])
+        labels = np.where(lab >= 0, classes[np.maximum(lab, 0)], NO_LABEL)
+        return TopK.from_ranked(ids, labels, scores, k, nearest <= 0, {"nearest": nearest})
+
+    def save(self, folder: Path) -> None:
+        from prodcat.storage import write_npz, write_parquet
+
+        vocab = pd.Series(self.vectorizer.vocabulary_).sort_values()
+        write_parquet(pd.DataFrame({"term": vocab.index.astype(str), "column": vocab.to_numpy()}),
+                      folder / "vocab.parquet")
+        write_npz({"idf": self.vectorizer.idf_, "indptr": self.index.indptr, "indices": self.index.indices,
+                   "data": self.index.data, "shape": np.array(self.index.shape), "labels": self.labels},
+                  folder / "index.npz")
+
+    @classmethod
+    def load(cls, folder: Path, params: dict, env) -> "KnnModel":
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        model = cls(params, env)
+        vec = TfidfVectorizer(ngram_range=tuple(model.params["word_ngrams"]), sublinear_tf=True,
+                              dtype=np.float32, token_pattern=r"(?u)\b\w+\b")
+        vocab = pd.read_parquet(folder / "vocab.parquet")
+        vec.vocabulary_ = dict(zip(vocab["term"].tolist(), vocab["column"].astype(int).tolist()))
+        with np.load(folder / "index.npz") as z:
+            vec.idf_ = z["idf"]
+            model.index = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=tuple(z["shape"]))
+            model.labels = z["labels"]
+        model.vectorizer = vec
+        return model
+
+
+try:
+    from numba import njit
+except ImportError:  # pragma: no cover
+    def njit(*args, **kwargs):
+        return (lambda f: f) if not args or not callable(args[0]) else args[0]
+
+
+@njit(cache=True, nogil=True)
+def _vote(indptr, indices, data, y, neighbours, power, k):  # pragma: no cover - numba
+    """Per row of a (products x training products) similarity matrix: the `neighbours` most similar vote
+    for their class (index into the classes) with similarity ** power; the k best classes and their vote
+    shares, and the top similarity."""
+    n = len(indptr) - 1
+    labels = np.full((n, k), -1, np.int64)
+    scores = np.zeros((n, k), np.float32)
+    nearest = np.zeros(n, np.float32)
+    for i in range(n):
+        lo, hi = indptr[i], indptr[i + 1]
+        if hi == lo:
+            continue
+        sims = data[lo:hi]
+        m = min(neighbours, hi - lo)
+        order = np.argsort(-sims)[:m] if hi - lo > m else np.argsort(-sims)
+        nearest[i] = sims[order[0]]
+        cls = np.empty(m, np.int64)
+        votes = np.zeros(m, np.float64)
+        used = 0
+        for j in order:
+            c = y[indices[lo + j]]
+            w = max(sims[j], 0.0) ** power
+            for u in range(used):
+                if cls[u] == c:
+                    votes[u] += w
+                    break
+            else:
+                cls[used] = c
+                votes[used] = w
+                used += 1
+        total = votes[:used].sum()
+        if total <= 0:
+            continue
+        best = np.argsort(-votes[:used])[:k]
+        for j in range(len(best)):
+            labels[i, j] = cls[best[j]]
+            scores[i, j] = votes[best[j]] / total
+    return labels, scores, nearest

@@ -1,0 +1,71 @@
+"""Nearest-training-products base model: the votes, common terms, saving and the fold contract."""
+import numpy as np
+import pandas as pd
+from click.testing import CliRunner
+
+from prodcat.cli import main
+from prodcat.models.base import ModelEnv, load_model, save_model
+from prodcat.models.knn import KnnModel
+from prodcat.probs import TopK
+from prodcat.settings import KnnSettings, defaults_of
+
+from conftest import products, write_dataset
+
+
+def model(**params):
+    return KnnModel(defaults_of(KnnSettings) | {"min_df": 1} | params, ModelEnv(text={}, top_k=3))
+
+
+def frame(titles, cats=None, start=1):
+    df = pd.DataFrame({"id": np.arange(start, start + len(titles), dtype=np.int64), "title": titles,
+                       "short_description": None, "name_value_characteristics": None})
+    if cats is not None:
+        df["category_id"] = np.asarray(cats, np.int64)
+    return df
+
+
+def test_the_most_similar_training_products_vote_with_similarity_to_a_power():
+    train = frame(["шоколад молочный alpen gold", "шоколад горький alpen gold", "чай черный greenfield",
+                   "чай зеленый greenfield"], [1, 2, 3, 3])
+    fitted = model(neighbours=2, power=1.0).fit(train, None)
+    top = fitted.predict(frame(["шоколад молочный alpen gold 90г", "чай greenfield", "велосипед"], start=100))
+    x, index = fitted.features(frame(["шоколад молочный alpen gold 90г"])), fitted.index
+    sims = (x @ index).toarray().ravel()  # cosine similarities to the four training titles
+    best = np.argsort(-sims)[:2]
+    assert top.labels[0, 0] == 1 and set(train["category_id"].to_numpy()[best]) == {1, 2}
+    np.testing.assert_allclose(top.scores[0, :2].astype(float), sims[best] / sims[best].sum(), atol=2e-3)
+    np.testing.assert_allclose(top.flags["nearest"][0], sims.max(), atol=1e-5)
+    assert top.labels[1, 0] == 3 and top.scores[1, 0] == 1.0  # both neighbours are tea
+    assert top.missing.tolist() == [False, False, True]  # no shared word: no prediction
+
+
+def test_terms_in_too_many_training_products_are_not_searched():
+    train = frame(["для дома лампа", "для дома ваза", "для сада лопата", "для сада грабли"], [1, 2, 3, 4])
+    fitted = model(max_postings=2).fit(train, None)
+    top = fitted.predict(frame(["для", "лопата для"], start=10))
+    assert top.missing.tolist() == [True, False] and top.labels[1, 0] == 3
+
+
+def test_saved_model_predicts_the_same_in_a_fresh_load(tmp_path):
+    train = products(200, seed=3)
+    fitted = model().fit(train, tmp_path)
+    save_model(fitted, tmp_path / "m", "knn", {"fold": 0})
+    again = load_model(tmp_path / "m")
+    query = products(50, seed=4, labels=False, start_id=1050)
+    a, b = fitted.predict(query), again.predict(query)
+    assert np.array_equal(a.labels, b.labels) and np.array_equal(a.scores, b.scores)
+    assert np.array_equal(a.flags["nearest"], b.flags["nearest"])
+
+
+def test_trains_folds_and_scores_out_of_fold(tmp_path, tiny_config):
+    train = products(150, seed=5)
+    data = write_dataset(tmp_path / "near", train=train)
+    w = tmp_path / "w"
+    r = CliRunner().invoke(main, ["train", "knn", "--data", str(data), "--config", str(tiny_config),
+                                  "--workdir", str(w)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    oof = TopK.load(w / "oof" / "near" / "knn" / "oof.npz").align(train["id"].to_numpy())
+    y = train["category_id"].to_numpy()
+    have = ~oof.missing
+    assert have.mean() > 0.9 and np.mean(oof.top1()[have] == y[have]) > 0.5
+    assert "nearest" in oof.flags
