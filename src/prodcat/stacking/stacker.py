@@ -428,7 +428,7 @@ def _fit_set(params, p, q: Queries, allowed, stack_folds, n_folds, rng, echo, st
             booster = MeanProbability()
         else:
             ds = lgb.Dataset(q.x[sel], label=q.is_true[sel].astype(int), group=_group_sizes(q.rows[sel], n_train),
-                             free_raw_data=True)
+                             categorical_feature=[c for c in CLASS_COLUMNS if c in q.x.columns], free_raw_data=True)
             booster = lgb.train(params, ds, num_boost_round=int(p["num_boost_round"]))
             importance += booster.feature_importance("gain")
             echo(f"[stack] {what}: ranker on {len(products)} products ({time.time() - start:.0f}s)")
@@ -467,8 +467,6 @@ def _ranker_params(p: dict, columns: list[str], seed: int) -> dict:
               "deterministic": True, "force_row_wise": True}
     if p["monotone"]:  # more probability for the candidate never lowers its score: a strong regulariser
         params |= {"monotone_constraints": monotone_constraints(columns), "monotone_constraints_method": "advanced"}
-    if p["class_features"]:
-        params["categorical_feature"] = [columns.index(c) for c in CLASS_COLUMNS if c in columns]
     if p["objective"] == "lambdarank":
         params |= {"lambdarank_truncation_level": 10, "eval_at": [1]}
     return params
