@@ -1,7 +1,7 @@
 """Fold average vs full models (refit on every product): quality, predict time, peak memory, one product's
 latency. Measures and prints; each path runs in a fresh process.
 
-    ./run.sh python bench/bench_refit.py MODELS_DIR PRODUCTS.parquet [--n 70864] [--single 300]
+    ./run.sh python bench/bench_refit.py MODELS_DIR PRODUCTS.parquet [--n 70864] [--single 300] [--uses folds,full]
 
 PRODUCTS: labelled products the models never saw (uhtt_ke: a sample of extra_labeled.parquet, whose ids and
 titles are disjoint from train's). Two views of them: their ids as given (they interleave the training ids:
@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("products")
     ap.add_argument("--n", type=int, default=70_864)
     ap.add_argument("--single", type=int, default=300)
+    ap.add_argument("--uses", default="folds,full", help="the paths to measure (full needs ./run.sh refit first)")
     ap.add_argument("--child", nargs=2, metavar=("USE", "VIEW"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -73,7 +74,7 @@ def main() -> None:
     full.sample(min(args.n, len(full)), random_state=0).to_parquet(sample, index=False)
     rows = []
     for view in ("as given", "tomorrow"):
-        for use in ("folds", "full"):
+        for use in args.uses.split(","):
             done = subprocess.run([sys.executable, __file__, args.models, str(sample), "--single", str(args.single),
                                    "--child", use, view], capture_output=True, text=True)
             if done.returncode:

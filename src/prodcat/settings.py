@@ -262,8 +262,6 @@ class StackSettings:
     folds: Union[int, None] = setting(None, "the ranker's cross-validation folds (null: the run's k)", min=2)
     product_features: bool = setting(True, "the product's text length, has description/characteristics")
     monotone: bool = setting(True, "monotone constraints on the probability/rank features")
-    class_features: bool = setting(False, "the candidate leaf and its parent as categorical features (the "
-                                   "rankers learn each class's own bias; otherwise they are class-agnostic)")
     exclude_features: list[str] = setting([], "feature names or suffixes left out")
     priors: list[str] = setting([], "lookup-prior keys (prodcat.stacking.priors), e.g. word1, word1+word2, char:Brand")
     hide: dict = setting({n: m.hide for n, m in MODEL_SPECS.items() if m.hide},

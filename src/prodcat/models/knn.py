@@ -19,6 +19,7 @@ terms x products) and their leaves.
 """
 from __future__ import annotations
 
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,8 +27,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from prodcat.memo import BoundedMemo
 from prodcat.models.base import BaseModel
 from prodcat.probs import NO_LABEL, TopK
+
+_VECTORIZERS = BoundedMemo(4)  # content hash of a saved vocabulary -> the loaded vectorizer (shared by folds)
+_TRANSFORMED = BoundedMemo(2)  # (vocabulary hash, texts hash) -> their TF-IDF rows
 
 
 class KnnModel(BaseModel):
@@ -39,6 +44,7 @@ class KnnModel(BaseModel):
         self.index: sp.csr_matrix | None = None  # terms x training products (search terms only)
         self.labels: np.ndarray | None = None  # leaf of each training product
         self._rows = None  # (text -> row, matrix) of the texts the vectorizer was fitted on
+        self._vocab_key = None  # a loaded model's: the content hash of its vocabulary and IDF
 
     def prepare(self, train) -> None:
         """Vocabulary and IDF from every training row (no labels), shared by the k folds: fitted once."""
@@ -58,14 +64,19 @@ class KnnModel(BaseModel):
         self._rows = (pd.Series(np.arange(len(texts)), index=texts).groupby(level=0).first().to_dict(), x.tocsr())
 
     def features(self, frame) -> sp.csr_matrix:
-        """TF-IDF rows of these products (rows of the texts the vocabulary was fitted on are looked up)."""
+        """TF-IDF rows of these products. Rows of the texts the vocabulary was fitted on are looked up; the fold
+        models of one k-fold run share their vocabulary, so a loaded model remembers the last other result
+        (the fold models predict the same texts one after another)."""
         texts = self.env.texts(frame, self.params.get("text")).tolist()
         if self._rows is not None:
             where, fitted = self._rows
             rows = np.array([where.get(t, -1) for t in texts], np.int64)
             if (rows >= 0).all():
                 return fitted[rows]
-        return self.vectorizer.transform(texts).tocsr()
+        if self._vocab_key is None:
+            return self.vectorizer.transform(texts).tocsr()
+        key = (self._vocab_key, hashlib.sha1("\x1f".join(texts).encode("utf-8", "surrogatepass")).hexdigest())
+        return _TRANSFORMED.get_or_make(key, lambda: self.vectorizer.transform(texts).tocsr())
 
     def _fit(self, train, workdir: Path, fold: int | None) -> None:
         if self.vectorizer is None:
@@ -86,12 +97,12 @@ class KnnModel(BaseModel):
             return TopK.empty(ids, k)
         x = self.features(frame)
         classes, y = np.unique(self.labels, return_inverse=True)
-        chunk, n = int(self.params["chunk"]), x.shape[0]
+        chunk, n, ix = int(self.params["chunk"]), x.shape[0], self.index
 
         def part(start: int):
-            sims = (x[start:start + chunk] @ self.index).tocsr()
-            return _vote(sims.indptr, sims.indices, sims.data, y.astype(np.int64), int(self.params["neighbours"]),
-                         float(self.params["power"]), k)
+            q = x[start:start + chunk]
+            return _search(q.indptr, q.indices, q.data, ix.indptr, ix.indices, ix.data, y.astype(np.int64),
+                           int(self.params["neighbours"]), float(self.params["power"]), k)
 
         starts = range(0, n, chunk)
         with ThreadPoolExecutor(max(1, min(int(self.params["threads"]), len(starts)))) as pool:
@@ -119,13 +130,20 @@ class KnnModel(BaseModel):
         model = cls(params, env)
         vec = TfidfVectorizer(ngram_range=tuple(model.params["word_ngrams"]), sublinear_tf=True,
                               dtype=np.float32, token_pattern=r"(?u)\b\w+\b")
-        vocab = pd.read_parquet(folder / "vocab.parquet")
-        vec.vocabulary_ = dict(zip(vocab["term"].tolist(), vocab["column"].astype(int).tolist()))
         with np.load(folder / "index.npz") as z:
-            vec.idf_ = z["idf"]
+            idf = z["idf"]
             model.index = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=tuple(z["shape"]))
             model.labels = z["labels"]
-        model.vectorizer = vec
+        model._vocab_key = hashlib.sha1((folder / "vocab.parquet").read_bytes() + idf.tobytes()
+                                        + repr(model.params["word_ngrams"]).encode()).hexdigest()
+
+        def read():
+            vocab = pd.read_parquet(folder / "vocab.parquet")
+            vec.vocabulary_ = dict(zip(vocab["term"].tolist(), vocab["column"].astype(int).tolist()))
+            vec.idf_ = idf
+            return vec
+
+        model.vectorizer = _VECTORIZERS.get_or_make(model._vocab_key, read)  # one per run's vocabulary
         return model
 
 
@@ -137,27 +155,41 @@ except ImportError:  # pragma: no cover
 
 
 @njit(cache=True, nogil=True)
-def _vote(indptr, indices, data, y, neighbours, power, k):  # pragma: no cover - numba
-    """Per row of a (products x training products) similarity matrix: the `neighbours` most similar vote
-    for their class (index into the classes) with similarity ** power; the k best classes and their vote
+def _search(q_indptr, q_indices, q_data, ix_indptr, ix_indices, ix_data, y, neighbours, power, k):  # pragma: no cover
+    """Per query row (TF-IDF, CSR) its cosine similarity to every training product sharing a term with it (the
+    index: terms x training products, CSR), accumulated term by term; the `neighbours` most similar vote for
+    their class (index into the classes) with similarity ** power. Returns the k best classes and their vote
     shares, and the top similarity."""
-    n = len(indptr) - 1
+    n = len(q_indptr) - 1
+    n_train = len(y)
     labels = np.full((n, k), -1, np.int64)
     scores = np.zeros((n, k), np.float32)
     nearest = np.zeros(n, np.float32)
+    acc = np.zeros(n_train, np.float32)
+    touched = np.empty(n_train, np.int64)
     for i in range(n):
-        lo, hi = indptr[i], indptr[i + 1]
-        if hi == lo:
+        hits = 0
+        for p in range(q_indptr[i], q_indptr[i + 1]):
+            t, w = q_indices[p], q_data[p]
+            for r in range(ix_indptr[t], ix_indptr[t + 1]):
+                d = ix_indices[r]
+                if acc[d] == 0:
+                    touched[hits] = d
+                    hits += 1
+                acc[d] += w * ix_data[r]
+        if hits == 0:
             continue
-        sims = data[lo:hi]
-        m = min(neighbours, hi - lo)
-        order = np.argsort(-sims)[:m] if hi - lo > m else np.argsort(-sims)
+        found = touched[:hits]
+        sims = acc[found].copy()
+        acc[found] = 0
+        m = min(neighbours, hits)
+        order = np.argsort(-sims)[:m]
         nearest[i] = sims[order[0]]
         cls = np.empty(m, np.int64)
         votes = np.zeros(m, np.float64)
         used = 0
         for j in order:
-            c = y[indices[lo + j]]
+            c = y[found[j]]
             w = max(sims[j], 0.0) ** power
             for u in range(used):
                 if cls[u] == c:

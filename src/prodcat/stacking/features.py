@@ -9,9 +9,6 @@ import pandas as pd
 from prodcat.probs import NO_LABEL, TopK
 
 
-CLASS_COLUMNS = ("class_leaf", "class_parent")  # categorical: node indices of the candidate and its parent
-
-
 class NodeIndex:
     """Tree nodes as dense indices, with each node's parent/grandparent and depth per index."""
 
@@ -54,11 +51,9 @@ def candidate_pairs(parts: list[TopK], nodes: NodeIndex, per_model: int) -> tupl
 
 
 def pair_features(parts: dict[str, TopK], nodes: NodeIndex, rows: np.ndarray, cls: np.ndarray,
-                  freq: np.ndarray, freq_index: np.ndarray, product: pd.DataFrame | None = None,
-                  classes: bool = False) -> pd.DataFrame:
+                  freq: np.ndarray, freq_index: np.ndarray, product: pd.DataFrame | None = None) -> pd.DataFrame:
     """Feature frame of the (row, class) pairs. `freq` (m, n_nodes): training counts per class as the base
-    models saw them, `freq_index` (n_rows,): each product's row of it; `product`: per-product features;
-    `classes`: the candidate's leaf and parent indices (CLASS_COLUMNS, categorical)."""
+    models saw them, `freq_index` (n_rows,): each product's row of it; `product`: per-product features."""
     feats = {}
     firsts = []
     probs = []
@@ -96,9 +91,6 @@ def pair_features(parts: dict[str, TopK], nodes: NodeIndex, rows: np.ndarray, cl
         np.float32)
     for col in (product.columns if product is not None else []):
         feats[col] = product[col].to_numpy(np.float32)[rows]
-    if classes:
-        feats[CLASS_COLUMNS[0]] = cls.astype(np.float32)
-        feats[CLASS_COLUMNS[1]] = np.where(nodes.anc1[cls] >= 0, nodes.anc1[cls], np.nan).astype(np.float32)
     return pd.DataFrame(feats)
 
 

@@ -3,8 +3,6 @@ counted on the other folds' labels. The stacker uses them as candidate features.
 
 A product key is built from a spec, parts joined by `+`:
 - `word1`, `word2`, `word3`, ...: that word of the normalised title; `last_word`: its last word;
-  `title_no_numbers`: every word of it without a digit (the product line without its sizes and article codes:
-  near-duplicate titles share it);
 - `char:NAME`: the values of the characteristic NAME (case-insensitive; `char:Бренд|Brand` takes the first
   name present).
 A product lacking a part has no key for that spec (its features are NaN). E.g. `word1+word2` is the first two
@@ -27,7 +25,6 @@ from prodcat.data.text import normalize, parse_characteristics
 from prodcat.errors import DataError
 
 _WORD = re.compile(r"^word([1-9]\d*)$")
-_DIGIT = re.compile(r"\d")
 
 
 def _part(spec: str, part: str, titles: list[list[str]], chars) -> list[str | None]:
@@ -39,8 +36,6 @@ def _part(spec: str, part: str, titles: list[list[str]], chars) -> list[str | No
         return [words[i] if len(words) > i else None for words in titles]
     if part == "last_word":
         return [words[-1] if words else None for words in titles]
-    if part == "title_no_numbers":
-        return [" ".join(w for w in words if not _DIGIT.search(w)) or None for words in titles]
     if part.startswith("char:"):
         names = [n.strip().lower() for n in part[5:].split("|") if n.strip()]
 
@@ -53,7 +48,7 @@ def _part(spec: str, part: str, titles: list[list[str]], chars) -> list[str | No
 
         return [value(pairs) for pairs in chars()]
     raise DataError(f"stack.priors: unknown key part {part!r} in {spec!r} "
-                    "(use word1, word2, ..., last_word, title_no_numbers or char:NAME, joined by '+')")
+                    "(use word1, word2, ..., last_word or char:NAME, joined by '+')")
 
 
 def feature_name(i: int, spec: str) -> str:

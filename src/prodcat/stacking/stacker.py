@@ -42,8 +42,7 @@ from prodcat.probs import TopK
 from prodcat.run import Run
 from prodcat.settings import StackSettings, defaults_of
 from prodcat.stacking.decoding import _average_test, _to_topk, decode, fit_temperature, group_softmax
-from prodcat.stacking.features import (CLASS_COLUMNS, NodeIndex, candidate_pairs, monotone_constraints,
-                                      pair_features, product_features)
+from prodcat.stacking.features import NodeIndex, candidate_pairs, monotone_constraints, pair_features, product_features
 from prodcat.storage import write_json
 
 DEFAULTS = defaults_of(StackSettings)  # declared (with their docs) in prodcat.settings
@@ -129,8 +128,7 @@ class Stacker:
         r, c = candidate_pairs(list(parts.values()), self.nodes, int(self.meta["params"]["candidates"]))
         counts = self.freq[fold] if fold >= 0 else self.counts * (k - 1) / k
         n = len(next(iter(parts.values())))
-        x = pair_features(parts, self.nodes, r, c, counts[None, :], np.zeros(n, np.int64), prod,
-                          (DEFAULTS | self.meta["params"])["class_features"])
+        x = pair_features(parts, self.nodes, r, c, counts[None, :], np.zeros(n, np.int64), prod)
         if self.priors is not None:
             x = pd.concat([x, self.priors.features(codes, r, c, np.int64(fold))], axis=1)
         return r, c, x.reindex(columns=self.meta["columns"], fill_value=0.0)  # e.g. a missing flag
@@ -372,7 +370,7 @@ def _decide_oof(run: Run, p: dict, nodes, rows, cls, score_oof, is_true, hidden:
 def _pairs(parts: dict[str, TopK], nodes, p, freq_oof, folds, prod, priors, codes, columns=None):
     """(rows, classes, features) of the OOF candidates of every training product (`columns`: those)."""
     rows, cls = candidate_pairs(list(parts.values()), nodes, int(p["candidates"]))
-    x = pair_features(parts, nodes, rows, cls, freq_oof, folds, prod, p["class_features"])
+    x = pair_features(parts, nodes, rows, cls, freq_oof, folds, prod)
     if priors is not None:
         x = pd.concat([x, priors.features(codes, rows, cls, folds[rows])], axis=1)
     return rows, cls, (x if columns is None else x.reindex(columns=columns, fill_value=0.0))
@@ -428,7 +426,7 @@ def _fit_set(params, p, q: Queries, allowed, stack_folds, n_folds, rng, echo, st
             booster = MeanProbability()
         else:
             ds = lgb.Dataset(q.x[sel], label=q.is_true[sel].astype(int), group=_group_sizes(q.rows[sel], n_train),
-                             categorical_feature=[c for c in CLASS_COLUMNS if c in q.x.columns], free_raw_data=True)
+                             free_raw_data=True)
             booster = lgb.train(params, ds, num_boost_round=int(p["num_boost_round"]))
             importance += booster.feature_importance("gain")
             echo(f"[stack] {what}: ranker on {len(products)} products ({time.time() - start:.0f}s)")
