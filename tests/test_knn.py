@@ -55,6 +55,9 @@ def test_saved_model_predicts_the_same_in_a_fresh_load(tmp_path):
     a, b = fitted.predict(query), again.predict(query)
     assert np.array_equal(a.labels, b.labels) and np.array_equal(a.scores, b.scores)
     assert np.array_equal(a.flags["nearest"], b.flags["nearest"])
+    again.params["chunk"] = 7  # several chunks on two threads: the same answer
+    c = again.predict(query)
+    assert np.array_equal(a.labels, c.labels) and np.array_equal(a.scores, c.scores)
 
 
 def test_trains_folds_and_scores_out_of_fold(tmp_path, tiny_config):

@@ -43,6 +43,7 @@ class KnnModel(BaseModel):
         self.vectorizer = None
         self.index: sp.csr_matrix | None = None  # terms x training products (search terms only)
         self.labels: np.ndarray | None = None  # leaf of each training product
+        self.classes, self.label_index = None, None  # the distinct leaves; each training product's, as an index
         self._rows = None  # (text -> row, matrix) of the texts the vectorizer was fitted on
         self._vocab_key = None  # a loaded model's: the content hash of its vocabulary and IDF
 
@@ -52,7 +53,7 @@ class KnnModel(BaseModel):
 
         texts = self.env.texts(train, self.params.get("text")).tolist()
         self.vectorizer = TfidfVectorizer(ngram_range=tuple(self.params["word_ngrams"]),
-                                          min_df=self.params["min_df"] if len(texts) >= 100 else 1,
+                                          min_df=self.params["min_df"],
                                           sublinear_tf=True, dtype=np.float32, token_pattern=r"(?u)\b\w+\b")
         try:
             x = self.vectorizer.fit_transform(texts)
@@ -88,7 +89,12 @@ class KnnModel(BaseModel):
         x.data[np.repeat(common, np.diff(x.indptr))] = 0  # common terms: not searched
         x.eliminate_zeros()
         self.index = x.T.tocsr().astype(np.float32)
-        self.labels = train["category_id"].to_numpy(np.int64)
+        self._set_labels(train["category_id"].to_numpy(np.int64))
+
+    def _set_labels(self, labels: np.ndarray) -> None:
+        self.labels = labels
+        self.classes, index = np.unique(labels, return_inverse=True)
+        self.label_index = index.astype(np.int64)
 
     def predict(self, frame) -> TopK:
         ids = frame["id"].to_numpy()
@@ -96,12 +102,11 @@ class KnnModel(BaseModel):
         if len(ids) == 0:
             return TopK.empty(ids, k)
         x = self.features(frame)
-        classes, y = np.unique(self.labels, return_inverse=True)
         chunk, n, ix = int(self.params["chunk"]), x.shape[0], self.index
 
         def part(start: int):
             q = x[start:start + chunk]
-            return _search(q.indptr, q.indices, q.data, ix.indptr, ix.indices, ix.data, y.astype(np.int64),
+            return _search(q.indptr, q.indices, q.data, ix.indptr, ix.indices, ix.data, self.label_index,
                            int(self.params["neighbours"]), float(self.params["power"]), k)
 
         starts = range(0, n, chunk)
@@ -110,7 +115,7 @@ class KnnModel(BaseModel):
         lab = np.concatenate([p[0] for p in parts])
         scores = np.concatenate([p[1] for p in parts])
         nearest = np.concatenate([p[2] for p in parts])
-        labels = np.where(lab >= 0, classes[np.maximum(lab, 0)], NO_LABEL)
+        labels = np.where(lab >= 0, self.classes[np.maximum(lab, 0)], NO_LABEL)
         return TopK.from_ranked(ids, labels, scores, k, nearest <= 0, {"nearest": nearest})
 
     def save(self, folder: Path) -> None:
@@ -133,7 +138,7 @@ class KnnModel(BaseModel):
         with np.load(folder / "index.npz") as z:
             idf = z["idf"]
             model.index = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=tuple(z["shape"]))
-            model.labels = z["labels"]
+            model._set_labels(z["labels"])
         model._vocab_key = hashlib.sha1((folder / "vocab.parquet").read_bytes() + idf.tobytes()
                                         + repr(model.params["word_ngrams"]).encode()).hexdigest()
 
