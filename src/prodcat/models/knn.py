@@ -188,7 +188,12 @@ def _search(q_indptr, q_indices, q_data, ix_indptr, ix_indices, ix_data, y, neig
         sims = acc[found].copy()
         acc[found] = 0
         m = min(neighbours, hits)
-        order = np.argsort(-sims)[:m]
+        if hits > m:  # the m most similar: a linear-time cut, then a sort of those only
+            cut = np.partition(sims, hits - m)[hits - m]
+            top = np.flatnonzero(sims >= cut)
+            order = top[np.argsort(-sims[top], kind="mergesort")][:m]
+        else:
+            order = np.argsort(-sims, kind="mergesort")
         nearest[i] = sims[order[0]]
         cls = np.empty(m, np.int64)
         votes = np.zeros(m, np.float64)
