@@ -255,4 +255,3 @@ def test_hidden_model_copies_and_the_oof_hf1_without_it(big_run):
              "id_neighbours": [TopK.empty(frame["id"].to_numpy(), run.top_k)] * run.k}
     test = stacker.predict(parts, frame)
     assert not test.missing.any() and np.mean(test.top1() == truth) > 0.55
-
