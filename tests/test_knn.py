@@ -72,3 +72,18 @@ def test_trains_folds_and_scores_out_of_fold(tmp_path, tiny_config):
     have = ~oof.missing
     assert have.mean() > 0.9 and np.mean(oof.top1()[have] == y[have]) > 0.5
     assert "nearest" in oof.flags
+
+
+def test_the_nearest_similarity_is_kept_as_a_number_in_files_and_averages(tmp_path):
+    # the stacker learns from the stored OOF flags and scores the fold models' flags: the same values both ways
+    train = products(200, seed=3)
+    query = products(30, seed=4, labels=False, start_id=1050)
+    tops = [model().fit(train.iloc[i::2], None).predict(query) for i in (0, 1)]
+    tops[0].save(tmp_path / "t.npz")
+    stored = TopK.load(tmp_path / "t.npz").flags["nearest"]
+    assert stored.dtype == np.float32 and np.array_equal(stored, tops[0].flags["nearest"])
+    assert 0 < stored.max() <= 1.0001 and len(np.unique(stored)) > 2
+    from prodcat.probs import average
+
+    mean = average(tops).flags["nearest"]
+    np.testing.assert_allclose(mean, (tops[0].flags["nearest"] + tops[1].flags["nearest"]) / 2, rtol=1e-6)

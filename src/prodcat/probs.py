@@ -2,7 +2,8 @@
 
 This is the one format every base model writes (out-of-fold and test) and every consumer reads
 (scores, submission, stacker). `missing` marks products a model could not predict (e.g. no photo);
-`flags` holds extra per-product booleans (e.g. CoCa's `text_only`).
+`flags` holds extra per-product values: booleans (e.g. CoCa's `text_only`) or numbers (the kNN's `nearest`
+similarity), stored with their kind.
 """
 from __future__ import annotations
 
@@ -112,7 +113,7 @@ class TopK:
     def save(self, path: str | Path) -> None:
         arrays = {"ids": self.ids, "labels": self.labels.astype(np.int32), "scores": self.scores,
                   "missing": self.missing}
-        arrays.update({f"flag_{k}": np.asarray(v, bool) for k, v in self.flags.items()})
+        arrays.update({f"flag_{k}": _flag(v) for k, v in self.flags.items()})
         write_npz(arrays, path)
 
     @classmethod
@@ -133,7 +134,7 @@ def average(parts: list[TopK], k: int | None = None, weights=None) -> TopK:
     """Mean of several TopK over the same products (e.g. fold-averaged test probabilities).
 
     A product missing in one part is averaged over the parts that predicted it; missing in all, it
-    stays missing. Flags are OR-ed.
+    stays missing. Boolean flags are OR-ed, numeric ones averaged.
     """
     if not parts:
         raise ValueError("nothing to average")
@@ -156,8 +157,16 @@ def average(parts: list[TopK], k: int | None = None, weights=None) -> TopK:
     flags = {}
     for p in parts:
         for name, v in p.flags.items():
-            flags[name] = flags.get(name, np.zeros(len(ids), bool)) | v
+            v = _flag(v)
+            flags[name] = (flags.get(name, np.zeros(len(ids), bool)) | v if v.dtype == bool
+                           else flags.get(name, np.zeros(len(ids), np.float32)) + v / len(parts))
     return from_sparse(ids, total.tocsr(), classes, k, missing, flags)
+
+
+def _flag(values) -> np.ndarray:
+    """A flag's values as stored: booleans stay booleans, numbers become float32."""
+    values = np.asarray(values)
+    return values if values.dtype == bool else values.astype(np.float32)
 
 
 def from_sparse(ids, matrix: sp.csr_matrix, classes, k: int, missing=None, flags=None) -> TopK:
