@@ -35,6 +35,16 @@ def products(n: int, seed: int = 0, labels=True, start_id: int = 1000) -> pd.Dat
     return df
 
 
+def saved_and_reloaded(model, folder: Path):
+    """A base model fitted on 200 products, saved as fold 0 and loaded back in this process; the products
+    both predict (50 others)."""
+    from prodcat.models.base import load_model, save_model
+
+    fitted = model.fit(products(200, seed=3), folder)
+    save_model(fitted, folder / "m", model.name, {"fold": 0})
+    return fitted, load_model(folder / "m"), products(50, seed=4, labels=False, start_id=1050)
+
+
 def write_dataset(root: Path, n_train: int = 120, n_test: int = 30, tree: pd.DataFrame | None = None,
                   train: pd.DataFrame | None = None, test: pd.DataFrame | None = None) -> Path:
     root.mkdir(parents=True, exist_ok=True)

@@ -4,12 +4,12 @@ import pandas as pd
 from click.testing import CliRunner
 
 from prodcat.cli import main
-from prodcat.models.base import ModelEnv, load_model, save_model
+from prodcat.models.base import ModelEnv
 from prodcat.models.id_neighbours import IdNeighboursModel, gap_setting
 from prodcat.probs import TopK
 from prodcat.settings import IdNeighboursSettings, defaults_of
 
-from conftest import products, write_dataset
+from conftest import products, saved_and_reloaded, write_dataset
 
 
 def model(**params):
@@ -62,11 +62,7 @@ def test_auto_gaps_are_percentiles_of_the_training_gaps():
 
 
 def test_saved_model_predicts_the_same_in_a_fresh_load(tmp_path):
-    train = products(200, seed=3)
-    fitted = model().fit(train, tmp_path)
-    save_model(fitted, tmp_path / "m", "id_neighbours", {"fold": 0})
-    again = load_model(tmp_path / "m")
-    query = products(50, seed=4, labels=False, start_id=1050)
+    fitted, again, query = saved_and_reloaded(model(), tmp_path)
     a, b = fitted.predict(query), again.predict(query)
     assert np.array_equal(a.labels, b.labels) and np.array_equal(a.scores, b.scores)
 

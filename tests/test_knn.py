@@ -4,12 +4,12 @@ import pandas as pd
 from click.testing import CliRunner
 
 from prodcat.cli import main
-from prodcat.models.base import ModelEnv, load_model, save_model
+from prodcat.models.base import ModelEnv
 from prodcat.models.knn import KnnModel
 from prodcat.probs import TopK
 from prodcat.settings import KnnSettings, defaults_of
 
-from conftest import products, write_dataset
+from conftest import products, saved_and_reloaded, write_dataset
 
 
 def model(**params):
@@ -47,11 +47,7 @@ def test_terms_in_too_many_training_products_are_not_searched():
 
 
 def test_saved_model_predicts_the_same_in_a_fresh_load(tmp_path):
-    train = products(200, seed=3)
-    fitted = model().fit(train, tmp_path)
-    save_model(fitted, tmp_path / "m", "knn", {"fold": 0})
-    again = load_model(tmp_path / "m")
-    query = products(50, seed=4, labels=False, start_id=1050)
+    fitted, again, query = saved_and_reloaded(model(), tmp_path)
     a, b = fitted.predict(query), again.predict(query)
     assert np.array_equal(a.labels, b.labels) and np.array_equal(a.scores, b.scores)
     assert np.array_equal(a.flags["nearest"], b.flags["nearest"])
