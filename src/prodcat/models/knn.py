@@ -24,11 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 
 from prodcat.memo import BoundedMemo
 from prodcat.models.base import BaseModel
+from prodcat.models.tfidf import FittedRows, fit_with_placeholder, njit, read_vocabulary, write_vocabulary
 from prodcat.probs import NO_LABEL, TopK
 
 _VECTORIZERS = BoundedMemo(4)  # content hash of a saved vocabulary -> the loaded vectorizer (shared by folds)
@@ -44,7 +44,7 @@ class KnnModel(BaseModel):
         self.index: sp.csr_matrix | None = None  # terms x training products (search terms only)
         self.labels: np.ndarray | None = None  # leaf of each training product
         self.classes, self.label_index = None, None  # the distinct leaves; each training product's, as an index
-        self._rows = None  # (text -> row, matrix) of the texts the vectorizer was fitted on
+        self._rows: FittedRows | None = None  # the rows of the texts the vectorizer was fitted on
         self._vocab_key = None  # a loaded model's: the content hash of its vocabulary and IDF
 
     def prepare(self, train) -> None:
@@ -55,25 +55,16 @@ class KnnModel(BaseModel):
         self.vectorizer = TfidfVectorizer(ngram_range=tuple(self.params["word_ngrams"]),
                                           min_df=self.params["min_df"],
                                           sublinear_tf=True, dtype=np.float32, token_pattern=r"(?u)\b\w+\b")
-        try:
-            x = self.vectorizer.fit_transform(texts)
-        except ValueError as exc:  # no text at all: one placeholder term, every product missing
-            if "empty vocabulary" not in str(exc):
-                raise
-            self.vectorizer.min_df = 1
-            x = self.vectorizer.fit_transform(["emptytext"] + texts)[1:]
-        self._rows = (pd.Series(np.arange(len(texts)), index=texts).groupby(level=0).first().to_dict(), x.tocsr())
+        self._rows = FittedRows(texts, fit_with_placeholder([self.vectorizer], texts, lambda x: x))
 
     def features(self, frame) -> sp.csr_matrix:
         """TF-IDF rows of these products. Rows of the texts the vocabulary was fitted on are looked up; the fold
         models of one k-fold run share their vocabulary, so a loaded model remembers the last other result
         (the fold models predict the same texts one after another)."""
         texts = self.env.texts(frame, self.params.get("text")).tolist()
-        if self._rows is not None:
-            where, fitted = self._rows
-            rows = np.array([where.get(t, -1) for t in texts], np.int64)
-            if (rows >= 0).all():
-                return fitted[rows]
+        found = self._rows.get(texts) if self._rows is not None else None
+        if found is not None:
+            return found
         if self._vocab_key is None:
             return self.vectorizer.transform(texts).tocsr()
         key = (self._vocab_key, hashlib.sha1("\x1f".join(texts).encode("utf-8", "surrogatepass")).hexdigest())
@@ -119,11 +110,9 @@ class KnnModel(BaseModel):
         return TopK.from_ranked(ids, labels, scores, k, nearest <= 0, {"nearest": nearest})
 
     def save(self, folder: Path) -> None:
-        from prodcat.storage import write_npz, write_parquet
+        from prodcat.storage import write_npz
 
-        vocab = pd.Series(self.vectorizer.vocabulary_).sort_values()
-        write_parquet(pd.DataFrame({"term": vocab.index.astype(str), "column": vocab.to_numpy()}),
-                      folder / "vocab.parquet")
+        write_vocabulary(self.vectorizer, folder / "vocab.parquet")
         write_npz({"idf": self.vectorizer.idf_, "indptr": self.index.indptr, "indices": self.index.indices,
                    "data": self.index.data, "shape": np.array(self.index.shape), "labels": self.labels},
                   folder / "index.npz")
@@ -143,20 +132,12 @@ class KnnModel(BaseModel):
                                         + repr(model.params["word_ngrams"]).encode()).hexdigest()
 
         def read():
-            vocab = pd.read_parquet(folder / "vocab.parquet")
-            vec.vocabulary_ = dict(zip(vocab["term"].tolist(), vocab["column"].astype(int).tolist()))
+            vec.vocabulary_ = read_vocabulary(folder / "vocab.parquet")
             vec.idf_ = idf
             return vec
 
         model.vectorizer = _VECTORIZERS.get_or_make(model._vocab_key, read)  # one per run's vocabulary
         return model
-
-
-try:
-    from numba import njit
-except ImportError:  # pragma: no cover
-    def njit(*args, **kwargs):
-        return (lambda f: f) if not args or not callable(args[0]) else args[0]
 
 
 @njit(cache=True, nogil=True)

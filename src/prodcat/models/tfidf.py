@@ -112,25 +112,13 @@ class Featurizer:
     def fit_transform(self, texts: list[str]) -> sp.csr_matrix:
         """Fit the vocabularies and IDF on these texts; their rows are remembered (`transform` of the k
         folds' training and held-out rows then only looks them up)."""
-        x = self._fit_transform(texts)
-        self._fitted = (pd.Series(np.arange(len(texts)), index=texts).groupby(level=0).first().to_dict(), x)
-        return x
-
-    def _fit_transform(self, texts: list[str]) -> sp.csr_matrix:
         if len(texts) < 10 * max(self.word.min_df, 1):  # tiny training sets (tests): keep every n-gram
             self.word.min_df = self.char.min_df = 1
-        try:
-            return self._stack(self.word.fit_transform(texts), self.char.fit_transform(texts))
-        except ValueError as exc:
-            if "empty vocabulary" not in str(exc):
-                raise
-        import warnings
-
-        warnings.warn("TF-IDF: the training products have no text to learn from; it predicts from the classes' "
-                      "frequencies only")
-        self.word.min_df = self.char.min_df = 1
-        placeholder = ["emptytext"] + list(texts)  # one term, so that the model can be fitted and served
-        return self._stack(self.word.fit_transform(placeholder), self.char.fit_transform(placeholder))[1:]
+        x = fit_with_placeholder([self.word, self.char], texts, self._stack,
+                                 "TF-IDF: the training products have no text to learn from; it predicts from "
+                                 "the classes' frequencies only")
+        self._fitted = FittedRows(texts, x)
+        return x
 
     def transform(self, texts: list[str]) -> sp.csr_matrix:
         """TF-IDF rows of these texts. The k fold models of a run share one featurizer: rows of the texts it
@@ -139,10 +127,9 @@ class Featurizer:
         import hashlib
 
         if hasattr(self, "_fitted"):
-            where, fitted = self._fitted
-            rows = np.array([where.get(t, -1) for t in texts], np.int64)
-            if (rows >= 0).all():
-                return fitted[rows]
+            found = self._fitted.get(texts)
+            if found is not None:
+                return found
         key = hashlib.sha1("\x1f".join(texts).encode("utf-8", "surrogatepass")).hexdigest()
         last = getattr(self, "_last", None)  # read once: another thread (a service's request) may replace it
         if last is None or last[0] != key:
@@ -152,12 +139,10 @@ class Featurizer:
 
     def save(self, folder: Path) -> None:
         """Vocabularies (parquet: term, column) and IDF weights (npz)."""
-        from prodcat.storage import write_npz, write_parquet
+        from prodcat.storage import write_npz
 
         for name, vec in (("word", self.word), ("char", self.char)):
-            vocab = pd.Series(vec.vocabulary_).sort_values()
-            write_parquet(pd.DataFrame({"term": vocab.index.astype(str), "column": vocab.to_numpy()}),
-                          folder / f"vocab_{name}.parquet")
+            write_vocabulary(vec, folder / f"vocab_{name}.parquet")
         write_npz({"idf_word": self.word.idf_, "idf_char": self.char.idf_}, folder / "idf.npz")
 
     @classmethod
@@ -175,11 +160,57 @@ class Featurizer:
         with np.load(folder / "idf.npz") as z:
             idf = {"word": z["idf_word"], "char": z["idf_char"]}
         for name, vec in (("word", f.word), ("char", f.char)):
-            vocab = pd.read_parquet(folder / f"vocab_{name}.parquet")
-            vec.vocabulary_ = dict(zip(vocab["term"].tolist(), vocab["column"].astype(int).tolist()))
+            vec.vocabulary_ = read_vocabulary(folder / f"vocab_{name}.parquet")
             vec.fixed_vocabulary_ = False
             vec.idf_ = idf[name]
         return f
+
+
+def write_vocabulary(vectorizer, path: Path) -> None:
+    """A fitted vectorizer's vocabulary as parquet (term, column)."""
+    from prodcat.storage import write_parquet
+
+    vocab = pd.Series(vectorizer.vocabulary_).sort_values()
+    write_parquet(pd.DataFrame({"term": vocab.index.astype(str), "column": vocab.to_numpy()}), path)
+
+
+def read_vocabulary(path: Path) -> dict[str, int]:
+    """What `write_vocabulary` wrote: {term: column}."""
+    vocab = pd.read_parquet(path)
+    return dict(zip(vocab["term"].tolist(), vocab["column"].astype(int).tolist()))
+
+
+class FittedRows:
+    """The TF-IDF rows of the texts a vocabulary was fitted on, found again by text: the k fold models of a run
+    share the vocabulary, and their training and held-out rows are never vectorised again."""
+
+    def __init__(self, texts: list[str], x: sp.csr_matrix):
+        self.where = pd.Series(np.arange(len(texts)), index=texts).groupby(level=0).first().to_dict()
+        self.x = x.tocsr()
+
+    def get(self, texts: list[str]) -> sp.csr_matrix | None:
+        """The rows of these texts, or None when one of them was not among the fitted ones."""
+        rows = np.array([self.where.get(t, -1) for t in texts], np.int64)
+        return self.x[rows] if (rows >= 0).all() else None
+
+
+def fit_with_placeholder(vectorizers: list, texts: list[str], combine, warning: str | None = None):
+    """`combine` of each vectorizer's fit_transform of the texts. Texts with no term at all (an empty
+    vocabulary) are fitted with one placeholder term instead, so that the model can be fitted and served
+    (`warning`, when given, says so); their rows are then empty."""
+    try:
+        return combine(*(v.fit_transform(texts) for v in vectorizers))
+    except ValueError as exc:
+        if "empty vocabulary" not in str(exc):
+            raise
+    if warning:
+        import warnings
+
+        warnings.warn(warning)
+    for v in vectorizers:
+        v.min_df = 1
+    placeholder = ["emptytext"] + list(texts)
+    return combine(*(v.fit_transform(placeholder) for v in vectorizers))[1:]
 
 
 def char_wb_tfidf(vectorizer, texts: list[str]) -> sp.csr_matrix:
