@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from numba import njit
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -361,11 +362,6 @@ class ShortlistSoftmax:
         return clf, classes
 
 
-try:  # numba compiles the two loops below; without it they run (slowly) as plain Python
-    from numba import njit
-except ImportError:  # pragma: no cover
-    def njit(*args, **kwargs):
-        return (lambda f: f) if not args or not callable(args[0]) else args[0]
 
 
 @njit(cache=True)

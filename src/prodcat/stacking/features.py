@@ -3,6 +3,7 @@ same for every class (each model's probability, rank, subtree masses, ...; share
 depth; the product's text sizes)."""
 from __future__ import annotations
 
+from numba import njit
 import numpy as np
 import pandas as pd
 
@@ -119,11 +120,6 @@ def _entropy(scores: np.ndarray) -> np.ndarray:
     return -(s * np.log(s)).sum(axis=1).astype(np.float32)
 
 
-try:
-    from numba import njit
-except ImportError:  # pragma: no cover
-    def njit(*args, **kwargs):
-        return (lambda f: f) if not args or not callable(args[0]) else args[0]
 
 
 @njit(cache=True)
