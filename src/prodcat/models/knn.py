@@ -23,12 +23,13 @@ import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from numba import njit
 import numpy as np
 import scipy.sparse as sp
 
 from prodcat.memo import BoundedMemo
 from prodcat.models.base import BaseModel
-from prodcat.models.tfidf import FittedRows, fit_with_placeholder, njit, read_vocabulary, write_vocabulary
+from prodcat.models.tfidf import FittedRows, fit_with_placeholder, read_vocabulary, write_vocabulary
 from prodcat.probs import NO_LABEL, TopK
 
 _VECTORIZERS = BoundedMemo(4)  # content hash of a saved vocabulary -> the loaded vectorizer (shared by folds)
