@@ -362,8 +362,6 @@ class ShortlistSoftmax:
         return clf, classes
 
 
-
-
 @njit(cache=True)
 def _train(indptr, indices, data, y, cands, w, b, epochs, lr0, l2, seed):  # pragma: no cover - numba
     n, n_cand = cands.shape

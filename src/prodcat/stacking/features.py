@@ -120,8 +120,6 @@ def _entropy(scores: np.ndarray) -> np.ndarray:
     return -(s * np.log(s)).sum(axis=1).astype(np.float32)
 
 
-
-
 @njit(cache=True)
 def _model_pair_features(lab, sc, rows, cls, anc1, anc2):  # pragma: no cover - numba
     """Per pair: probability, rank (K+1 when absent), mass on the parent and the grandparent subtree."""
