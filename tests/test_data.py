@@ -103,3 +103,27 @@ def test_extra_labelled_products_join_the_training_rows(tiny, tmp_path):
     known.assign(category_id=-5).to_parquet(extra, index=False)
     with pytest.raises(DataError, match="decisions.parquet, column 'category_id': categories not in"):
         load_dataset(tiny, extra=extra)
+
+
+def test_train_only_products_are_a_seeded_sample_kept_apart_from_the_training_rows(tiny, tmp_path):
+    """`train_only`: a seeded sample in file order; a product also in training stays a training row only; the
+    content fingerprint covers them, the folds' (ids and labels) does not; a test id among them is refused."""
+    base = load_dataset(tiny)
+    more = pd.concat([base.train.iloc[:5], products(50, seed=7, start_id=50_000)], ignore_index=True)
+    more.to_parquet(tiny / "more.parquet", index=False)
+    ds = load_dataset(tiny, train_only="more.parquet", train_only_rows=20, seed=3)
+    assert len(ds.train) == len(base.train) and len(ds.train_only) == 20
+    assert ds.train_only["id"].min() >= 50_000 and ds.train_only["id"].is_monotonic_increasing
+    assert ds.train_only["id"].tolist() == load_dataset(tiny, train_only="more.parquet", train_only_rows=20,
+                                                        seed=3).train_only["id"].tolist()
+    assert ds.fingerprint != base.fingerprint and ds.labels_fingerprint == base.labels_fingerprint
+    assert len(ds.fit_frame(ds.train_frame())) == len(base.train) + 20
+    assert len(load_dataset(tiny, train_only="more.parquet").train_only) == 50
+    test = pd.read_parquet(tiny / "test.parquet")
+    test.loc[:4, "id"] = ds.train_only["id"].iloc[:5].to_numpy()
+    test.to_parquet(tiny / "test.parquet", index=False)
+    with pytest.raises(DataError, match="test.parquet, column 'id': ids also present in train"):
+        load_dataset(tiny, train_only="more.parquet", train_only_rows=20, seed=3).test
+    more.assign(category_id=-5).to_parquet(tiny / "more.parquet", index=False)
+    with pytest.raises(DataError, match="more.parquet, column 'category_id': categories not in"):
+        load_dataset(tiny, train_only="more.parquet")

@@ -159,3 +159,30 @@ def test_a_fasttext_training_failure_is_one_message(tmp_path):
     with pytest.raises(DataError, match="fastText could not train on these rows: Unrecognized loss name"):
         model.fit(products(30), tmp_path / "m")
     assert not list((tmp_path / "m").glob("*.txt"))  # its training file is removed
+
+
+def test_train_only_products_fit_every_child_but_are_never_held_out(tmp_path, tiny_config):
+    """`train_only`: more labelled products fit each fold's child (a class only they have is predicted for the
+    test products), but the folds, the OOF and the stacker hold train.parquet's products only."""
+    import numpy as np
+
+    train = products(90)
+    train = train[train["category_id"] != 24]  # 'dog wet can' is known from the train-only products alone
+    root = write_dataset(tmp_path / "d", train=train)
+    products(60, seed=3, start_id=50_000).to_parquet(root / "more.parquet", index=False)
+    config = tmp_path / "only.yaml"
+    config.write_text(f"extends: {tiny_config}\ntrain_only: {{file: more.parquet, rows: 40}}\n")
+    common = ["--data", root, "--config", config, "--workdir", tmp_path / "w"]
+    r = invoke("all", *common)
+    assert r.exit_code == 0, r.output
+    assert len(pd.read_parquet(tmp_path / "w" / "folds" / "d" / "folds.parquet")) == len(train)
+    with np.load(tmp_path / "w" / "oof" / "d" / "fasttext" / "oof.npz") as z:
+        assert sorted(z["ids"].tolist()) == sorted(train["id"].tolist())
+    with np.load(tmp_path / "w" / "models" / "d" / "train_ids.npz") as z:
+        assert len(z["ids"]) == len(train) + 40 and (z["ids"] >= 50_000).sum() == 40
+    sub = pd.read_parquet(tmp_path / "w" / "submissions" / "d" / "stack.parquet")
+    test = pd.read_parquet(root / "test.parquet").merge(sub, on="id")
+    assert (test.loc[test["title"].str.startswith("dog wet can"), "predicted_category_id"] == 24).all()
+    config.write_text(f"extends: {tiny_config}\ntrain_only: {{file: more.parquet, rows: 30}}\n")
+    r = invoke("train", "fasttext", *common)
+    assert r.exit_code == 0 and "finished earlier, reused" not in r.output  # other products: retrained

@@ -30,7 +30,9 @@ class Run:
         added to its training rows), then resolve the settings with the size rules for its number of
         training products."""
         first = resolve_config(config, sets)
-        ds = load_dataset(Path(data or first.values["data"]), name=first.values["dataset_name"], extra=extra)
+        only = first.values["train_only"]
+        ds = load_dataset(Path(data or first.values["data"]), name=first.values["dataset_name"], extra=extra,
+                          train_only=only["file"], train_only_rows=only["rows"], seed=first.values["seed"])
         settings = resolve_config(config, sets, len(ds.train))
         cfg = settings.values
         root = workdir_of(workdir, cfg)

@@ -325,6 +325,13 @@ class FoldSettings:
 
 
 @dataclass
+class TrainOnlySettings:
+    file: Union[str, None] = setting(None, "labelled products (the training layout) that only fit the base models: "
+                                           "never held out, so not in OOF or the stacker (relative to the data folder)")
+    rows: Union[int, None] = setting(None, "how many of them: a seeded sample (null: all)", min=1)
+
+
+@dataclass
 class RunSettings:
     data: str = setting("data/flipkart", "dataset folder in the task's layout (--data overrides)")
     dataset_name: Union[str, None] = setting(None, "name of the outputs' folders (null: the data folder's)")
@@ -332,6 +339,7 @@ class RunSettings:
     seed: int = setting(42, "seed of folds and models")
     top_k: int = setting(20, "classes stored per product", min=1)
     folds: FoldSettings = setting(FoldSettings(), "cross-validation")
+    train_only: TrainOnlySettings = setting(TrainOnlySettings(), "more labelled products for the base models")
     pipeline: list[str] = setting([n for n, m in MODEL_SPECS.items() if m.pipeline],
                                   "base models run by `all`, in order (a model its data cannot support is skipped)")
     text: TextSettings = setting(TextSettings(), "how a product's text is built")

@@ -94,6 +94,7 @@ class Dataset:
     test_frame: pd.DataFrame | None = field(default=None, repr=False)
     _images: ImageFolder | None = field(default=None, repr=False)
     extra_ids: np.ndarray | None = field(default=None, repr=False)  # products added by `extra` (load_dataset)
+    train_only: pd.DataFrame | None = field(default=None, repr=False)  # they only fit the base models (load_dataset)
 
     @property
     def test(self) -> pd.DataFrame:
@@ -101,6 +102,8 @@ class Dataset:
         may be test products: the Kaggle private test reviewed is the same case as tomorrow's products)."""
         if self.test_frame is None:
             given = self.train if self.extra_ids is None else self.train[~self.train["id"].isin(self.extra_ids)]
+            if self.train_only is not None:
+                given = pd.concat([given[["id"]], self.train_only[["id"]]])
             self.test_frame = read_test(self.root / "test.parquet", given)
         return self.test_frame
 
@@ -112,8 +115,11 @@ class Dataset:
 
     @cached_property
     def fingerprint(self) -> str:
-        """Hash of the training rows' content (every column, photos by size and mtime)."""
-        return content_hash(self.train_frame())
+        """Hash of the training rows' content (every column, photos by size and mtime), train-only ones too."""
+        own = content_hash(self.train_frame())
+        if self.train_only is None:
+            return own
+        return hashlib.sha1(f"{own}+{content_hash(self.train_only_frame())}".encode()).hexdigest()[:12]
 
     @cached_property
     def labels_fingerprint(self) -> str:
@@ -132,6 +138,18 @@ class Dataset:
             self.train = with_photos(self.train, self.images, "train")
         return self.train
 
+    def train_only_frame(self) -> pd.DataFrame:
+        """The train-only products with their `image_path` column."""
+        if "image_path" not in self.train_only.columns:
+            self.train_only = with_photos(self.train_only, self.images, "train")
+        return self.train_only
+
+    def fit_frame(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """What a base model fits on: `rows` (training rows) followed by the train-only products, if any."""
+        if self.train_only is None:
+            return rows
+        return pd.concat([rows, self.train_only_frame()], ignore_index=True)
+
     def test_with_photos(self) -> pd.DataFrame:
         return with_photos(self.test, self.images, "test")
 
@@ -145,9 +163,13 @@ def dataset_name(root: str | Path, name: str | None = None) -> str:
     return name or Path(root).resolve().name
 
 
-def load_dataset(root: str | Path, name: str | None = None, extra: str | Path | None = None) -> Dataset:
+def load_dataset(root: str | Path, name: str | None = None, extra: str | Path | None = None,
+                 train_only: str | Path | None = None, train_only_rows: int | None = None,
+                 seed: int = 0) -> Dataset:
     """Load and validate a dataset folder; bad input raises DataError naming file, column and rows. `extra`:
-    more labelled products in the training layout (e.g. reviewers' decisions: `./run.sh review export`)."""
+    more labelled products in the training layout (e.g. reviewers' decisions: `./run.sh review export`),
+    added to the training rows; `train_only`: labelled products that only fit the base models (relative to
+    the dataset folder; `train_only_rows` of them, a seeded sample)."""
     root = Path(root)
     if not root.is_dir():
         fail(root.resolve(), None, "dataset folder not found (give --data DIR, a folder with categories_tree.csv, "
@@ -158,7 +180,24 @@ def load_dataset(root: str | Path, name: str | None = None, extra: str | Path | 
     extra_ids = None
     if extra is not None:
         train, extra_ids = with_extra(train, Path(extra), tree)
-    return Dataset(name=dataset_name(root, name), root=root, tree=tree, train=train, extra_ids=extra_ids)
+    only = None
+    if train_only is not None:
+        only = read_train_only(root / train_only, tree, train, train_only_rows, seed)
+    return Dataset(name=dataset_name(root, name), root=root, tree=tree, train=train, extra_ids=extra_ids,
+                   train_only=only)
+
+
+def read_train_only(path: Path, tree: CategoryTree, train: pd.DataFrame, rows: int | None,
+                    seed: int) -> pd.DataFrame:
+    """Labelled products that only fit the base models: never held out, so neither in the folds' OOF nor in the
+    stacker (what is scored stays train.parquet's products). A product also in training (same id) is
+    trained on once, as a training row; then `rows` of the rest, a seeded sample (None: all), in file order."""
+    frame = read_products(path, TRAIN_COLUMNS)
+    check_labels(frame, tree, path)
+    frame = frame[~frame["id"].isin(train["id"])]
+    if rows is not None and rows < len(frame):
+        frame = frame.sample(n=rows, random_state=seed).sort_index()
+    return frame.reset_index(drop=True)
 
 
 def with_extra(train: pd.DataFrame, path: Path, tree: CategoryTree) -> tuple[pd.DataFrame, np.ndarray]:

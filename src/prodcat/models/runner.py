@@ -148,7 +148,7 @@ def _before_training(run, model: BaseModel, train, echo) -> None:
             from prodcat.models.nn.vision import report_skipped
 
             echo(f"[{model.name}] " + report_skipped(train, run.paths.reports / "skipped_photos_train.csv"))
-    model.prepare(train)
+    model.prepare(run.ds.fit_frame(train))
     if is_main_process():
         _save_tree(run)
 
@@ -170,13 +170,14 @@ def _train_child(run, model: BaseModel, base: str, train, fold: int | None, echo
     folder = run.paths.models(model.name) / ("full" if fold is None else f"fold{fold}")
     if is_main_process() and folder.exists():
         shutil.rmtree(folder)  # a stale or half-written child is never mixed with a new one
-    fitted = model.fit(train[~is_valid], folder, fold)
+    rows = run.ds.fit_frame(train[~is_valid])  # train-only products (if any) fit every child
+    fitted = model.fit(rows, folder, fold)
     if not is_main_process():
         return None  # under DDP every process trains the child (gradients are shared); rank 0 writes
     save_model(fitted, folder, base, provenance(run, model) | {
-        "fold": fold, "k": run.k, "classes": int(train.loc[~is_valid, "category_id"].nunique())})
+        "fold": fold, "k": run.k, "classes": int(rows["category_id"].nunique())})
     if fold is None:
-        echo(f"[{model.name}] full: trained on {len(train)} products in {time.time() - start:.0f}s")
+        echo(f"[{model.name}] full: trained on {len(rows)} products in {time.time() - start:.0f}s")
     return fitted, is_valid, start
 
 
@@ -208,7 +209,7 @@ def _save_tree(run) -> None:
     if not target.exists() or target.read_bytes() != source.read_bytes():
         with atomic_path(target) as tmp:
             shutil.copyfile(source, tmp)
-    ids = np.sort(run.ds.train["id"].to_numpy(np.int64))
+    ids = np.sort(run.ds.fit_frame(run.ds.train)["id"].to_numpy(np.int64))
     ids_file = run.paths.models_root / TRAIN_IDS
     if ids_file.exists():
         with np.load(ids_file) as z:
