@@ -4,8 +4,9 @@ latency. Measures and prints; each path runs in a fresh process.
     ./run.sh python bench/bench_refit.py MODELS_DIR PRODUCTS.parquet [--n 70864] [--single 300] [--uses folds,full]
 
 PRODUCTS: labelled products the models never saw (uhtt_ke: a sample of extra_labeled.parquet, whose ids and
-titles are disjoint from train's). Two views of them: their ids as given (they interleave the training ids:
-the Kaggle view) and new ids past every training id (tomorrow's products).
+titles are disjoint from train's; those the models were trained on - `train_only` - are left out first). Two
+views of them: their ids as given (they interleave the training ids: the Kaggle view) and new ids past every
+training id (tomorrow's products).
 """
 from __future__ import annotations
 
@@ -71,6 +72,8 @@ def main() -> None:
         return
     sample = Path(tempfile.mkdtemp(prefix="bench_refit-")) / "products.parquet"
     full = pd.read_parquet(args.products)
+    with np.load(Path(args.models) / "train_ids.npz") as z:  # what the models were trained on is not unseen
+        full = full[~full["id"].isin(z["ids"])]
     full.sample(min(args.n, len(full)), random_state=0).to_parquet(sample, index=False)
     rows = []
     for view in ("as given", "tomorrow"):
