@@ -127,3 +127,5 @@ def test_train_only_products_are_a_seeded_sample_kept_apart_from_the_training_ro
     more.assign(category_id=-5).to_parquet(tiny / "more.parquet", index=False)
     with pytest.raises(DataError, match="more.parquet, column 'category_id': categories not in"):
         load_dataset(tiny, train_only="more.parquet")
+    with pytest.raises(DataError, match="nope.parquet: file not found \\(the setting train_only.file"):
+        load_dataset(tiny, train_only="nope.parquet")

@@ -192,6 +192,9 @@ def read_train_only(path: Path, tree: CategoryTree, train: pd.DataFrame, rows: i
     """Labelled products that only fit the base models: never held out, so neither in the folds' OOF nor in the
     stacker (what is scored stays train.parquet's products). A product also in training (same id) is
     trained on once, as a training row; then `rows` of the rest, a seeded sample (None: all), in file order."""
+    if not path.exists():
+        fail(path.resolve(), None, "file not found (the setting train_only.file: a parquet in the training "
+                                   "layout, relative to the dataset folder; null: none)")
     frame = read_products(path, TRAIN_COLUMNS)
     check_labels(frame, tree, path)
     frame = frame[~frame["id"].isin(train["id"])]
