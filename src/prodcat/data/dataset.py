@@ -192,10 +192,8 @@ def read_train_only(path: Path, tree: CategoryTree, train: pd.DataFrame, rows: i
     """Labelled products that only fit the base models: never held out, so neither in the folds' OOF nor in the
     stacker (what is scored stays train.parquet's products). A product also in training (same id) is
     trained on once, as a training row; then `rows` of the rest, a seeded sample (None: all), in file order."""
-    if not path.exists():
-        fail(path.resolve(), None, "file not found (the setting train_only.file: a parquet in the training "
-                                   "layout, relative to the dataset folder; null: none)")
-    frame = read_products(path, TRAIN_COLUMNS)
+    frame = read_products(path, TRAIN_COLUMNS, missing="the setting train_only.file: a parquet in the training "
+                                                        "layout, relative to the dataset folder; null: none")
     check_labels(frame, tree, path)
     frame = frame[~frame["id"].isin(train["id"])]
     if rows is not None and rows < len(frame):
@@ -243,10 +241,12 @@ def read_input(path: Path) -> pd.DataFrame:
     return read_products(path, TEST_COLUMNS, optional=TEXT_COLUMNS + NUMERIC_COLUMNS)
 
 
-def read_products(path: Path, columns: tuple[str, ...], optional: tuple[str, ...] = ()) -> pd.DataFrame:
-    """Read a products parquet and `validate_products` it (errors name the file)."""
+def read_products(path: Path, columns: tuple[str, ...], optional: tuple[str, ...] = (),
+                  missing: str | None = None) -> pd.DataFrame:
+    """Read a products parquet and `validate_products` it (errors name the file; `missing`: what a file that
+    is not there was meant to be)."""
     if not path.exists():
-        fail(path.resolve(), None, "file not found")
+        fail(path.resolve(), None, "file not found" + (f" ({missing})" if missing else ""))
     try:
         df = pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file's name
