@@ -106,8 +106,9 @@ def test_extra_labelled_products_join_the_training_rows(tiny, tmp_path):
 
 
 def test_train_only_products_are_a_seeded_sample_kept_apart_from_the_training_rows(tiny, tmp_path):
-    """`train_only`: a seeded sample in file order; a product also in training stays a training row only; the
-    content fingerprint covers them, the folds' (ids and labels) does not; a test id among them is refused."""
+    """`train_only`: a seeded sample in file order; a product also in training stays a training row only; a
+    smaller sample is the start of a larger one; the content fingerprint covers them (a model given fewer has
+    the fingerprint of those), the folds' (ids and labels) does not; a test id among them is refused."""
     base = load_dataset(tiny)
     more = pd.concat([base.train.iloc[:5], products(50, seed=7, start_id=50_000)], ignore_index=True)
     more.to_parquet(tiny / "more.parquet", index=False)
@@ -119,6 +120,11 @@ def test_train_only_products_are_a_seeded_sample_kept_apart_from_the_training_ro
     assert ds.fingerprint != base.fingerprint and ds.labels_fingerprint == base.labels_fingerprint
     assert len(ds.fit_frame(ds.train_frame())) == len(base.train) + 20
     assert len(load_dataset(tiny, train_only="more.parquet").train_only) == 50
+    fewer = load_dataset(tiny, train_only="more.parquet", train_only_rows=8, seed=3)  # the start of the same draw
+    assert ds.train_only_frame(8)["id"].tolist() == fewer.train_only["id"].tolist()
+    assert set(fewer.train_only["id"]) < set(ds.train_only["id"])
+    assert ds.fit_fingerprint(8) == fewer.fingerprint != ds.fingerprint == ds.fit_fingerprint(20)
+    assert len(ds.fit_frame(ds.train_frame(), 8)) == len(base.train) + 8
     test = pd.read_parquet(tiny / "test.parquet")
     test.loc[:4, "id"] = ds.train_only["id"].iloc[:5].to_numpy()
     test.to_parquet(tiny / "test.parquet", index=False)

@@ -163,7 +163,8 @@ def test_a_fasttext_training_failure_is_one_message(tmp_path):
 
 def test_train_only_products_fit_every_child_but_are_never_held_out(tmp_path, tiny_config):
     """`train_only`: more labelled products fit each fold's child (a class only they have is predicted for the
-    test products), but the folds, the OOF and the stacker hold train.parquet's products only."""
+    test products), but the folds, the OOF and the stacker hold train.parquet's products only; a model is
+    retrained when the products it is given change (`train_only.models`), not when another's do."""
     import numpy as np
 
     train = products(90)
@@ -183,6 +184,11 @@ def test_train_only_products_fit_every_child_but_are_never_held_out(tmp_path, ti
     sub = pd.read_parquet(tmp_path / "w" / "submissions" / "d" / "stack.parquet")
     test = pd.read_parquet(root / "test.parquet").merge(sub, on="id")
     assert (test.loc[test["title"].str.startswith("dog wet can"), "predicted_category_id"] == 24).all()
-    config.write_text(f"extends: {tiny_config}\ntrain_only: {{file: more.parquet, rows: 30}}\n")
+    config.write_text(f"extends: {tiny_config}\ntrain_only:\n  file: more.parquet\n  rows: 30\n"
+                      "  models: {fasttext: 40}\n")
+    r = invoke("train", "fasttext", *common)
+    assert r.exit_code == 0 and "finished earlier, reused" in r.output  # the model's own 40: unchanged
+    config.write_text(f"extends: {tiny_config}\ntrain_only:\n  file: more.parquet\n  rows: 40\n"
+                      "  models: {fasttext: 30}\n")
     r = invoke("train", "fasttext", *common)
     assert r.exit_code == 0 and "finished earlier, reused" not in r.output  # other products: retrained

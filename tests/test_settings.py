@@ -50,6 +50,9 @@ def resolve_raw(raw: dict, n=None):
     ({"text": {"lemmatize": "yes"}}, "text.lemmatize: expected bool, got 'yes' (str)"),
     ({"text": 3}, "text: expected a mapping of settings, got 3"),
     ({"pipeline": ["fasttext", "tfdf"]}, "my.yaml: pipeline: unknown model 'tfdf'; did you mean 'tfidf'?"),
+    ({"train_only": {"models": {"knm": 5}}}, "my.yaml: train_only.models.knm: unknown model; did you mean 'knn'?"),
+    ({"train_only": {"models": {"knn": 0}}}, "train_only.models.knn: 0 is below the minimum 1"),
+    ({"train_only": {"models": {"knn": "all"}}}, "train_only.models.knn: expected a number, got 'all'"),
     ({"models": {"fastext": {"dim": 3}}}, "models.fastext: unknown model (a variant needs `model: BASE`); "
                                            "did you mean 'fasttext'?"),
     ({"models": {"v": {"model": "fasttxt"}}}, "models.v.model: unknown base model 'fasttxt'; did you mean"),

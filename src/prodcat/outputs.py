@@ -70,7 +70,7 @@ def finished_models(run) -> list[str]:
     from prodcat.models.bag import saved_bags
 
     names = [n for n, bag in saved_bags(run.paths.models_root).items()
-             if bag.finished({"data": run.ds.fingerprint}) and (run.paths.oof(n) / "oof.npz").exists()]
+             if bag.finished({"data": run.fit_fingerprint(n)}) and (run.paths.oof(n) / "oof.npz").exists()]
     meta = run.paths.oof(STACK) / "complete.json"
     if meta.exists() and json.loads(meta.read_text()).get("data") == run.ds.fingerprint:
         names.append(STACK)

@@ -32,7 +32,8 @@ class Run:
         first = resolve_config(config, sets)
         only = first.values["train_only"]
         ds = load_dataset(Path(data or first.values["data"]), name=first.values["dataset_name"], extra=extra,
-                          train_only=only["file"], train_only_rows=only["rows"], seed=first.values["seed"])
+                          train_only=only["file"], train_only_rows=train_only_drawn(only),
+                          seed=first.values["seed"])
         settings = resolve_config(config, sets, len(ds.train))
         cfg = settings.values
         root = workdir_of(workdir, cfg)
@@ -71,6 +72,22 @@ class Run:
 
     def model_params(self, name: str) -> dict:
         return dict(self.cfg["models"].get(name, {}))
+
+    def train_only_rows(self, model: str) -> int | None:
+        """How many of the train-only products base model `model` fits on (None: all drawn)."""
+        only = self.cfg["train_only"]
+        rows = only["models"].get(model, only["rows"])
+        return None if rows is None else int(rows)
+
+    def fit_fingerprint(self, model: str) -> str:
+        """Hash of what base model `model` fits on: its outputs are reused only while it is unchanged."""
+        return self.ds.fit_fingerprint(self.train_only_rows(model))
+
+
+def train_only_drawn(only: dict) -> int | None:
+    """How many train-only products to draw: the most any model is given (None: all)."""
+    counts = [only["rows"], *only["models"].values()]
+    return None if None in counts else int(max(counts))
 
 
 def workdir_of(given, cfg: dict) -> Path:

@@ -329,6 +329,9 @@ class TrainOnlySettings:
     file: Union[str, None] = setting(None, "labelled products (the training layout) that only fit the base models: "
                                            "never held out, so not in OOF or the stacker (relative to the data folder)")
     rows: Union[int, None] = setting(None, "how many of them: a seeded sample (null: all)", min=1)
+    models: dict = setting({}, "MODEL: ROWS - that many of them for that model instead of `rows` (more than the "
+                               "file holds: all); every sample is the start of one seeded draw, so a smaller "
+                               "one is part of a larger one", min=1)
 
 
 @dataclass
@@ -581,6 +584,10 @@ def resolve(layers: list[tuple[str, dict]], n_products: int | None = None) -> Re
         if model not in known:
             where = sources.get("pipeline", "default")
             _fail(where, "pipeline", f"unknown model {model!r}" + _suggest(str(model), known))
+    for model in values["train_only"]["models"]:
+        if model not in known:
+            path = f"train_only.models.{model}"
+            _fail(sources.get(path, "default"), path, "unknown model" + _suggest(str(model), known))
     return Resolved(values, sources, note)
 
 

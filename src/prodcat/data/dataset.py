@@ -95,6 +95,8 @@ class Dataset:
     _images: ImageFolder | None = field(default=None, repr=False)
     extra_ids: np.ndarray | None = field(default=None, repr=False)  # products added by `extra` (load_dataset)
     train_only: pd.DataFrame | None = field(default=None, repr=False)  # they only fit the base models (load_dataset)
+    train_only_draw: np.ndarray | None = field(default=None, repr=False)  # each one's place in the seeded draw
+    _fingerprints: dict = field(default_factory=dict, repr=False)
 
     @property
     def test(self) -> pd.DataFrame:
@@ -113,13 +115,22 @@ class Dataset:
             self._images = ImageFolder(self.root / "images")
         return self._images
 
-    @cached_property
+    @property
     def fingerprint(self) -> str:
         """Hash of the training rows' content (every column, photos by size and mtime), train-only ones too."""
-        own = content_hash(self.train_frame())
+        return self.fit_fingerprint()
+
+    def fit_fingerprint(self, n: int | None = None) -> str:
+        """Hash of what a base model given `n` train-only products fits on (`fit_frame`; None: all of them)."""
         if self.train_only is None:
-            return own
-        return hashlib.sha1(f"{own}+{content_hash(self.train_only_frame())}".encode()).hexdigest()[:12]
+            n = None
+        elif n is not None and n >= len(self.train_only):
+            n = None
+        if n not in self._fingerprints:
+            own = content_hash(self.train_frame())
+            self._fingerprints[n] = own if self.train_only is None else hashlib.sha1(
+                f"{own}+{content_hash(self.train_only_frame(n))}".encode()).hexdigest()[:12]
+        return self._fingerprints[n]
 
     @cached_property
     def labels_fingerprint(self) -> str:
@@ -138,17 +149,21 @@ class Dataset:
             self.train = with_photos(self.train, self.images, "train")
         return self.train
 
-    def train_only_frame(self) -> pd.DataFrame:
-        """The train-only products with their `image_path` column."""
+    def train_only_frame(self, n: int | None = None) -> pd.DataFrame:
+        """The first `n` train-only products of the seeded draw (None: all), in file order, with their
+        `image_path` column."""
         if "image_path" not in self.train_only.columns:
             self.train_only = with_photos(self.train_only, self.images, "train")
-        return self.train_only
+        if n is None or n >= len(self.train_only):
+            return self.train_only
+        return self.train_only[self.train_only_draw < n].reset_index(drop=True)
 
-    def fit_frame(self, rows: pd.DataFrame) -> pd.DataFrame:
-        """What a base model fits on: `rows` (training rows) followed by the train-only products, if any."""
+    def fit_frame(self, rows: pd.DataFrame, n: int | None = None) -> pd.DataFrame:
+        """What a base model fits on: `rows` (training rows) followed by `n` train-only products (None: all
+        of them), if any."""
         if self.train_only is None:
             return rows
-        return pd.concat([rows, self.train_only_frame()], ignore_index=True)
+        return pd.concat([rows, self.train_only_frame(n)], ignore_index=True)
 
     def test_with_photos(self) -> pd.DataFrame:
         return with_photos(self.test, self.images, "test")
@@ -180,25 +195,27 @@ def load_dataset(root: str | Path, name: str | None = None, extra: str | Path | 
     extra_ids = None
     if extra is not None:
         train, extra_ids = with_extra(train, Path(extra), tree)
-    only = None
+    only = draw = None
     if train_only is not None:
-        only = read_train_only(root / train_only, tree, train, train_only_rows, seed)
+        only, draw = read_train_only(root / train_only, tree, train, train_only_rows, seed)
     return Dataset(name=dataset_name(root, name), root=root, tree=tree, train=train, extra_ids=extra_ids,
-                   train_only=only)
+                   train_only=only, train_only_draw=draw)
 
 
 def read_train_only(path: Path, tree: CategoryTree, train: pd.DataFrame, rows: int | None,
-                    seed: int) -> pd.DataFrame:
+                    seed: int) -> tuple[pd.DataFrame, np.ndarray]:
     """Labelled products that only fit the base models: never held out, so neither in the folds' OOF nor in the
     stacker (what is scored stays train.parquet's products). A product also in training (same id) is
-    trained on once, as a training row; then `rows` of the rest, a seeded sample (None: all), in file order."""
+    trained on once, as a training row; then the first `rows` of the rest in a seeded draw (None: all), in
+    file order, and each one's place in the draw (a model given fewer takes the first of them)."""
     frame = read_products(path, TRAIN_COLUMNS, missing="the setting train_only.file: a parquet in the training "
                                                         "layout, relative to the dataset folder; null: none")
     check_labels(frame, tree, path)
-    frame = frame[~frame["id"].isin(train["id"])]
-    if rows is not None and rows < len(frame):
-        frame = frame.sample(n=rows, random_state=seed).sort_index()
-    return frame.reset_index(drop=True)
+    frame = frame[~frame["id"].isin(train["id"])].reset_index(drop=True)
+    draw = np.empty(len(frame), np.int64)
+    draw[np.random.RandomState(seed).permutation(len(frame))] = np.arange(len(frame))
+    keep = draw < (len(frame) if rows is None else rows)
+    return frame[keep].reset_index(drop=True), draw[keep]
 
 
 def with_extra(train: pd.DataFrame, path: Path, tree: CategoryTree) -> tuple[pd.DataFrame, np.ndarray]:

@@ -46,11 +46,11 @@ def bag_of(run, name: str) -> Bag:
 
 def provenance(run, model: BaseModel) -> dict:
     """What a model's children are made from: the training content and the model's settings."""
-    return {"data": run.ds.fingerprint, "settings": config_hash(model.settings())}
+    return {"data": run.fit_fingerprint(model.name), "settings": config_hash(model.settings())}
 
 
 def fold_meta(run, model: BaseModel, fold: int) -> dict:
-    return {"model": model.name, "fold": fold, "k": run.k, "data": run.ds.fingerprint,
+    return {"model": model.name, "fold": fold, "k": run.k, "data": run.fit_fingerprint(model.name),
             "folds": run.ds.labels_fingerprint, "settings": config_hash(model.settings())}
 
 
@@ -148,7 +148,7 @@ def _before_training(run, model: BaseModel, train, echo) -> None:
             from prodcat.models.nn.vision import report_skipped
 
             echo(f"[{model.name}] " + report_skipped(train, run.paths.reports / "skipped_photos_train.csv"))
-    model.prepare(run.ds.fit_frame(train))
+    model.prepare(run.ds.fit_frame(train, run.train_only_rows(model.name)))
     if is_main_process():
         _save_tree(run)
 
@@ -170,7 +170,7 @@ def _train_child(run, model: BaseModel, base: str, train, fold: int | None, echo
     folder = run.paths.models(model.name) / ("full" if fold is None else f"fold{fold}")
     if is_main_process() and folder.exists():
         shutil.rmtree(folder)  # a stale or half-written child is never mixed with a new one
-    rows = run.ds.fit_frame(train[~is_valid])  # train-only products (if any) fit every child
+    rows = run.ds.fit_frame(train[~is_valid], run.train_only_rows(model.name))  # + train-only products (if any)
     fitted = model.fit(rows, folder, fold)
     if not is_main_process():
         return None  # under DDP every process trains the child (gradients are shared); rank 0 writes
