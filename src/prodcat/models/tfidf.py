@@ -283,11 +283,12 @@ class ShortlistSoftmax:
             out[:] = np.arange(self.n_classes)
             return out
 
+        c = self.centroids
+
         def chunk(rows: slice):
-            sim = (x[rows] @ self.centroids).toarray()
-            top = np.argpartition(-sim, n_cand - 1, axis=1)[:, :n_cand]
-            order = np.argsort(-np.take_along_axis(sim, top, axis=1), axis=1, kind="stable")
-            out[rows] = np.take_along_axis(top, order, axis=1)
+            xs = x[rows]
+            out[rows] = _shortlist_sparse(xs.indptr, xs.indices, xs.data, c.indptr, c.indices, c.data,
+                                          self.n_classes, n_cand)
 
         self.in_chunks(x.shape[0], chunk)
         return out
@@ -402,6 +403,27 @@ def _train(indptr, indices, data, y, cands, w, b, epochs, lr0, l2, seed):  # pra
                         w[f, k] -= z[c] * v + lr * l2 * w[f, k]
                     else:
                         w[f, k] -= z[c] * v
+
+
+@njit(cache=True, nogil=True)
+def _shortlist_sparse(indptr, indices, data, c_indptr, c_indices, c_data, n_classes,
+                      n_cand):  # pragma: no cover - numba
+    """Per row of x: the n_cand classes of largest x @ C (C a sparse features x classes CSR matrix), best
+    first. One dense row of similarities at a time: no sparse product is built."""
+    n = len(indptr) - 1
+    out = np.empty((n, n_cand), np.int64)
+    sim = np.zeros(n_classes, np.float32)
+    for i in range(n):
+        for j in range(indptr[i], indptr[i + 1]):
+            v = data[j]
+            f = indices[j]
+            for q in range(c_indptr[f], c_indptr[f + 1]):
+                sim[c_indices[q]] += v * c_data[q]
+        top = np.argpartition(-sim, n_cand - 1)[:n_cand]
+        order = np.argsort(-sim[top], kind="mergesort")
+        out[i] = top[order]
+        sim[:] = 0
+    return out
 
 
 @njit(cache=True, nogil=True)
