@@ -70,20 +70,21 @@ def main() -> None:
     if args.child:
         print(json.dumps(measure(args.models, args.products, *args.child, args.single)))
         return
-    sample = Path(tempfile.mkdtemp(prefix="bench_refit-")) / "products.parquet"
     full = pd.read_parquet(args.products)
     with np.load(Path(args.models) / "train_ids.npz") as z:  # what the models were trained on is not unseen
         full = full[~full["id"].isin(z["ids"])]
-    full.sample(min(args.n, len(full)), random_state=0).to_parquet(sample, index=False)
     rows = []
-    for view in ("as given", "tomorrow"):
-        for use in args.uses.split(","):
-            done = subprocess.run([sys.executable, __file__, args.models, str(sample), "--single", str(args.single),
-                                   "--child", use, view], capture_output=True, text=True)
-            if done.returncode:
-                sys.exit(done.stdout + done.stderr)
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(rows[-1], flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench_refit-") as folder:
+        sample = Path(folder) / "products.parquet"
+        full.sample(min(args.n, len(full)), random_state=0).to_parquet(sample, index=False)
+        for view in ("as given", "tomorrow"):
+            for use in args.uses.split(","):
+                done = subprocess.run([sys.executable, __file__, args.models, str(sample), "--single",
+                                       str(args.single), "--child", use, view], capture_output=True, text=True)
+                if done.returncode:
+                    sys.exit(done.stdout + done.stderr)
+                rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+                print(rows[-1], flush=True)
     print(pd.DataFrame(rows).to_string(index=False))
 
 
