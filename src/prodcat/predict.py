@@ -29,6 +29,7 @@ from prodcat.probs import NO_LABEL, TopK, average
 AVERAGE = "average"
 ALL = "all models"  # the kind of a prediction every stacked model took part in
 TREE_FILE = "categories_tree.csv"  # saved beside the models: the tree they predict leaves of
+PARALLEL_MODELS_MIN_ROWS = 1_000  # smaller frames (a service's requests) predict one model after another
 
 
 def check_models_folder(root: str | Path) -> Path:
@@ -146,8 +147,15 @@ class Predictor:
 
     # -- prediction ---------------------------------------------------------------------------------------
     def fold_predictions(self, frame: pd.DataFrame, names: list[str] | None = None) -> dict[str, list[TopK]]:
-        """{base model: [TopK of each child used]} for the frame (one full child, or every fold child)."""
-        return {m: self.bag(m).child_predictions(frame, self.use) for m in (names or self.base_names())}
+        """{base model: [TopK of each child used]} for the frame (one full child, or every fold child). Two
+        models at a time: one that computes on a single core (fastText) leaves the other core to the next."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        names = list(names or self.base_names())
+        if len(names) < 2 or len(frame) < PARALLEL_MODELS_MIN_ROWS:
+            return {m: self.bag(m).child_predictions(frame, self.use) for m in names}
+        with ThreadPoolExecutor(2) as pool:
+            return dict(zip(names, pool.map(lambda m: self.bag(m).child_predictions(frame, self.use), names)))
 
     def predict_topk(self, frame: pd.DataFrame) -> TopK:
         """TopK of the chosen model for every product of the frame (stack: column 0 is the decided leaf).

@@ -23,6 +23,7 @@ from prodcat.probs import TopK
 TRAIN_KEYS = ("lr", "dim", "ws", "epoch", "minCount", "minCountLabel", "minn", "maxn", "neg", "wordNgrams",
               "loss", "bucket", "thread", "lrUpdateRate", "t", "verbose", "seed")
 LABEL = "__label__"
+PREDICT_CHUNK = 2_000  # texts per fastText call (it holds the GIL during one)
 
 
 class FastTextModel(BaseModel):
@@ -81,7 +82,11 @@ class FastTextModel(BaseModel):
         scores = np.zeros((len(texts), k), np.float32)
         if texts:
             model = self._fasttext()
-            labels, probs = model.predict(texts, k=k)
+            labels, probs = [], []
+            for start in range(0, len(texts), PREDICT_CHUNK):  # between chunks other threads may run
+                lab, pr = model.predict(texts[start:start + PREDICT_CHUNK], k=k)
+                labels += lab
+                probs += list(pr)
             category = self._category
             if all(len(lab) == k for lab in labels):  # the usual case: k classes for every product
                 flat = (category[x] for lab in labels for x in lab)
