@@ -192,3 +192,38 @@ def test_train_only_products_fit_every_child_but_are_never_held_out(tmp_path, ti
                       "  models: {fasttext: 30}\n")
     r = invoke("train", "fasttext", *common)
     assert r.exit_code == 0 and "finished earlier, reused" not in r.output  # other products: retrained
+
+
+def test_a_model_fitted_once_on_the_train_only_products_predicts_training_products_out_of_sample(tmp_path,
+                                                                                                 tiny_config):
+    """`train_only.once`: one child fitted on the train-only products alone (never on train.parquet's) gives
+    the OOF of every training product and predicts new products for both uses; `refit` has nothing to add;
+    reused while unchanged. `train_only.holdout`: the end of the seeded draw is never given to any model."""
+    import numpy as np
+
+    from prodcat.models.bag import Bag
+
+    train = products(90)
+    root = write_dataset(tmp_path / "d", train=train)
+    products(60, seed=3, start_id=50_000).to_parquet(root / "more.parquet", index=False)
+    config = tmp_path / "once.yaml"
+    config.write_text(f"extends: {tiny_config}\npipeline: [fasttext, tfidf]\n"
+                      "train_only: {file: more.parquet, holdout: 10, once: [fasttext]}\n")
+    common = ["--data", root, "--config", config, "--workdir", tmp_path / "w"]
+    r = invoke("all", *common, "--refit")
+    assert r.exit_code == 0, r.output
+    assert "fitted once on 50 train-only products" in r.output
+    models = tmp_path / "w" / "models" / "d"
+    bag = Bag("fasttext", models / "fasttext")
+    assert bag.once and bag.has_full() and not (models / "fasttext" / "fold0").exists()
+    assert len(bag.children("folds")) == len(bag.children("full")) == 1
+    with np.load(tmp_path / "w" / "oof" / "d" / "fasttext" / "oof.npz") as z:
+        assert sorted(z["ids"].tolist()) == sorted(train["id"].tolist())
+    with np.load(models / "train_ids.npz") as z:
+        assert len(z["ids"]) == len(train) + 50  # 10 held out: no model was given them
+    for use in ("folds", "full"):
+        r = invoke("predict", "--models", models, "--input", root / "test.parquet",
+                   "--out", tmp_path / f"{use}.parquet", "--use", use)
+        assert r.exit_code == 0, r.output
+    r = invoke("train", "fasttext", *common)
+    assert r.exit_code == 0 and "fitted once earlier, reused" in r.output

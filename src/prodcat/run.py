@@ -33,7 +33,7 @@ class Run:
         only = first.values["train_only"]
         ds = load_dataset(Path(data or first.values["data"]), name=first.values["dataset_name"], extra=extra,
                           train_only=only["file"], train_only_rows=train_only_drawn(only),
-                          seed=first.values["seed"])
+                          seed=first.values["seed"], holdout=only["holdout"])
         settings = resolve_config(config, sets, len(ds.train))
         cfg = settings.values
         root = workdir_of(workdir, cfg)
@@ -78,6 +78,10 @@ class Run:
         only = self.cfg["train_only"]
         rows = only["models"].get(model, only["rows"])
         return None if rows is None else int(rows)
+
+    def fits_once(self, model: str) -> bool:
+        """Model `model` is fitted once on the train-only products alone (`train_only.once`), not per fold."""
+        return model in self.cfg["train_only"]["once"] and self.ds.train_only is not None
 
     def fit_fingerprint(self, model: str) -> str:
         """Hash of what base model `model` fits on: its outputs are reused only while it is unchanged."""

@@ -332,6 +332,11 @@ class TrainOnlySettings:
     models: dict = setting({}, "MODEL: ROWS - that many of them for that model instead of `rows` (more than the "
                                "file holds: all); every sample is the start of one seeded draw, so a smaller "
                                "one is part of a larger one", min=1)
+    holdout: int = setting(0, "the last HOLDOUT products of the seeded draw are never given to any model: unseen "
+                              "labelled products kept for measuring (bench/bench_refit.py finds them)", min=0)
+    once: list[str] = setting([], "base models fitted once, on the train-only products alone: their predictions "
+                                  "of every training product are out of sample without folds (one fit, not k); "
+                                  "the one child predicts new products for both uses (folds and full)")
 
 
 @dataclass
@@ -588,6 +593,13 @@ def resolve(layers: list[tuple[str, dict]], n_products: int | None = None) -> Re
         if model not in known:
             path = f"train_only.models.{model}"
             _fail(sources.get(path, "default"), path, "unknown model" + _suggest(str(model), known))
+    for model in values["train_only"]["once"]:
+        if model not in known:
+            _fail(sources.get("train_only.once", "default"), "train_only.once",
+                  f"unknown model {model!r}" + _suggest(str(model), known))
+        if values["train_only"]["file"] is None:
+            _fail(sources.get("train_only.once", "default"), "train_only.once",
+                  "a model fitted once fits on the train-only products: set train_only.file too")
     return Resolved(values, sources, note)
 
 

@@ -180,11 +180,11 @@ def dataset_name(root: str | Path, name: str | None = None) -> str:
 
 def load_dataset(root: str | Path, name: str | None = None, extra: str | Path | None = None,
                  train_only: str | Path | None = None, train_only_rows: int | None = None,
-                 seed: int = 0) -> Dataset:
+                 seed: int = 0, holdout: int = 0) -> Dataset:
     """Load and validate a dataset folder; bad input raises DataError naming file, column and rows. `extra`:
     more labelled products in the training layout (e.g. reviewers' decisions: `./run.sh review export`),
     added to the training rows; `train_only`: labelled products that only fit the base models (relative to
-    the dataset folder; `train_only_rows` of them, a seeded sample)."""
+    the dataset folder; `train_only_rows` of them, a seeded sample; the last `holdout` of the draw never)."""
     root = Path(root)
     if not root.is_dir():
         fail(root.resolve(), None, "dataset folder not found (give --data DIR, a folder with categories_tree.csv, "
@@ -197,24 +197,25 @@ def load_dataset(root: str | Path, name: str | None = None, extra: str | Path | 
         train, extra_ids = with_extra(train, Path(extra), tree)
     only = draw = None
     if train_only is not None:
-        only, draw = read_train_only(root / train_only, tree, train, train_only_rows, seed)
+        only, draw = read_train_only(root / train_only, tree, train, train_only_rows, seed, holdout)
     return Dataset(name=dataset_name(root, name), root=root, tree=tree, train=train, extra_ids=extra_ids,
                    train_only=only, train_only_draw=draw)
 
 
 def read_train_only(path: Path, tree: CategoryTree, train: pd.DataFrame, rows: int | None,
-                    seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+                    seed: int, holdout: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
     """Labelled products that only fit the base models: never held out, so neither in the folds' OOF nor in the
     stacker (what is scored stays train.parquet's products). A product also in training (same id) is
     trained on once, as a training row; then the first `rows` of the rest in a seeded draw (None: all), in
-    file order, and each one's place in the draw (a model given fewer takes the first of them)."""
+    file order, and each one's place in the draw (a model given fewer takes the first of them). The last
+    `holdout` of the draw are never taken, whatever `rows` asks: unseen products kept for measuring."""
     frame = read_products(path, TRAIN_COLUMNS, missing="the setting train_only.file: a parquet in the training "
                                                         "layout, relative to the dataset folder; null: none")
     check_labels(frame, tree, path)
     frame = frame[~frame["id"].isin(train["id"])].reset_index(drop=True)
     draw = np.empty(len(frame), np.int64)
     draw[np.random.RandomState(seed).permutation(len(frame))] = np.arange(len(frame))
-    keep = draw < (len(frame) if rows is None else rows)
+    keep = draw < min(len(frame) - holdout, len(frame) if rows is None else rows)
     return frame[keep].reset_index(drop=True), draw[keep]
 
 

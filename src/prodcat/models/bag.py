@@ -6,6 +6,9 @@ On disk (one folder per concern, as the runner writes them):
 
     models/<dataset>/<model>/fold<K>/   fold child K: trained without fold K (model.json last)
     models/<dataset>/<model>/full/      the full child: trained on every product with the folds' settings
+    models/<dataset>/<model>/once/      instead of both (`train_only.once`): the one child, fitted on the
+                                        train-only products alone; it predicts every training product out of
+                                        sample (the OOF) and new products for both uses
     models/<dataset>/<model>/bag.json   written when the folds' OOF is joined: what the bag was made from
                                         and the fingerprint (SHA-256 of model.json) of every child joined
     oof/<dataset>/<model>/fold<K>.valid.npz, fold<K>.json, oof.npz    the held-out predictions
@@ -31,6 +34,7 @@ from prodcat.storage import write_json
 
 BAG_FILE = "bag.json"
 FULL = "full"  # the child trained on every product
+ONCE = "once"  # the one child of a bag fitted once on the train-only products alone
 
 
 def child_dir(fold: int | None) -> str:
@@ -73,9 +77,20 @@ class Bag:
     def child_folder(self, fold: int | None) -> Path:
         return self.folder / child_dir(fold)
 
+    @property
+    def once(self) -> bool:
+        """The bag is one child fitted on the train-only products alone (no folds, no separate full child)."""
+        return bool((self.meta or {}).get(ONCE))
+
+    def child_folders(self, k: int | None = None) -> list[Path]:
+        """The folders of the children joined into the OOF: every fold child, or the one child."""
+        if self.once:
+            return [self.folder / ONCE]
+        return [self.child_folder(f) for f in range(self.k if k is None else k)]
+
     def fingerprints(self, k: int | None = None) -> list[str]:
-        """The fingerprint of each fold child, in fold order."""
-        return [fingerprint(self.child_folder(f) / MODEL_FILE) for f in range(self.k if k is None else k)]
+        """The fingerprint of each fold child, in fold order (a bag fitted once: its one child's)."""
+        return [fingerprint(folder / MODEL_FILE) for folder in self.child_folders(k)]
 
     def finished(self, expect: dict | None = None) -> bool:
         """The rule: every fold child was joined into the OOF (bag.json), from the `expect`ed content (e.g.
@@ -89,6 +104,8 @@ class Bag:
         """A finished bag whose full child was trained with the folds' content and settings (refit since the
         folds were joined, and not replaced since)."""
         meta = self.meta
+        if meta is not None and meta.get(ONCE):
+            return self.finished(expect)
         return (self.finished(expect) and bool(meta.get(FULL))
                 and meta[FULL] == fingerprint(self.child_folder(None) / MODEL_FILE))
 
@@ -109,6 +126,12 @@ class Bag:
         except DataError:
             return False
         return True
+
+    def record_once(self, provenance: dict) -> None:
+        """bag.json of a bag fitted once: its one child (saved in once/) is the OOF's and new products'."""
+        write_json(provenance | {"model": self.name, "k": 1, ONCE: True, FULL: None,
+                                 "children": [fingerprint(self.folder / ONCE / MODEL_FILE)]},
+                   self.folder / BAG_FILE)
 
     def record(self, k: int, provenance: dict) -> None:
         """bag.json after the folds' OOF is joined: the provenance and every fold child's fingerprint; a full
@@ -139,8 +162,11 @@ class Bag:
         with self._lock:
             if use not in self._children:
                 self.check_use(use)
-                folds = [None] if use == FULL else list(range(self.k))
-                self._children[use] = [load_model(self.child_folder(f)) for f in folds]
+                if self.once:
+                    folders = self.child_folders()
+                else:
+                    folders = [self.child_folder(None)] if use == FULL else self.child_folders()
+                self._children[use] = [load_model(folder) for folder in folders]
             return self._children[use]
 
     def child_predictions(self, frame: pd.DataFrame, use: str = "folds") -> list[TopK]:
@@ -152,7 +178,7 @@ class Bag:
 
     def saved_env(self) -> dict:
         """The ModelEnv the children were trained with (their text settings, top_k, seed)."""
-        return json.loads((self.child_folder(0) / MODEL_FILE).read_text())["env"]
+        return json.loads((self.child_folders()[0] / MODEL_FILE).read_text())["env"]
 
 
 def saved_bags(root: Path) -> dict[str, Bag]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from prodcat.distributed import is_main_process
 from prodcat.errors import NotTrainedError, UsageError
-from prodcat.models.bag import Bag
+from prodcat.models.bag import BAG_FILE, ONCE, Bag
 from prodcat.models.base import BaseModel, child_name, model_class, save_model
 from prodcat.probs import TopK
 from prodcat.settings import MODEL_SPECS, config_hash
@@ -80,6 +80,11 @@ def train_model(run, name: str, folds: list[int] | None = None, force: bool = Fa
     if made is None:
         return None
     model, base = made
+    if run.fits_once(name):
+        if folds is not None:
+            echo(f"[{name}] fitted once on the train-only products (train_only.once): it has no folds, so "
+                 f"--fold is ignored")
+        return train_once(run, model, base, force, echo)
     asked = list(folds if folds is not None else range(run.k))
     bad = [f for f in asked if not 0 <= f < run.k]
     if bad:
@@ -114,6 +119,11 @@ def refit_model(run, name: str, force: bool = False, echo=print) -> bool | None:
         return None
     model, base = made
     bag = bag_of(run, name)
+    if run.fits_once(name):
+        if not bag.finished(provenance(run, model)):
+            raise NotTrainedError(f"[{name}] is fitted once on the train-only products: ./run.sh train {name} first")
+        echo(f"[{name}] fitted once on the train-only products: its one child is its full model")
+        return True
     if not bag.finished(provenance(run, model)):
         raise NotTrainedError(f"[{name}] refit needs the model's finished folds (their OOF feeds the stacker): "
                               f"./run.sh train {name} first (./run.sh all --refit does both)")
@@ -132,9 +142,48 @@ def refit_model(run, name: str, force: bool = False, echo=print) -> bool | None:
     return True
 
 
-def _before_training(run, model: BaseModel, train, echo) -> None:
+def train_once(run, model: BaseModel, base: str, force: bool, echo) -> bool:
+    """A bag fitted once (`train_only.once`): one child fitted on the train-only products alone predicts every
+    training product out of sample - honest stacker features without folds, for the cost of one fit - and
+    new products for both uses; once/model.json, then oof.npz, then bag.json. Reused while the content and
+    settings are unchanged."""
+    bag = bag_of(run, model.name)
+    made_from = provenance(run, model) | {"folds": run.ds.labels_fingerprint}
+    if not force and bag.finished(made_from):
+        echo(f"[{model.name}] fitted once earlier, reused (--force to retrain)")
+        return True
+    train = run.ds.train_frame()
+    rows = run.ds.train_only_frame(run.train_only_rows(model.name))
+    with _lock(run, model.name, echo):
+        if not force and bag.finished(made_from):
+            echo(f"[{model.name}] fitted once by another process, reused")
+            return True
+        _before_training(run, model, train, echo, rows)
+        start = time.time()
+        (bag.folder / BAG_FILE).unlink(missing_ok=True)  # from here on the bag is not finished
+        folder = bag.folder / ONCE
+        if folder.exists():
+            shutil.rmtree(folder)
+        fitted = model.fit(rows, folder, None)
+        save_model(fitted, folder, base, provenance(run, model) | {"once": True, "k": run.k,
+                                                                   "classes": int(rows["category_id"].nunique())})
+        fit_s = time.time() - start
+        oof = fitted.predict(train).align(run.ds.train["id"].to_numpy())
+        bag.oof_dir.mkdir(parents=True, exist_ok=True)
+        oof.save(bag.oof_dir / "oof.npz")
+        from prodcat.evaluation.review import save_confidence
+
+        save_confidence(run, oof, bag.folder)
+        bag.record_once(made_from)
+    echo(f"[{model.name}] fitted once on {len(rows)} train-only products in {fit_s:.0f}s, predicted the "
+         f"{len(train)} training products in {time.time() - start - fit_s:.0f}s")
+    return True
+
+
+def _before_training(run, model: BaseModel, train, echo, fit_rows=None) -> None:
     """Once before a model's children train: clean what a killed run left, list products without usable
-    text (or photo), `prepare` (work shared by the children) and save the tree beside the models."""
+    text (or photo), `prepare` (work shared by the children; on `fit_rows` where given) and save the tree
+    beside the models."""
     if is_main_process():
         from prodcat.data.text import report_empty_products
         from prodcat.storage import clean_stale_temps
@@ -148,7 +197,7 @@ def _before_training(run, model: BaseModel, train, echo) -> None:
             from prodcat.models.nn.vision import report_skipped
 
             echo(f"[{model.name}] " + report_skipped(train, run.paths.reports / "skipped_photos_train.csv"))
-    model.prepare(run.ds.fit_frame(train, run.train_only_rows(model.name)))
+    model.prepare(run.ds.fit_frame(train, run.train_only_rows(model.name)) if fit_rows is None else fit_rows)
     if is_main_process():
         _save_tree(run)
 

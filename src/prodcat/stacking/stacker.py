@@ -151,10 +151,12 @@ class Stacker:
         from prodcat.probs import average
 
         n_folds = len(self.sets[None][0])
-        per_fold = all(len(v) == n_folds for v in parts.values()) and n_folds == self.meta["k"]
+        # a model fitted once (train_only.once) has one child: the same predictions for every fold's ranker
+        per_fold = (all(len(v) in (1, n_folds) for v in parts.values()) and n_folds == self.meta["k"]
+                    and any(len(v) == n_folds for v in parts.values()))
         inputs = self.product_inputs(frame)
-        views = ([(f, {m: parts[m][f] for m in self.names}) for f in range(n_folds)] if per_fold
-                 else [(-1, {m: average(parts[m]) for m in self.names})])
+        views = ([(f, {m: parts[m][f if len(parts[m]) > 1 else 0] for m in self.names}) for f in range(n_folds)]
+                 if per_fold else [(-1, {m: average(parts[m]) for m in self.names})])
         scored = []
         for f, view in views:
             r, c, x = self.features(view, inputs, f)
