@@ -3,6 +3,7 @@ the no-images dataset, the content-keyed embedding cache, the k-fold run end to 
 with coloured photos, and save -> load in a fresh process giving the same predictions."""
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -196,6 +197,43 @@ def assert_same(a: TopK, b: TopK):
     assert np.array_equal(a.labels, b.labels)
     assert np.array_equal(a.scores, b.scores)  # bit for bit
     assert a.flags.keys() == b.flags.keys() and all(np.array_equal(a.flags[k], b.flags[k]) for k in a.flags)
+
+
+def jpeg_claiming(width: int, height: int) -> bytes:
+    """A small JPEG whose header claims width x height pixels (what a photo bomb looks like before decoding)."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(out, format="JPEG")
+    data = bytearray(out.getvalue())
+    sof = data.index(b"\xff\xc0")  # start of frame: length (2), precision (1), height (2), width (2)
+    data[sof + 5:sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def test_one_photo_reader_with_one_pixel_limit_for_files_and_requests(tmp_path):
+    """A 12000 x 12000 JPEG in images/ is skipped and listed (the reason names the limit) without decoding a
+    pixel, as the service refuses it in a request: the same reader and the same limit."""
+    import resource
+
+    from prodcat.data.photos import MAX_PIXELS
+    from prodcat.errors import DataError
+    from prodcat.models.nn.vision import load_image, report_skipped
+    from prodcat.serve.photos import checked_suffix
+
+    bomb, fine = tmp_path / "1.jpg", tmp_path / "2.jpg"
+    bomb.write_bytes(jpeg_claiming(12000, 12000))
+    fine.write_bytes(jpeg_claiming(16, 16))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert load_image(str(bomb)) is None and load_image(str(fine)) is not None
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB: nothing decoded
+    frame = pd.DataFrame({"id": [1, 2], "image_path": [str(bomb), str(fine)]})
+    line = report_skipped(frame, tmp_path / "skipped.csv")
+    listed = pd.read_csv(tmp_path / "skipped.csv")
+    assert listed["id"].tolist() == [1] and "1 unreadable" in line
+    assert f"12000 x 12000 pixels is over the limit of {MAX_PIXELS:,}" in listed["reason"][0]
+    with pytest.raises(DataError, match=f"12000 x 12000 pixels is over the limit of {MAX_PIXELS:,}"):
+        checked_suffix(bomb.read_bytes(), MAX_PIXELS)
 
 
 def test_no_images_dataset_is_skipped(tiny, tmp_path):

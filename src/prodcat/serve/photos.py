@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import shutil
 import tempfile
 from pathlib import Path
 
+from prodcat.data.photos import inspect_photo
 from prodcat.errors import DataError
 
-SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif"}  # what the models read
 
 
 def photo_error(problem: str, row: int | None) -> DataError:
@@ -30,27 +29,13 @@ def from_base64(text: str, row: int | None = None) -> bytes:
 
 def checked_suffix(data: bytes, max_pixels: int, row: int | None = None) -> str:
     """The file suffix of a photo that is an image the models read, of at most `max_pixels` pixels, and
-    decodes whole; otherwise a DataError saying which of these it is not."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:  # reads the header only
-            width, height = im.size
-            if width * height > max_pixels:
-                raise photo_error(f"{width} x {height} pixels is over the limit of {max_pixels:,} "
-                                  "(serve.max_photo_pixels)", row)
-            if im.format not in SUFFIXES:
-                raise photo_error(f"{im.format} images are not read (send {', '.join(SUFFIXES)})", row)
-            im.load()  # the whole first frame: a truncated or damaged file fails here
-            return SUFFIXES[im.format]
-    except DataError:
-        raise
-    except Image.DecompressionBombError:
-        raise photo_error(f"over the limit of {max_pixels:,} pixels (serve.max_photo_pixels)", row) from None
-    except UnidentifiedImageError:
-        raise photo_error("not an image", row) from None
-    except (OSError, ValueError, SyntaxError, EOFError):
-        raise photo_error("a damaged or truncated image", row) from None
+    decodes whole (prodcat.data.photos, the one reader); otherwise a DataError saying which it is not."""
+    im, suffix, problem = inspect_photo(data, max_pixels)
+    if im is not None:
+        im.close()
+    if problem is not None:
+        raise photo_error(problem + (" (serve.max_photo_pixels)" if "pixels" in problem else ""), row)
+    return suffix
 
 
 class PhotoFiles:

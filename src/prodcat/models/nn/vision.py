@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from prodcat.data.photos import inspect_photo, photo_problem
 from prodcat.errors import DataError
 from prodcat.memo import BoundedMemo
 
@@ -194,11 +195,11 @@ def load_image(path):
     """The photo as an RGB PIL image, or None when there is none or it cannot be decoded."""
     if path is None:
         return None
-    from PIL import Image
-
     try:
-        with Image.open(path) as im:
-            im.load()
+        im = inspect_photo(path)[0]  # the one reader: its pixel limit is checked before decoding
+        if im is None:
+            return None
+        with im:
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)
             return _to_rgb(im)
@@ -302,10 +303,11 @@ def photo_identity(path) -> Identity | None:
 
 @dataclass
 class Photos:
-    """The photos of a frame's rows: path (None: no photo) and whether it decodes (`usable`)."""
+    """The photos of a frame's rows: path (None: no photo), whether it is read (`usable`) and why not."""
 
     paths: list
     usable: np.ndarray
+    problems: list | None = None  # per row: why its photo is not read (None: read, or no photo)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -316,19 +318,21 @@ class Photos:
                 f"{int((~has).sum())} without a photo, {int((has & ~self.usable).sum())} unreadable")
 
 
-_VERIFIED = BoundedMemo(1_000_000)  # per process: photo identity -> decodes
+_VERIFIED = BoundedMemo(1_000_000)  # per process: photo identity -> why it is not read (None: read)
 
 
 def check_photos(paths: list) -> Photos:
     """Which photos decode (PIL verify; remembered per process by photo identity). For the modes that read
     pixels while training (fine-tuning); the frozen modes learn it from embedding."""
     usable = np.zeros(len(paths), bool)
+    problems: list = [None] * len(paths)
     for i, path in enumerate(paths):
         ident = photo_identity(path)
         if ident is None:
             continue
-        usable[i] = _VERIFIED.get_or_make(ident, lambda: _decodes(path))
-    return Photos(list(paths), usable)
+        problems[i] = _VERIFIED.get_or_make(ident, lambda: photo_problem(path))
+        usable[i] = problems[i] is None
+    return Photos(list(paths), usable, problems)
 
 
 def report_skipped(frame, csv_path: Path) -> str:
@@ -342,21 +346,10 @@ def report_skipped(frame, csv_path: Path) -> str:
     has = np.array([p is not None for p in photos.paths], bool)
     bad = ~photos.usable
     table = pd.DataFrame({"id": frame["id"].to_numpy()[bad], "path": [photos.paths[i] for i in np.flatnonzero(bad)],
-                          "reason": np.where(has[bad], "unreadable: the file does not decode as an image",
-                                             "no photo")})
+                          "reason": [f"unreadable: {photos.problems[i]}" if has[i] else "no photo"
+                                     for i in np.flatnonzero(bad)]})
     write_csv(table, csv_path)
     return f"{photos.summary()} (listed in {csv_path})"
-
-
-def _decodes(path) -> bool:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im.verify()
-        return True
-    except Exception:  # noqa: BLE001
-        return False
 
 
 # -- content-keyed embedding cache -----------------------------------------------------------------------
