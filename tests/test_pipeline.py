@@ -1,9 +1,11 @@
 """End to end through the CLI on a tiny dataset: folds, fastText per fold, resume, scores, submission."""
 import json
+import os
+from pathlib import Path
 
 import pandas as pd
 from click.testing import CliRunner
-from conftest import products, write_dataset
+from conftest import REPO, products, write_dataset
 
 from prodcat.cli import main
 
@@ -158,7 +160,28 @@ def test_a_fasttext_training_failure_is_one_message(tmp_path):
     model.params["loss"] = "unknown"  # past the settings check: what fastText itself refuses
     with pytest.raises(DataError, match="fastText could not train on these rows: Unrecognized loss name"):
         model.fit(products(30), tmp_path / "m")
-    assert not list((tmp_path / "m").glob("*.txt"))  # its training file is removed
+    assert not list((tmp_path / "m").iterdir())  # its training file is removed
+
+
+def test_a_training_killed_with_sigterm_leaves_no_temp_file_for_good(tmp_path):
+    """fastText's training text is a scratch file named with its process id: killed (SIGTERM: no clean-up
+    runs), the next training's clean-up removes it; a live process's one is kept."""
+    import signal
+    import subprocess
+    import sys
+
+    from prodcat.storage import clean_stale_temps
+
+    code = ("import sys, time; from prodcat.storage import scratch_file\n"
+            "with scratch_file(sys.argv[1], 'train.txt') as f:\n"
+            "    f.write_text('x'); print(f, flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "fold4")], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    left = Path(proc.stdout.readline().strip())
+    assert left.exists() and clean_stale_temps(tmp_path) == 0  # its writer is alive: kept
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(10)
+    assert left.exists() and clean_stale_temps(tmp_path) == 1 and not left.exists()
 
 
 def test_train_only_products_fit_every_child_but_are_never_held_out(tmp_path, tiny_config):

@@ -28,9 +28,25 @@ def atomic_path(path: str | Path):
             os.unlink(tmp)
 
 
+@contextmanager
+def scratch_file(folder: str | Path, name: str):
+    """Yield the path of a temporary working file in `folder` (e.g. fastText's training text), removed when
+    the block ends; named as atomic_path's temp files, so a killed process's one is found by
+    clean_stale_temps."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.pid{os.getpid()}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def clean_stale_temps(*folders: Path) -> int:
     """Remove the temp files that killed processes left in these folders (their pid, written in the name by
-    atomic_path, is gone); a live process's temp files are kept. Returns how many were removed."""
+    atomic_path and scratch_file, is gone); a live process's temp files are kept. Returns how many were removed."""
     import re
 
     removed = 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 from prodcat.errors import DataError
 from prodcat.models.base import BaseModel
 from prodcat.probs import TopK
+from prodcat.storage import scratch_file
 
 # fastText's own hyper-parameter names; everything else in the config section is ours
 TRAIN_KEYS = ("lr", "dim", "ws", "epoch", "minCount", "minCountLabel", "minn", "maxn", "neg", "wordNgrams",
@@ -49,21 +49,19 @@ class FastTextModel(BaseModel):
 
     def _fit(self, train, workdir: Path, fold: int | None) -> None:
         texts = self.env.texts(train, self.params.get("text"))
-        workdir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", suffix=".txt", dir=workdir, delete=False, encoding="utf-8") as fh:
-            for cat, text in zip(train["category_id"].tolist(), texts.tolist()):
-                fh.write(f"{LABEL}{cat} {text}\n")
-            train_file = fh.name
         import fasttext
 
         self.model_file = workdir / "model.bin"
-        try:
-            self._ft, self._category = fasttext.train_supervised(input=train_file, **self._train_args()), None
-        except (RuntimeError, ValueError) as exc:  # e.g. no label reaches minCountLabel: one message
-            raise DataError(f"fastText could not train on these rows: {exc} (check models.fasttext: "
-                            "./run.sh config)") from None
-        finally:
-            os.unlink(train_file)
+        with scratch_file(workdir, "train.txt") as train_file:  # a killed run's one is cleaned at the next
+            with open(train_file, "w", encoding="utf-8") as fh:
+                for cat, text in zip(train["category_id"].tolist(), texts.tolist()):
+                    fh.write(f"{LABEL}{cat} {text}\n")
+            try:
+                self._ft, self._category = fasttext.train_supervised(input=str(train_file),
+                                                                     **self._train_args()), None
+            except (RuntimeError, ValueError) as exc:  # e.g. no label reaches minCountLabel: one message
+                raise DataError(f"fastText could not train on these rows: {exc} (check models.fasttext: "
+                                "./run.sh config)") from None
         self._ft.save_model(str(self.model_file))
 
     def _fasttext(self):
