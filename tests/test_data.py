@@ -51,7 +51,7 @@ def _broken(tmp_path, **changes):
      "expected text"),
     (dict(train=lambda d: d.assign(rating=["x" if i == 4 else "1" for i in range(len(d))])),
      "train.parquet", "rating", "expected numbers"),
-    (dict(test=lambda d: d.assign(id=d["id"] - 9000 + 1000)), "test.parquet", "id", "also present in train"),
+    (dict(test=lambda d: d.assign(id=d["id"] - 9000 + 1000)), "test.parquet", "id", "ids of training products"),
 ])
 def test_bad_input_names_file_column_rows(tmp_path, change, file, column, message):
     root = _broken(tmp_path, **change)
@@ -128,7 +128,7 @@ def test_train_only_products_are_a_seeded_sample_kept_apart_from_the_training_ro
     test = pd.read_parquet(tiny / "test.parquet")
     test.loc[:4, "id"] = ds.train_only["id"].iloc[:5].to_numpy()
     test.to_parquet(tiny / "test.parquet", index=False)
-    with pytest.raises(DataError, match="test.parquet, column 'id': ids also present in train"):
+    with pytest.raises(DataError, match="test.parquet, column 'id': ids of training products"):
         load_dataset(tiny, train_only="more.parquet", train_only_rows=20, seed=3).test
     more.assign(category_id=-5).to_parquet(tiny / "more.parquet", index=False)
     with pytest.raises(DataError, match="more.parquet, column 'category_id': categories not in"):

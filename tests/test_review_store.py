@@ -326,7 +326,7 @@ def writer(url: str, tmp_path, name: str, limit: int = 10**9, ttl: float = 600) 
 
 
 def test_four_concurrent_writers_lose_and_duplicate_no_decision(open_store, url, tmp_path):
-    """2,000 decisions here; the README's measurement: PRODCAT_STORE_WRITES=10000 ./run.sh test
+    """2,000 decisions here; docs/reviewing.md's measurement: PRODCAT_STORE_WRITES=10000 ./run.sh test
     tests/test_review_store.py -k four -s (prints the throughput)."""
     store = open_store()
     n = int(os.environ.get("PRODCAT_STORE_WRITES", 2000))
@@ -381,20 +381,21 @@ def test_review_commands_add_status_export(trained, tmp_path):
     common, models, _ = trained
     data = tmp_path / "tiny"
     args = [str(a) for a in common]
-    r = CliRunner().invoke(main, ["review", "add", "--input", str(data / "test.parquet"), *args])
+    new = tmp_path / "new.parquet"  # tomorrow's products: ids past every training and test id
+    pd.read_parquet(data / "test.parquet").assign(id=lambda d: d["id"] + 10**6).to_parquet(new, index=False)
+    r = CliRunner().invoke(main, ["review", "add", "--input", str(new), *args])
     assert r.exit_code == 0, r.output
     assert "30 products:" in r.output and "added to the queue" in r.output
     store = open_store(*review_config(common[1], common[3], common[5]), TREE_OBJ)
     left = store.counters()["left"]
     assert left > 0 and str(tmp_path / "w" / "review" / "tiny" / "review.db") in r.output
     pred = tmp_path / "pred.parquet"
-    r = CliRunner().invoke(main, ["predict", "--input", str(data / "test.parquet"), "--out", str(pred),
+    r = CliRunner().invoke(main, ["predict", "--input", str(new), "--out", str(pred),
                                   "--min-precision", "0.98", "--models", str(models)])
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(main, ["review", "add", "--input", str(pred), *args])
     assert r.exit_code == 1 and "give the products' own file too (--products FILE)" in r.output
-    r = CliRunner().invoke(main, ["review", "add", "--input", str(pred), "--products", str(data / "test.parquet"),
-                                  *args])
+    r = CliRunner().invoke(main, ["review", "add", "--input", str(pred), "--products", str(new), *args])
     assert r.exit_code == 0 and f"0 added to the queue ({left} already queued or decided)" in r.output, r.output
     item = store.claim_next("ann")
     store.decide(item["product_id"], 23, "correct", "ann", "cli-1")
@@ -408,9 +409,19 @@ def test_review_commands_add_status_export(trained, tmp_path):
     store.close()
     r = CliRunner().invoke(main, ["config", "--data", str(data)])
     assert "review.audit_share" in r.output and "review.url" in r.output
-    # learn: the decision (about a test product) joins the training rows; the folds retrain, then are reused
+    # a reviewer's label of a test.parquet product never becomes a training row: the submission would copy it
+    r = CliRunner().invoke(main, ["review", "add", "--input", str(data / "test.parquet"), *args])
+    assert r.exit_code == 0, r.output
+    store = open_store(*review_config(common[1], common[3], common[5]), TREE_OBJ)
+    test_ids = set(pd.read_parquet(data / "test.parquet")["id"])
+    while (item := store.claim_next("bob")) and item["product_id"] not in test_ids:
+        store.decide(item["product_id"], None, "skip", "bob", f"skip-{item['product_id']}")
+    store.decide(item["product_id"], 23, "correct", "bob", "cli-test")
+    store.close()
+    # learn: the decision about a new product joins the training rows; the folds retrain, then are reused
     r = CliRunner().invoke(main, ["learn", *args])
     assert r.exit_code == 0 and "[learn] 1 decided products" in r.output and "fold 0: trained" in r.output, r.output
+    assert f"1 decided products are test.parquet products (e.g. [{item['product_id']}]): left out" in r.output
     assert "submission" in r.output and "reload a running service" in r.output
     r = CliRunner().invoke(main, ["learn", *args])
     assert r.exit_code == 0 and "fold 0: finished earlier, reused" in r.output, r.output

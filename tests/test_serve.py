@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -407,8 +408,8 @@ def test_a_reload_drops_no_request_and_a_failed_one_keeps_the_old_models(client,
 
 # -- what the models say about themselves --------------------------------------------------------------------
 def test_info_names_the_models_their_data_scores_and_review_rule(client, served):
-    from prodcat.evaluation.scores import comparison_predictions, comparison_table
-    from prodcat.run import Run
+    from prodcat.training.run import Run
+    from prodcat.training.scores import comparison_predictions, comparison_table
 
     common, models, _ = served
     info = client.get("/v1/info").json()
@@ -613,6 +614,22 @@ def test_serve_checks_its_arguments_before_starting(served, tmp_path):
     assert r.exit_code == 1 and "serve.min_precision: 1.0 must be between 0 and 1, both excluded" in r.output
     r = invoke("serve", "--models", models, "--set", f"serve.api_key_file={tmp_path / 'no-key'}")
     assert r.exit_code == 1 and "serve.api_key_file" in r.output
+
+
+def test_a_service_that_cannot_answer_does_not_start(served, tmp_path):
+    """`serve --use full` on models without full children (./run.sh all without --refit): the process exits
+    at once saying what to run, instead of binding the port and answering 503 forever."""
+    _, models, _ = served
+    copy = tmp_path / "models"
+    shutil.copytree(models, copy)
+    for full in copy.glob("*/full"):
+        shutil.rmtree(full)
+    start = time.time()
+    proc = subprocess.run([str(REPO / "run.sh"), "serve", "--models", str(copy), "--use", "full",
+                           "--port", str(free_port())], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and time.time() - start < 60, proc.stderr
+    assert "./run.sh refit" in proc.stdout + proc.stderr and "Traceback" not in proc.stdout + proc.stderr
+    assert "Uvicorn running" not in proc.stderr
 
 
 def test_several_workers_reload_in_place_when_asked(served):

@@ -93,17 +93,16 @@ class Dataset:
     train: pd.DataFrame
     test_frame: pd.DataFrame | None = field(default=None, repr=False)
     _images: ImageFolder | None = field(default=None, repr=False)
-    extra_ids: np.ndarray | None = field(default=None, repr=False)  # products added by `extra` (load_dataset)
     train_only: pd.DataFrame | None = field(default=None, repr=False)  # they only fit the base models (load_dataset)
     train_only_draw: np.ndarray | None = field(default=None, repr=False)  # each one's place in the seeded draw
     _fingerprints: dict = field(default_factory=dict, repr=False)
 
     @property
     def test(self) -> pd.DataFrame:
-        """test.parquet, whose ids must not be train.parquet's (products people decided since - `extra` -
-        may be test products: the Kaggle private test reviewed is the same case as tomorrow's products)."""
+        """test.parquet, whose ids must not be training ids: train.parquet's, `extra`'s (products people
+        decided: `learn` leaves test products out of them) or train-only products."""
         if self.test_frame is None:
-            given = self.train if self.extra_ids is None else self.train[~self.train["id"].isin(self.extra_ids)]
+            given = self.train
             if self.train_only is not None:
                 given = pd.concat([given[["id"]], self.train_only[["id"]]])
             self.test_frame = read_test(self.root / "test.parquet", given)
@@ -192,13 +191,12 @@ def load_dataset(root: str | Path, name: str | None = None, extra: str | Path | 
     tree = CategoryTree.from_csv(root / "categories_tree.csv")
     train = read_products(root / "train.parquet", TRAIN_COLUMNS)
     check_labels(train, tree, root / "train.parquet")
-    extra_ids = None
     if extra is not None:
-        train, extra_ids = with_extra(train, Path(extra), tree)
+        train = with_extra(train, Path(extra), tree)
     only = draw = None
     if train_only is not None:
         only, draw = read_train_only(root / train_only, tree, train, train_only_rows, seed, holdout)
-    return Dataset(name=dataset_name(root, name), root=root, tree=tree, train=train, extra_ids=extra_ids,
+    return Dataset(name=dataset_name(root, name), root=root, tree=tree, train=train,
                    train_only=only, train_only_draw=draw)
 
 
@@ -219,8 +217,8 @@ def read_train_only(path: Path, tree: CategoryTree, train: pd.DataFrame, rows: i
     return frame[keep].reset_index(drop=True), draw[keep]
 
 
-def with_extra(train: pd.DataFrame, path: Path, tree: CategoryTree) -> tuple[pd.DataFrame, np.ndarray]:
-    """(the training rows with the labelled products of `path` added, their ids): a product already in
+def with_extra(train: pd.DataFrame, path: Path, tree: CategoryTree) -> pd.DataFrame:
+    """The training rows with the labelled products of `path` added: a product already in
     training (same id) takes the extra row (its label as decided, its fields as they were then), in its
     place; new products are appended. The extra rows pass the same checks as train.parquet."""
     extra = read_products(path, TRAIN_COLUMNS)
@@ -233,7 +231,7 @@ def with_extra(train: pd.DataFrame, path: Path, tree: CategoryTree) -> tuple[pd.
         values[where[known]] = extra[col].to_numpy()[known]
         replaced[col] = pd.Series(values, dtype=train[col].dtype)
     merged = pd.concat([pd.DataFrame(replaced), extra.loc[~known, list(train.columns)]], ignore_index=True)
-    return merged, extra["id"].to_numpy()
+    return merged
 
 
 def read_test(path: Path, train: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -242,8 +240,8 @@ def read_test(path: Path, train: pd.DataFrame | None = None) -> pd.DataFrame:
     if train is not None:
         rows = seen_rows(test["id"].to_numpy(), train["id"].to_numpy())
         if len(rows):
-            fail(path, "id", f"ids also present in train.parquet: {test['id'].iloc[rows[:5]].tolist()} (a test "
-                 "set holds new products only)", rows)
+            fail(path, "id", "ids of training products (train.parquet, --extra or train_only): "
+                 f"{test['id'].iloc[rows[:5]].tolist()} (a test set holds new products only)", rows)
     return test
 
 

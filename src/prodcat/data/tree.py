@@ -1,8 +1,9 @@
 """The category tree: parents, children, leaves, ancestors, depth and title paths."""
 from __future__ import annotations
 
+import hashlib
 import warnings
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,13 @@ class CategoryTree:
         return cls(parent, titles, root)
 
     # -- queries --------------------------------------------------------------------------------
+    @cached_property
+    def fingerprint(self) -> str:
+        """Hash of the tree's structure (every id and its parent): decisions and queued products belong to the
+        tree they were made under (prodcat.review.store); a renamed title keeps it, a moved node does not."""
+        pairs = np.array(sorted(self.parent.items()), dtype=np.int64)
+        return hashlib.sha1(pairs.tobytes()).hexdigest()[:12]
+
     def __contains__(self, node: int) -> bool:
         return node in self.parent
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from prodcat.errors import fail
+from prodcat.errors import NotTrainedError, fail
 from prodcat.probs import NO_LABEL
 from prodcat.review.items import QueueItem, audit_sample, snapshots
 from prodcat.review.schema import AUDIT, FLAGGED
@@ -63,8 +63,7 @@ def review_config(data=None, config=None, workdir=None, sets: dict | None = None
     """(the resolved settings, the Paths of the config's dataset and workdir), without reading the training
     data."""
     from prodcat.data.dataset import dataset_name
-    from prodcat.outputs import Paths
-    from prodcat.run import workdir_of
+    from prodcat.outputs import Paths, workdir_of
     from prodcat.settings import resolve_config
 
     cfg = resolve_config(config, sets).values
@@ -72,7 +71,18 @@ def review_config(data=None, config=None, workdir=None, sets: dict | None = None
 
 
 def open_store(cfg: dict, paths, tree=None) -> ReviewStore:
-    """The ReviewStore of these settings (review.url) and this dataset."""
+    """The ReviewStore of these settings (review.url), this dataset and `tree` (None: the tree saved beside
+    the dataset's models, the one their decisions were made under)."""
+    if tree is None:
+        from prodcat.data.tree import CategoryTree
+        from prodcat.outputs import TREE_FILE
+
+        saved = paths.models_root / TREE_FILE
+        if not saved.is_file():
+            ReviewStore(store_url(cfg, paths), paths.dataset).close()  # a store that cannot open is named first
+            raise NotTrainedError(f"{paths.models_root}: no saved models (their tree keys the review store): "
+                                  "./run.sh all first")
+        tree = CategoryTree.from_csv(saved)
     return ReviewStore(store_url(cfg, paths), paths.dataset, tree)
 
 

@@ -98,14 +98,17 @@ class ModelHolder:
         except Exception as exc:  # noqa: BLE001 - reported by /health/ready and every answer
             log.error("loading %s failed: %s", self.models_dir, _reason(exc))
 
-    def load(self) -> tuple[LoadedModels, LoadedModels | None]:
+    def load(self, new_tree: bool = False) -> tuple[LoadedModels, LoadedModels | None]:
         """Load the models folder and swap it in: (the new models, the ones they replaced). While it loads
-        the old models answer; if it fails they stay (the error says why). One load at a time: a second
-        one while another runs is a DataError."""
+        the old models answer; if it fails they stay (the error says why). Models of another category tree
+        than the ones answering are refused (TreeChanged) unless `new_tree`: the review desk then works in
+        the new tree's store (decisions belong to the tree they were made under). One load at a time: a
+        second one while another runs is a DataError."""
         if not self._loading.acquire(blocking=False):
             raise ReloadRunning("a reload is already running: wait for it (GET /v1/info shows its state)")
         try:
             loaded = self.loader(self.models_dir, self.settings)
+            check_same_tree(self.current, loaded, new_tree)
             previous, self.current = self.current, loaded  # the swap: one assignment
         except Exception as exc:
             self.failure = None if self.current is not None else _reason(exc)
@@ -135,6 +138,25 @@ class ModelHolder:
 
 class ReloadRunning(DataError):
     """A reload was asked for while another one runs."""
+
+
+class TreeChanged(DataError):
+    """A reload onto models of another category tree, not asked for explicitly."""
+
+
+def check_same_tree(current: LoadedModels | None, loaded: LoadedModels, new_tree: bool) -> None:
+    """Models of another tree replace the answering ones only when asked (`new_tree`): the reviewers'
+    decisions and queue belong to the tree they were made under."""
+    if current is None or new_tree:
+        return
+    old, new = current.predictor.tree, loaded.predictor.tree
+    if old.fingerprint != new.fingerprint:
+        raise TreeChanged(f"the models under {loaded.predictor.root} were trained on another category tree "
+                          f"({new.fingerprint}, {len(new.leaves)} leaves) than the models answering "
+                          f"({old.fingerprint}, {len(old.leaves)} leaves): the reviewers' decisions and queue "
+                          "belong to the old tree. Reload with ?new_tree=true to answer with the new tree and "
+                          "start its review store (the old tree's decisions are kept, not served), or restart "
+                          "the service")
 
 
 def _reason(exc: Exception) -> str:

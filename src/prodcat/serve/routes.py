@@ -21,9 +21,9 @@ from pydantic import ValidationError
 from prodcat.errors import DataError
 from prodcat.serve import schemas
 from prodcat.serve.answers import answer, ask_of, product_frame
-from prodcat.serve.loading import ReloadRunning
-from prodcat.serve.photos import PhotoFiles
 from prodcat.serve.desk import apply_decisions
+from prodcat.serve.loading import ReloadRunning, TreeChanged
+from prodcat.serve.photos import PhotoFiles
 from prodcat.serve.problems import Problem, from_data_error, from_validation
 from prodcat.serve.review_routes import add_review
 from prodcat.serve.security import API_KEY_HEADER, check_key
@@ -188,10 +188,14 @@ def add_reload(router: APIRouter, service) -> None:
 
     @router.post("/v1/reload", response_model=schemas.Reloaded, responses=problems(401, 403, 409, 422, 503),
                  tags=["models"])
-    async def reload(response: Response, api_key: Annotated[Optional[str], Security(key_header)] = None):
+    async def reload(response: Response, api_key: Annotated[Optional[str], Security(key_header)] = None,
+                     new_tree: Annotated[bool, Query(description="accept models of another category tree: the "
+                                                     "review desk starts that tree's store")] = False):
         """Load the models folder again (e.g. retrained) and swap it in: the old models answer until the new
-        ones are loaded; a failed load keeps them and says why. With several workers, the workers are
-        told to reload in place, each in the background (their outcome is in the log and the metrics)."""
+        ones are loaded; a failed load keeps them and says why. Models of another category tree are refused
+        (409) unless `new_tree=true`. With several workers, the workers are told to reload in place, each in
+        the background (their outcome is in the log and the metrics; another tree is refused there: restart
+        the service to change trees)."""
         check_key(service.api_key, api_key)
         if service.supervised:
             signal_workers()  # every worker, this one too
@@ -199,9 +203,12 @@ def add_reload(router: APIRouter, service) -> None:
             return {"status": "reloading workers", "model_version": None, "previous_version": None,
                     "load_seconds": None}
         try:
-            loaded, previous = await anyio.to_thread.run_sync(service.holder.load)
+            loaded, previous = await anyio.to_thread.run_sync(service.holder.load, new_tree)
         except ReloadRunning as exc:
             raise Problem(409, "reload already running", str(exc), kind="reload-running") from None
+        except TreeChanged as exc:
+            raise Problem(409, "reload refused: the models answering keep answering", str(exc),
+                          kind="tree-changed") from None
         except Exception as exc:  # noqa: BLE001 - the models folder's failure, named; the old models stay
             raise reload_failed(exc) from None
         return {"status": "reloaded", "model_version": loaded.version,
