@@ -86,7 +86,10 @@ def main() -> None:
             driver.save_screenshot(args.screenshot)
         times = []
         body = driver.find_element(By.TAG_NAME, "body")
+        ready = ("const p = document.getElementById('product'); "
+                 "return !p || p.classList.contains('ready')")  # on screen for review.dwell_ms: keys decide it
         while current is not None:  # until the queue is empty (a product without suggestions: skipped)
+            wait.until(lambda d: d.execute_script(ready))
             has_one = driver.execute_script("return !!document.querySelector(\"#product li[data-n='1']\")")
             body.send_keys("1" if has_one else "s")
             wait.until(lambda d, before=current: shown() != before)

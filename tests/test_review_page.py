@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 from fastapi.testclient import TestClient
 from test_serve import KEY, free_port, served, wait_ready  # noqa: F401 - `served` is a fixture
 
-from conftest import REPO
 from prodcat.review.items import audit_sample
 from prodcat.review.store import ReviewStore
 from prodcat.serve.app import create_app
@@ -140,6 +140,7 @@ def browser():
                  "--disable-component-update", "--disable-sync", "--window-size=1200,900"):
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tempfile.mkdtemp(prefix='prodcat-chromium-')}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console: CSP violations show there
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
 
 
@@ -160,12 +161,24 @@ def start_server(models: Path, folder: Path):
                 return server, url
         except httpx.TransportError:
             pass
-        assert time.time() < deadline and server.poll() is None, "the server did not get ready"
+        if server.poll() is not None:
+            raise AssertionError(f"the server did not start: {server.stdout.read()[-3000:]}")
+        assert time.time() < deadline, "the server did not get ready"
         time.sleep(0.2)
 
 
-@pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
-                    reason="Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
+def ready(driver) -> bool:
+    """The product on screen has been there for the dwell (review.dwell_ms): keys decide it now."""
+    return driver.execute_script("const p = document.getElementById('product'); "
+                                 "return !!(p && p.classList.contains('ready'))")
+
+
+needs_chromium = pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
+                                    reason="Debian's chromium and chromium-driver are not installed (.ci/run "
+                                           "installs them)")
+
+
+@needs_chromium
 def test_a_reviewer_works_through_the_queue_with_the_keyboard(served, tmp_path):  # noqa: F811
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -186,6 +199,7 @@ def test_a_reviewer_works_through_the_queue_with_the_keyboard(served, tmp_path):
         first = wait.until(lambda d: shown())
         first_leaf = driver.execute_script("return document.querySelector(\"#product li[data-n='1']\").dataset.id")
         body = driver.find_element(By.TAG_NAME, "body")
+        wait.until(lambda d: ready(d))  # a key decides a product only once it has been on screen a moment
         body.send_keys("1")  # accept suggestion 1
         second = wait.until(lambda d: shown() != first and shown())
         latency = [driver.execute_script("return window.prodcatShownMs")]
@@ -194,6 +208,7 @@ def test_a_reviewer_works_through_the_queue_with_the_keyboard(served, tmp_path):
         box.send_keys("cat")
         chosen = wait.until(lambda d: d.execute_script("const h = document.querySelector('#hits li'); "
                                                        "return h && h.dataset.id"))
+        wait.until(lambda d: ready(d))
         box.send_keys("\n")
         third = wait.until(lambda d: shown() not in (first, second) and shown())
         latency.append(driver.execute_script("return window.prodcatShownMs"))
@@ -213,3 +228,236 @@ def test_a_reviewer_works_through_the_queue_with_the_keyboard(served, tmp_path):
     assert frame["product_id"].tolist()[:2] == [int(first), int(second)]
     assert frame["chosen_leaf"].tolist()[:2] == [int(first_leaf), int(chosen)]
     print(f"\n[review page] key press -> next product shown: {', '.join(f'{ms:.0f} ms' for ms in latency)}")
+
+
+# -- the page's guards: keys decide only what was seen, long content never hides the decision, CSP --------
+KEY_CODES = {"1": ("Digit1", 49), "s": ("KeyS", 83), "u": ("KeyU", 85), "d": ("KeyD", 68), "p": ("KeyP", 80)}
+SEEN_KEYS = ("window.keysSeen = []; document.addEventListener('keydown', "
+             "(e) => window.keysSeen.push([e.key, e.repeat]), true);")
+CSP_WATCH = ("window.cspViolations = []; document.addEventListener('securitypolicyviolation', "
+             "(e) => window.cspViolations.push(e.violatedDirective + ' ' + e.blockedURI));")
+
+
+class Live:
+    """A served page in headless Chromium: the server's url, the driver, the review store."""
+
+    def __init__(self, url: str, driver, store: ReviewStore):
+        self.url, self.driver, self.store = url, driver, store
+
+    def shown(self):  # read in one script: the page swaps its HTML under the test
+        return self.driver.execute_script("const p = document.getElementById('product'); return p && p.dataset.id")
+
+    def sign_in(self, key: str = "annkey-0001"):
+        from selenium.webdriver.common.by import By
+
+        self.driver.get(f"{self.url}/review")
+        self.driver.find_element(By.NAME, "key").send_keys(key + "\n")
+        return self.wait(lambda: self.shown())
+
+    def wait(self, condition, seconds: float = 20):
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        return WebDriverWait(self.driver, seconds, poll_frequency=0.01).until(lambda _: condition())
+
+    def press(self, key: str, repeat: bool = False) -> None:
+        """A real key press (Chromium's input pipeline, as from the keyboard); `repeat`: an auto-repeat of a
+        held key (KeyboardEvent.repeat), no key-up."""
+        code, vk = KEY_CODES[key]
+        event = {"key": key, "code": code, "windowsVirtualKeyCode": vk, "nativeVirtualKeyCode": vk}
+        self.driver.execute_cdp_cmd("Input.dispatchKeyEvent", {"type": "keyDown", "text": key,
+                                                               "autoRepeat": repeat, **event})
+        if not repeat:
+            self.driver.execute_cdp_cmd("Input.dispatchKeyEvent", {"type": "keyUp", **event})
+
+    def decided(self) -> list[int]:
+        return [int(p) for p in self.store.decisions_frame()["product_id"]]
+
+    def rects(self, selector: str) -> list[dict]:
+        return self.driver.execute_script(
+            "return [...document.querySelectorAll(arguments[0])].map(e => { const r = e.getBoundingClientRect(); "
+            "return {top: r.top, bottom: r.bottom, left: r.left, right: r.right, w: r.width, h: r.height}; })",
+            selector)
+
+    def viewport(self) -> tuple[int, int]:
+        return tuple(self.driver.execute_script("return [window.innerWidth, window.innerHeight]"))
+
+
+@pytest.fixture
+def live(served, tmp_path):  # noqa: F811
+    """The service with reviewers (a store of its own) and a headless Chromium."""
+    _, models, _ = served
+    (tmp_path / "reviewers.txt").write_text(REVIEWERS)
+    server, url = start_server(models, tmp_path)
+    driver = browser()
+    try:
+        driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": SEEN_KEYS + CSP_WATCH})
+        yield Live(url, driver, store_of(tmp_path, models))
+    finally:
+        driver.quit()
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+
+
+def burst(live: Live, key: str, times: int = 5, gap_s: float = 0.05) -> None:
+    for i in range(times):
+        if i:
+            time.sleep(gap_s)
+        live.press(key)
+
+
+@needs_chromium
+def test_a_key_decides_only_a_product_that_was_on_screen_and_a_held_key_decides_it_once(live):
+    assert queue_batch(live.url, n=12).status_code == 200
+    first = live.sign_in()
+    burst(live, "1")  # 5 presses 50 ms apart as the product appears: none of them saw it
+    time.sleep(0.6)
+    assert len(live.decided()) <= 1 and live.driver.execute_script("return window.keysSeen.length") == 5
+    before = live.decided()
+    if not before:  # (the usual case) the first product is still on screen, undecided
+        assert live.shown() == first
+    live.wait(lambda: ready(live.driver))
+    shown = live.shown()
+    burst(live, "1")  # looked at, then 5 presses 50 ms apart: the first decides it, the next product is not seen
+    time.sleep(0.8)
+    assert live.decided() == before + [int(shown)]
+    second = live.shown()
+    assert second != shown and int(second) not in live.decided()
+    live.wait(lambda: ready(live.driver))
+    live.press("1")  # a held key: one press, then auto-repeats for 0.7 s (past the next product's dwell)
+    for _ in range(14):
+        time.sleep(0.05)
+        live.press("1", repeat=True)
+    live.driver.execute_cdp_cmd("Input.dispatchKeyEvent", {"type": "keyUp", "key": "1", "code": "Digit1",
+                                                           "windowsVirtualKeyCode": 49})
+    time.sleep(0.6)
+    seen = live.driver.execute_script("return window.keysSeen")
+    assert len(seen) == 25 and sum(repeat for _, repeat in seen) == 14  # every press reached the page
+    assert live.decided() == before + [int(shown), int(second)]  # the held key decided its product once
+    assert int(live.shown()) not in live.decided()
+
+
+@needs_chromium
+def test_the_status_line_says_what_was_just_decided(live):
+    assert queue_batch(live.url, n=12).status_code == 200
+    live.sign_in()
+    status = lambda: live.driver.execute_script("const s = document.getElementById('status'); "  # noqa: E731
+                                                 "return s ? s.textContent : null")
+    title = lambda: live.driver.execute_script("return document.querySelector('#product h1').textContent")  # noqa: E731
+    assert status() == ""  # a status line, empty before the first decision
+    live.wait(lambda: ready(live.driver))
+    product, name = live.shown(), title()
+    leaf = live.driver.execute_script("return document.querySelector(\"#product li[data-n='1'] .path\")"
+                                      ".textContent").split(" > ")[-1]
+    live.press("1")
+    live.wait(lambda: live.shown() != product)
+    assert status() == f"accepted {leaf} for {name}, u to undo"
+    live.wait(lambda: ready(live.driver))
+    product, name = live.shown(), title()
+    live.press("s")
+    live.wait(lambda: live.shown() != product)
+    assert status() == f"skipped {name}, u to undo"
+    live.press("u")
+    live.wait(lambda: live.shown() == product)
+    assert status() == f"undid the last decision: {name} is back"
+    assert live.store.decisions_frame()["action"].tolist() == ["accept", "skip", "undo"]
+
+
+@needs_chromium
+def test_a_long_description_never_pushes_the_suggestions_off_screen(live):
+    import base64
+
+    from test_serve import png
+
+    words = "a very long product description that goes on and on about the product " * 60
+    long = {"id": 80_000, "title": "dog food item with a long story " * 4, "short_description": words[:4000],
+            "name_value_characteristics": " / ".join(f"Property {i}: value {i}" for i in range(30)),
+            "photo": base64.b64encode(png(300, 240)).decode()}
+    answer = httpx_post(live.url, {"products": [long], "threshold": 1.0, "review": True})
+    assert answer.status_code == 200 and len(words[:4000]) == 4000
+    assert live.sign_in() == "80000"
+    live.wait(lambda: live.driver.execute_script("const i = document.querySelector('#product img'); "
+                                                 "return !!(i && i.complete && i.naturalWidth)"))
+    for size in ((1366, 768), (800, 700)):
+        live.driver.set_window_size(*size)
+        time.sleep(0.3)
+        width, height = live.viewport()
+        for unfolded in (False, True):
+            boxes = live.rects("#product ol.suggestions li") + live.rects(".help")
+            assert len(boxes) >= 2
+            for box in boxes:
+                assert box["top"] >= 0 and box["left"] >= 0 and box["h"] > 0, (size, unfolded, box)
+                assert box["bottom"] <= height and box["right"] <= width, (size, unfolded, box, width, height)
+            desc = live.driver.execute_script("const d = document.querySelector('#product .desc'); "
+                                              "return [d.clientHeight, d.scrollHeight]")
+            assert (desc[0] >= desc[1] - 1) == unfolded, (size, desc)  # folded to a few lines; d unfolds it
+            live.press("d")
+            time.sleep(0.2)
+    photo = live.rects("#product .product img")[0]
+    live.press("p")  # the photo enlarged, and back
+    time.sleep(0.2)
+    big = live.rects("#product .product img")[0]
+    assert big["w"] * big["h"] > 1.5 * photo["w"] * photo["h"]
+    live.press("p")
+    time.sleep(0.2)
+    assert live.rects("#product .product img")[0]["w"] == pytest.approx(photo["w"], abs=1)
+    assert live.decided() == []  # d and p decide nothing
+    live.driver.set_window_size(1200, 900)
+    live.driver.save_screenshot(str(SCREENSHOT.with_name("review_page_long.png")))
+
+
+def httpx_post(url: str, body: dict):
+    import httpx
+
+    return httpx.post(f"{url}/v1/predict", json=body, headers={"X-API-Key": KEY}, timeout=60)
+
+
+@needs_chromium
+def test_the_page_runs_under_a_nonce_content_security_policy(live):
+    import re
+
+    import httpx
+
+    assert queue_batch(live.url, n=4).status_code == 200
+    with httpx.Client(base_url=live.url, timeout=30) as client:
+        form = client.get("/review")
+        assert client.post("/review/sign-in", data={"key": "bobkey-0002"}).status_code in (200, 303)
+        pages = [client.get("/review") for _ in range(2)]
+        api = client.get("/v1/categories?q=dog")
+    nonces = []
+    for answer in (form, *pages):
+        assert answer.status_code == 200
+        policy = {d.split()[0]: d.split()[1:] for d in answer.headers["content-security-policy"].split(";")
+                  if d.strip()}
+        script = policy["script-src"]
+        assert len(script) == 1 and re.fullmatch(r"'nonce-[A-Za-z0-9_-]{16,}'", script[0]), policy
+        assert "'unsafe-inline'" not in " ".join(policy.get("style-src", []))
+        assert policy["frame-ancestors"] == ["'none'"] and policy["default-src"] == ["'none'"]
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["referrer-policy"] in ("no-referrer", "same-origin", "strict-origin")
+        nonce = script[0][len("'nonce-"):-1]
+        nonces.append(nonce)
+        html = answer.text
+        assert len(re.findall(r"<script\b", html)) == len(re.findall(rf"<script nonce='{nonce}'>", html))
+        assert not re.search(r"<[^>]*\s(style|on[a-z]+)\s*=", html), "an inline style or handler: CSP blocks it"
+    assert "id=product" in pages[0].text and len(set(nonces)) == 3  # a fresh nonce per response
+    assert api.headers["x-content-type-options"] == "nosniff" and "frame-ancestors 'none'" in \
+        api.headers["content-security-policy"]
+    live.sign_in()  # the page in the browser, under its policy: every part of the script works
+    live.wait(lambda: ready(live.driver))
+    widths = live.driver.execute_script("return [...document.querySelectorAll('#product .bar')]"
+                                        ".map(b => b.getBoundingClientRect().width)")
+    assert widths and max(widths) > 0  # the bars are sized by the script (no style attribute)
+    product = live.shown()
+    live.press("d")
+    live.press("1")
+    live.wait(lambda: live.shown() != product)
+    assert live.driver.execute_script("return document.getElementById('status').textContent").startswith("accepted ")
+    log = [entry["message"] for entry in live.driver.get_log("browser")]
+    assert not [m for m in log if "Content Security Policy" in m or "Refused to" in m], log
+    assert live.driver.execute_script("return window.cspViolations") == []
+    # and the policy is enforced (so the two checks above could see a violation): an inline handler is refused
+    live.driver.execute_script("document.body.insertAdjacentHTML('beforeend', "
+                               "'<img src=/review/no-such-thing onerror=\"window.injected = 1\">')")
+    live.wait(lambda: live.driver.execute_script("return window.cspViolations.length") > 0)
+    assert live.driver.execute_script("return window.injected") is None
+    assert any("Content Security Policy" in entry["message"] for entry in live.driver.get_log("browser"))

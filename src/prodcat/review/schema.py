@@ -1,10 +1,10 @@
-"""The review store's two tables (SQLAlchemy Core): `queue`, the products waiting for a person (one row
-per dataset and product, its claim and its standing decision), and `decisions`, the append-only record of
-every decision (never updated or deleted; an undo is a row of its own)."""
+"""The review store's tables (SQLAlchemy Core): `queue`, the products waiting for a person (one row
+per dataset and product, its claim and its standing decision), `decisions`, the append-only record of
+every decision (never updated or deleted; an undo is a row of its own), and `sessions_ended`, the
+reviewers' signed-out sessions (every worker and replica of the service refuses their cookies)."""
 from __future__ import annotations
 
-from sqlalchemy import (JSON, BigInteger, Column, Float, Index, Integer, MetaData, String, Table,
-                        UniqueConstraint)
+from sqlalchemy import JSON, BigInteger, Column, Float, Index, Integer, MetaData, String, Table, UniqueConstraint
 
 ACCEPT, CORRECT, SKIP, UNDO = "accept", "correct", "skip", "undo"
 CHOICES = (ACCEPT, CORRECT)  # the actions that put a product in a leaf
@@ -61,3 +61,12 @@ decisions = Table(
 Index("ix_review_decisions_reviewer", decisions.c.dataset, decisions.c.reviewer, decisions.c.id)
 Index("ix_review_decisions_text", decisions.c.dataset, decisions.c.text_key)
 Index("ix_review_decisions_product", decisions.c.dataset, decisions.c.product_id)
+
+sessions_ended = Table(
+    "review_sessions_ended", metadata,
+    Column("session_id", String(64), primary_key=True),  # the random id inside the session's signed cookie
+    Column("reviewer", String(200), nullable=False),
+    Column("ended_at", Float, nullable=False),  # seconds since the epoch (UTC)
+    Column("expires_at", Float, nullable=False),  # the session's own expiry: past it the row is dropped
+)
+Index("ix_review_sessions_ended_expiry", sessions_ended.c.expires_at)

@@ -18,15 +18,17 @@ from __future__ import annotations
 import time
 from typing import Iterable
 
+import numpy as np
 import pandas as pd
-from sqlalchemy import and_, case, exists, func, insert, or_, select, text, update
+from sqlalchemy import and_, case, delete, exists, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from prodcat.data.tree import CategoryTree
 from prodcat.errors import DataError
 from prodcat.review.db import Conflict, StoreError, masked, open_engine, transaction
 from prodcat.review.items import SNAPSHOT_FIELDS, QueueItem, text_keys
-from prodcat.review.schema import ACCEPT, ACTIONS, AUDIT, CHOICES, CORRECT, SKIP, UNDO, decisions, metadata, queue
+from prodcat.review.schema import (ACCEPT, ACTIONS, AUDIT, CHOICES, CORRECT, SKIP, UNDO, decisions, metadata, queue,
+                                   sessions_ended)
 
 CHUNK = 500  # values per IN (...) list
 ATTEMPTS = 5  # PostgreSQL: a transaction that met a concurrent one's unique key is tried again
@@ -45,24 +47,47 @@ def standing(d=decisions):
     return d.c.action.in_(CHOICES) & ~exists().where(u.c.undoes == d.c.id)
 
 
+def scope_of(dataset: str, tree: CategoryTree | None) -> str:
+    """What a store's rows are keyed by: the dataset and the structure of the tree they were made under
+    ('NAME@TREE_FINGERPRINT'), so a decision is never served, queued or exported under another tree."""
+    return str(dataset) if tree is None else f"{dataset}@{tree.fingerprint}"
+
+
 class ReviewStore:
-    """The queue and decisions of one dataset in the database at `url`; `tree` (the dataset's category
-    tree) checks that a chosen leaf is a leaf."""
+    """The queue and decisions of one dataset and its category tree in the database at `url`: rows are
+    keyed by both (`scope_of`), so models of another tree see none of them; `tree` checks that a chosen
+    leaf is a leaf."""
 
     def __init__(self, url: str, dataset: str, tree: CategoryTree | None = None):
-        self.url, self.dataset, self.tree = str(url), str(dataset), tree
+        self.url, self.name, self.tree = str(url), str(dataset), tree
+        self.dataset = scope_of(self.name, tree)
         self.engine = open_engine(self.url)
         self.postgres = self.engine.dialect.name == "postgresql"
         with self._tx(write=True) as conn:  # tables made once, by one process at a time
             if self.postgres:
                 conn.execute(text("SELECT pg_advisory_xact_lock(727001)"))
             metadata.create_all(conn)
+            if tree is not None:
+                self._adopt_unscoped(conn)
+
+    def _adopt_unscoped(self, conn) -> None:
+        """Rows a store of an earlier prodcat keyed by the dataset's name alone join this tree's scope, when
+        no tree has taken them yet and every leaf they name is a leaf of this tree (else they stay apart)."""
+        if conn.execute(select(queue.c.product_id).where(queue.c.dataset == self.name).limit(1)).first() is None:
+            return
+        if conn.execute(select(queue.c.product_id).where(queue.c.dataset.like(f"{self.name}@%")).limit(1)).first():
+            return
+        leaves = {*conn.execute(select(decisions.c.chosen_leaf).where(decisions.c.dataset == self.name)).scalars(),
+                  *conn.execute(select(queue.c.model_leaf).where(queue.c.dataset == self.name)).scalars()}
+        if all(int(leaf) in self.tree and self.tree.is_leaf(int(leaf)) for leaf in leaves if leaf is not None):
+            for table in (queue, decisions):
+                conn.execute(update(table).where(table.c.dataset == self.name).values(dataset=self.dataset))
 
     def __repr__(self) -> str:
         return f"ReviewStore({masked(self.url)!r}, {self.dataset!r})"
 
     def __str__(self) -> str:
-        return f"review store {masked(self.url)} ({self.dataset})"
+        return f"review store {masked(self.url)} ({self.name})"
 
     def close(self) -> None:
         self.engine.dispose()
@@ -173,12 +198,13 @@ class ReviewStore:
                            .with_for_update()).first()
         earlier = self._by_key(conn, key)
         if earlier is not None:
+            _owned(earlier, reviewer, key)
             if earlier["product_id"] != product_id or earlier["action"] == UNDO:
                 raise Conflict(f"idempotency key {key!r} was already used for another request "
                                f"({earlier['action']} of product {earlier['product_id']})")
             return earlier
         if row is None:
-            raise DataError(f"product {product_id} is not in the review queue of {self.dataset}")
+            raise DataError(f"product {product_id} is not in the review queue of {self.name}")
         if row.decision_id is not None:
             raise Conflict(f"product {product_id} is already decided (decision {row.decision_id}); undo it first")
         now = time.time()
@@ -218,7 +244,7 @@ class ReviewStore:
         except (TypeError, ValueError):
             raise DataError(f"chosen leaf {leaf!r} is not a category id") from None
         if leaf not in self.tree:
-            raise DataError(f"chosen leaf {leaf} is not a category of {self.dataset}'s tree")
+            raise DataError(f"chosen leaf {leaf} is not a category of {self.name}'s tree")
         if not self.tree.is_leaf(leaf):
             raise DataError(f"chosen category {leaf} ({self.tree.title_path(leaf)}) is not a leaf: choose one of "
                             "its leaves")
@@ -235,7 +261,8 @@ class ReviewStore:
     def _undo(self, conn, reviewer, key, ttl) -> dict:
         earlier = self._by_key(conn, key)
         if earlier is not None:
-            if earlier["action"] != UNDO or earlier["reviewer"] != reviewer:
+            _owned(earlier, reviewer, key)
+            if earlier["action"] != UNDO:
                 raise Conflict(f"idempotency key {key!r} was already used for another request "
                                f"({earlier['action']} of product {earlier['product_id']})")
             return earlier
@@ -244,7 +271,7 @@ class ReviewStore:
             decisions.c.dataset == self.dataset, decisions.c.reviewer == reviewer, decisions.c.action.in_(ACTIONS),
             ~exists().where(u.c.undoes == decisions.c.id)).order_by(decisions.c.id.desc()).limit(1)).first()
         if last is None:
-            raise Conflict(f"reviewer {reviewer!r} has no decision to undo in {self.dataset}")
+            raise Conflict(f"reviewer {reviewer!r} has no decision to undo in {self.name}")
         where = (queue.c.dataset == self.dataset, queue.c.product_id == last.product_id)
         row = conn.execute(select(queue).where(*where).with_for_update()).first()
         now = time.time()
@@ -316,10 +343,39 @@ class ReviewStore:
         undone = set(frame["undoes"].dropna().astype("int64").tolist())
         keep = frame[frame["action"].isin(CHOICES) & ~frame["id"].isin(undone)]
         keep = keep.drop_duplicates("product_id", keep="last").sort_values("product_id")
+        if self.tree is not None:  # never exported into a tree where the leaf is not a leaf
+            keep = keep.loc[np.array([int(leaf) in self.tree and self.tree.is_leaf(int(leaf))
+                                      for leaf in keep["chosen_leaf"]], dtype=bool)]
         out = pd.DataFrame(keep["snapshot"].tolist(), columns=list(SNAPSHOT_FIELDS))
         out.insert(0, "id", keep["product_id"].astype("int64").to_numpy())
         out["category_id"] = keep["chosen_leaf"].astype("int64").to_numpy()
         return validate_products(out, f"review store {masked(self.url)}", TRAIN_COLUMNS)
+
+
+    # -- the reviewers' sessions (one table for every dataset: session ids are random) ---------------------
+    def end_session(self, session_id: str, reviewer: str, expires_at: float) -> None:
+        """Record a signed-out session: every worker and replica sharing this store refuses its cookie from
+        now on. Rows of sessions past their own expiry (their cookies are refused anyway) are dropped."""
+        session_id, reviewer = _name(session_id, "session id"), _name(reviewer, "reviewer")
+        now = time.time()
+        with self._tx(write=True) as conn:
+            conn.execute(delete(sessions_ended).where(sessions_ended.c.expires_at < now))
+            conn.execute(self._dialect_insert()(sessions_ended).values(
+                session_id=session_id, reviewer=reviewer, ended_at=now, expires_at=float(expires_at))
+                .on_conflict_do_nothing())
+
+    def session_ended(self, session_id: str) -> bool:
+        """Whether the session was signed out (end_session)."""
+        with self._tx(write=False) as conn:
+            return conn.execute(select(sessions_ended.c.session_id)
+                                .where(sessions_ended.c.session_id == str(session_id))).first() is not None
+
+
+def _owned(earlier: dict, reviewer: str, key: str) -> None:
+    """An idempotency key belongs to the reviewer who first used it: another reviewer's reuse is a Conflict
+    that names nothing of the first request (never its product, decision or reviewer)."""
+    if earlier["reviewer"] != reviewer:
+        raise Conflict(f"idempotency key {key!r} belongs to another reviewer's request: send a fresh key")
 
 
 def _name(value, what: str) -> str:

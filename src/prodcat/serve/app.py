@@ -21,7 +21,8 @@ import anyio
 from fastapi import FastAPI
 
 import prodcat
-from prodcat.serve.answers import check_review_settings
+from prodcat.errors import SettingsError
+from prodcat.review_rule import ReviewRule
 from prodcat.serve.desk import ReviewDesk
 from prodcat.serve.limits import BodySizeLimit
 from prodcat.serve.loading import ModelHolder, load_models
@@ -29,7 +30,7 @@ from prodcat.serve.observe import Metrics, RequestLog
 from prodcat.serve.problems import document_problems, install_handlers
 from prodcat.serve.routes import build_router
 from prodcat.serve.schemas import request_models
-from prodcat.serve.security import configured_key
+from prodcat.serve.security import SecurityHeaders, configured_key
 from prodcat.serve.workers import worker_file
 from prodcat.settings import ReviewSettings, ServeSettings, check, complete
 
@@ -43,7 +44,8 @@ def serve_settings(settings: dict | None) -> dict:
     """The `serve` settings, checked like a config file's section and completed with the declared defaults."""
     checked = check(ServeSettings, dict(settings or {}), "serve settings", "serve")
     completed = complete(ServeSettings, checked)
-    check_review_settings(completed)
+    ReviewRule(completed["threshold"], completed["min_precision"], ("serve.threshold", "serve.min_precision"),
+               SettingsError)  # the service's review rule, checked at start
     return completed
 
 
@@ -114,6 +116,7 @@ def create_app(models_dir: str | Path, settings: dict | None = None, loader=load
     document_problems(app)
     app.include_router(build_router(service))
     app.add_middleware(BodySizeLimit, max_bytes=service.settings["max_body_bytes"])
+    app.add_middleware(SecurityHeaders)  # CSP (a nonce per page), nosniff, referrer, no framing; 413s too
     app.add_middleware(RequestLog, metrics=service.metrics)  # outermost: logs and counts every answer
     return app
 

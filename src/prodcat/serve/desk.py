@@ -8,18 +8,31 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
+import secrets
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from prodcat.errors import SettingsError
+from prodcat.serve.security import SignInThrottle
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 log = logging.getLogger("prodcat.serve")
-SESSION_S = 12 * 3600  # how long a reviewer stays signed in
+SESSION_S = 12 * 3600  # how long a reviewer stays signed in (unless they sign out)
+SESSION_ID = re.compile(r"[0-9a-f]{32}")  # a session's random id (secrets.token_hex(16))
+EXPIRY = re.compile(r"[0-9]{1,12}")
+
+
+class Session(NamedTuple):
+    """A well-signed, unexpired session token's contents."""
+    reviewer: str
+    session_id: str
+    expiry: int
 
 
 def read_reviewers(path: str | None) -> dict[str, str]:
@@ -76,6 +89,7 @@ class ReviewDesk:
         self.models_dir = Path(models_dir)
         self._store = None
         self._opening = threading.Lock()
+        self.throttle = SignInThrottle()  # wrong keys at sign-in, per client address and overall
 
     @property
     def enabled(self) -> bool:
@@ -90,32 +104,41 @@ class ReviewDesk:
         return found
 
     def session(self, name: str) -> str:
-        """A signed-in reviewer's session token 'NAME.EXPIRY.MAC' (HMAC with the reviewer's own key: the
-        key itself never travels again; a key removed from the reviewers file ends its sessions when the
-        service restarts)."""
-        expiry = int(time.time()) + SESSION_S
-        return f"{name}.{expiry}.{self._mac(name, expiry)}"
+        """A signed-in reviewer's session token 'NAME.SESSION_ID.EXPIRY.MAC': a random session id (what
+        sign-out records as ended, in the review store: ReviewStore.end_session) and an HMAC with the
+        reviewer's own key (the key itself never travels again; a key removed from the reviewers file ends
+        its sessions when the service restarts)."""
+        session_id, expiry = secrets.token_hex(16), int(time.time()) + SESSION_S
+        return f"{name}.{session_id}.{expiry}.{self._mac(name, session_id, expiry)}"
 
-    def reviewer_of(self, token: str | None) -> str | None:
-        """The reviewer of a valid, unexpired session token, else None."""
-        parts = (token or "").rsplit(".", 2)
-        if len(parts) != 3 or not parts[1].isdigit() or int(parts[1]) < time.time():
+    def parse(self, token: str | None) -> Session | None:
+        """The contents of a well-signed, unexpired session token, else None (whether it was signed out is
+        the store's to say: ReviewStore.session_ended)."""
+        parts = (token or "").rsplit(".", 3)
+        if (len(parts) != 4 or not SESSION_ID.fullmatch(parts[1]) or not EXPIRY.fullmatch(parts[2])
+                or int(parts[2]) < time.time()):
             return None
-        mac = self._mac(parts[0], int(parts[1]))
-        return parts[0] if mac is not None and hmac.compare_digest(mac.encode(), parts[2].encode()) else None
+        mac = self._mac(parts[0], parts[1], int(parts[2]))
+        if mac is None or not hmac.compare_digest(mac.encode(), parts[3].encode("utf-8", "replace")):
+            return None
+        return Session(parts[0], parts[1], int(parts[2]))
 
-    def _mac(self, name: str, expiry: int) -> str | None:
+    def _mac(self, name: str, session_id: str, expiry: int) -> str | None:
         key = next((k for k, n in self.reviewers.items() if n == name), None)
-        return None if key is None else hmac.new(key.encode(), f"{name}.{expiry}".encode(), "sha256").hexdigest()
+        message = f"prodcat-review-session\n{name}\n{session_id}\n{expiry}"
+        return None if key is None else hmac.new(key.encode(), message.encode(), "sha256").hexdigest()
 
     def store(self, tree):
-        from prodcat.review.store import ReviewStore
+        """The review store of the dataset and of `tree`, the tree of the models that answer now: a reload
+        onto another tree (`?new_tree=true`) works in that tree's store; the old tree's decisions are kept
+        there, never served or queued under the new one."""
+        from prodcat.review.store import ReviewStore, scope_of
 
         with self._opening:
-            if self._store is None:
+            scope = scope_of(self.models_dir.name, tree)
+            if self._store is None or self._store.dataset != scope:
                 url = store_url(self.models_dir, self.settings["url"])
                 self._store = ReviewStore(url, self.models_dir.name, tree)
-            self._store.tree = tree  # the models that answer now (a reload may bring another tree)
             return self._store
 
     def photos_dir(self) -> Path:
@@ -176,6 +199,8 @@ def apply_decisions(body: dict, decided: dict[int, dict], tree) -> None:
     review needed (the model's alternatives are kept)."""
     for row, decision in decided.items():
         leaf = int(decision["chosen_leaf"])
+        if leaf not in tree or not tree.is_leaf(leaf):
+            continue  # never answered with a node that is not a leaf of the models' tree
         body["predictions"][row] |= {"predicted_category_id": leaf, "confidence": 1.0, "needs_review": False,
                                      "category_path": tree.shown_path(leaf),
                                      "source": "review"}

@@ -1,8 +1,10 @@
 """The reviewer's page and its calls (prodcat.review.page renders, prodcat.review.store keeps):
 
     GET  /review                 sign-in form, or the signed-in reviewer's current product
-    POST /review/sign-in         a reviewer key (form) -> a session cookie (HttpOnly, SameSite=Strict)
-    POST /review/sign-out
+    POST /review/sign-in         a reviewer key (form) -> a session cookie (HttpOnly, SameSite=Strict);
+                                 too many wrong keys (per client address, overall) -> 429 with Retry-After
+    POST /review/sign-out        the session ends on the server too (its id is recorded in the review store:
+                                 every worker and replica refuses the old cookie)
     POST /review/decide          {product_id, category_id, action, idempotency_key} -> the next product's HTML
     POST /review/undo            {idempotency_key} -> the undone product again
     GET  /review/photo/{id}      a queued product's photo
@@ -70,10 +72,18 @@ class Desk:
         if not self.desk.enabled:
             raise Problem(404, "not found", NO_PAGE)
 
-    def signed_in(self, key: Optional[str]) -> str:
-        """The reviewer of the session's key (else 401)."""
+    async def reviewer_of(self, token: Optional[str]) -> Optional[str]:
+        """The reviewer of a valid session cookie that was not signed out, else None."""
+        session = self.desk.parse(token)
+        if session is None:
+            return None
+        ended = await in_thread(lambda: self.desk.store(self.tree()).session_ended(session.session_id))
+        return None if ended else session.reviewer
+
+    async def signed_in(self, token: Optional[str]) -> str:
+        """The reviewer of the session's cookie (else 401)."""
         self.enabled()
-        name = self.desk.reviewer_of(key)
+        name = await self.reviewer_of(token)
         if name is None:
             raise Problem(401, "unauthorized", "sign in at /review with your reviewer key", kind="unauthorized")
         return name
@@ -100,17 +110,27 @@ def add_page(router: APIRouter, desk: Desk) -> None:
     @router.get("/review", response_class=HTMLResponse, include_in_schema=False)
     async def review(prodcat_reviewer: Annotated[Optional[str], Cookie()] = None):
         desk.enabled()
-        name = desk.desk.reviewer_of(prodcat_reviewer)
+        name = await desk.reviewer_of(prodcat_reviewer)
         if name is None:
             return HTMLResponse(page.sign_in())
         now = await in_thread(lambda: desk.shown(name))
-        return HTMLResponse(page.review_page(name, now["item_html"], now["counters_html"]))
+        return HTMLResponse(page.review_page(name, now["item_html"], now["counters_html"],
+                                            desk.desk.settings["dwell_ms"]))
 
     @router.post("/review/sign-in", include_in_schema=False)
     async def sign_in(request: Request, key: Annotated[str, Form(max_length=500)] = ""):
         desk.enabled()
+        client = request.client.host if request.client else "unknown"
+        blocked = desk.desk.throttle.blocked(client)  # no await from here to failed(): parallel tries count
+        if blocked is not None:
+            if "text/html" in request.headers.get("accept", ""):  # the browser's form: the page says it
+                said = blocked.detail[:1].upper() + blocked.detail[1:] + "."
+                return HTMLResponse(page.sign_in(said), status_code=429,
+                                    headers={"Retry-After": str(blocked.retry_after)})
+            raise blocked.problem()
         name = desk.desk.reviewer(key)
         if name is None:
+            desk.desk.throttle.failed(client)
             await anyio.sleep(0.5)  # a wrong key costs the guesser time
             return HTMLResponse(page.sign_in("That key is not a reviewer's key."), status_code=401)
         answer = RedirectResponse("/review", status_code=303)
@@ -119,7 +139,12 @@ def add_page(router: APIRouter, desk: Desk) -> None:
         return answer
 
     @router.post("/review/sign-out", include_in_schema=False)
-    async def sign_out():
+    async def sign_out(prodcat_reviewer: Annotated[Optional[str], Cookie()] = None):
+        desk.enabled()
+        session = desk.desk.parse(prodcat_reviewer)
+        if session is not None:  # recorded before the answer: a store that cannot take it is a 503, cookie kept
+            await in_thread(lambda: desk.desk.store(desk.tree()).end_session(
+                session.session_id, session.reviewer, session.expiry))
         answer = RedirectResponse("/review", status_code=303)
         answer.delete_cookie(COOKIE, path="/review")
         return answer
@@ -128,7 +153,7 @@ def add_page(router: APIRouter, desk: Desk) -> None:
 def add_calls(router: APIRouter, desk: Desk) -> None:
     @router.post("/review/decide", response_model=Shown, include_in_schema=False)
     async def decide(body: Decision, prodcat_reviewer: Annotated[Optional[str], Cookie()] = None):
-        name = desk.signed_in(prodcat_reviewer)
+        name = await desk.signed_in(prodcat_reviewer)
 
         def work():
             desk.desk.store(desk.tree()).decide(body.product_id, body.category_id, body.action, name,
@@ -139,7 +164,7 @@ def add_calls(router: APIRouter, desk: Desk) -> None:
 
     @router.post("/review/undo", response_model=Shown, include_in_schema=False)
     async def undo(body: Undo, prodcat_reviewer: Annotated[Optional[str], Cookie()] = None):
-        name = desk.signed_in(prodcat_reviewer)
+        name = await desk.signed_in(prodcat_reviewer)
 
         def work():
             desk.desk.store(desk.tree()).undo(name, body.idempotency_key, desk.desk.settings["claim_ttl_s"])
@@ -150,7 +175,7 @@ def add_calls(router: APIRouter, desk: Desk) -> None:
     @router.get("/review/photo/{product_id}", include_in_schema=False)
     async def photo(product_id: Annotated[int, Path(ge=INT64[0], le=INT64[1])],
                     prodcat_reviewer: Annotated[Optional[str], Cookie()] = None):
-        desk.signed_in(prodcat_reviewer)
+        await desk.signed_in(prodcat_reviewer)
         path = await in_thread(lambda: desk.desk.photo(product_id, desk.tree()))
         if path is None:
             raise Problem(404, "not found", f"product {product_id} has no photo in the review queue")

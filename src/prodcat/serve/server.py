@@ -3,7 +3,8 @@ string and the environment (`prodcat.serve.app:app_from_env`) and loads its own 
 only. With several workers uvicorn's supervisor replaces them one by one on SIGHUP (a reload: each new
 worker loads the models before it takes requests), and their Prometheus counts are summed through a
 temporary folder removed at exit. SIGTERM / Ctrl-C: uvicorn stops taking requests and lets the ones in
-flight finish (at most `serve.graceful_shutdown_s`)."""
+flight finish (at most `serve.graceful_shutdown_s`). A client gets `serve.client_timeout_s` to send a whole
+request, head and body; a slower one is answered 408 and closed (prodcat.serve.timeouts)."""
 from __future__ import annotations
 
 import copy
@@ -14,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from prodcat.serve.app import MODELS_ENV, REVIEW_ENV, SETTINGS_ENV, SUPERVISOR_ENV, review_settings, serve_settings
+from prodcat.serve.timeouts import CLIENT_TIMEOUT_ENV, PROTOCOL
 from prodcat.serve.workers import WORKERS_ENV
 
 APP = "prodcat.serve.app:app_from_env"
@@ -40,6 +42,7 @@ def run_server(models_dir: Path, settings: dict, echo=print, review: dict | None
     os.environ[MODELS_ENV] = str(Path(models_dir).resolve())
     os.environ[SETTINGS_ENV] = json.dumps(settings)
     os.environ[REVIEW_ENV] = json.dumps(review_settings(review))
+    os.environ[CLIENT_TIMEOUT_ENV] = str(settings["client_timeout_s"])  # slow clients are shed (serve.timeouts)
     metrics_dir = None
     if settings["workers"] > 1:
         metrics_dir = tempfile.mkdtemp(prefix="prodcat-serve-metrics-")
@@ -51,7 +54,8 @@ def run_server(models_dir: Path, settings: dict, echo=print, review: dict | None
          f"{settings['use']} models); docs at /docs, OpenAPI at /openapi.json")
     try:
         uvicorn.run(APP, factory=True, host=settings["host"], port=settings["port"], workers=settings["workers"],
-                    access_log=False, log_config=log_config(), timeout_worker_healthcheck=WORKER_READY_S,
+                    http=PROTOCOL, access_log=False, log_config=log_config(),
+                    timeout_worker_healthcheck=WORKER_READY_S,
                     timeout_graceful_shutdown=settings["graceful_shutdown_s"])
     finally:
         if metrics_dir is not None:
