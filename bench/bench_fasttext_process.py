@@ -53,7 +53,7 @@ def main() -> None:
     import fasttext
 
     from prodcat.models.fasttext import LABEL, FastTextModel
-    from prodcat.run import Run
+    from prodcat.training.run import Run
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/uhtt_ke")

@@ -36,7 +36,7 @@ def train(model, data, workdir, *extra) -> float:
 
 def predict_saved(model, data, workdir) -> float:
     """Seconds for a new process to load the saved fold models of `model` and predict the test products."""
-    code = ("import sys; from prodcat.models.base import load_model; from prodcat.run import Run; "
+    code = ("import sys; from prodcat.models.base import load_model; from prodcat.training.run import Run; "
             "run = Run.open(sys.argv[1], None, sys.argv[2]); test = run.ds.test_with_photos(); "
             "[load_model(run.paths.models(sys.argv[3]) / f'fold{f}').predict(test) for f in range(run.k)]")
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
@@ -83,8 +83,8 @@ def main():
     args = ap.parse_args()
 
     from prodcat.evaluation.metrics import score
-    from prodcat.evaluation.scores import score_table
-    from prodcat.run import Run
+    from prodcat.training.run import Run
+    from prodcat.training.scores import score_table
 
     work = Path(tempfile.mkdtemp(prefix="bench_image_coca_"))
     wall = {"fasttext": train("fasttext", args.data, work),

@@ -38,9 +38,9 @@ def score_new(predictor, frame: pd.DataFrame, y: np.ndarray, tree) -> dict:
 
 
 def main() -> None:
-    from prodcat.models.runner import make_model
     from prodcat.predict import Predictor
-    from prodcat.run import Run
+    from prodcat.training.run import Run
+    from prodcat.training.runner import make_model
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)

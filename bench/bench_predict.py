@@ -55,8 +55,8 @@ def main() -> int:
     import pandas as pd
 
     from prodcat.evaluation.review import review_table
-    from prodcat.evaluation.scores import comparison_predictions
-    from prodcat.run import Run
+    from prodcat.training.run import Run
+    from prodcat.training.scores import comparison_predictions
 
     run = Run.open(args.data, args.config, args.workdir)
     models = run.paths.models_root

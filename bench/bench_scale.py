@@ -8,7 +8,7 @@ extra_labeled.parquet (same source, tree and columns). Every size predicts the s
 Per size, each stage runs as its own CLI process in a fresh workdir: folds, train fasttext, train tfidf,
 stack, submit (the saved models predicting test.parquet). Printed per stage: wall time and peak RSS (the
 sum over the stage's process tree, sampled every 0.2 s); per size:
-OOF hF1 of each model. Results are merged into bench/scale.json (committed: the record behind the README's
+OOF hF1 of each model. Results are merged into bench/scale.json (committed: the record behind docs/results/uhtt_ke.md's
 table; --results elsewhere) and drawn as a learning-curve PNG (OOF hF1 and wall time vs products).
 Bars (issue 11) at 850k: wall <= 3.3x the 283k run, peak RSS <= 12 GB.
 """
@@ -101,8 +101,8 @@ def run_stage(args: list[str], data: Path, workdir: Path, config: str, log) -> d
 
 
 def scores(data: Path, workdir: Path, config: str) -> dict:
-    from prodcat.evaluation.scores import comparison_table
-    from prodcat.run import Run
+    from prodcat.training.run import Run
+    from prodcat.training.scores import comparison_table
 
     table = comparison_table(Run.open(str(data), config, workdir))
     return {row["model"]: round(float(row["hF1"]), 4) for _, row in table.iterrows()}

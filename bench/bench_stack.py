@@ -51,9 +51,9 @@ def main() -> int:
 
     import pandas as pd
 
-    from prodcat.evaluation.scores import comparison_table
-    from prodcat.evaluation.submission import validate_submission
-    from prodcat.run import Run
+    from prodcat.training.run import Run
+    from prodcat.training.scores import comparison_table
+    from prodcat.training.submission import validate_submission
 
     run = Run.open(args.data, args.config, workdir)
     sub_path = run.paths.submissions / "stack.parquet"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU smoke test: one fold of the image model (EfficientNet-B3 fine-tuned, configs/gpu.yaml) and one fold of
 # CoCa (configs/gpu.yaml: dim 512, 6+6 layers, EfficientNet-B3 trained inside) on the demo data, then the
-# measured training images/s and seconds per epoch of each - the figures the README estimates.
+# measured training images/s and seconds per epoch of each - the figures docs/models.md estimates.
 #
 #   bench/gpu_smoke.sh [DATA_DIR]            (default data/flipkart; every GPU torch sees, DDP when several)
 #   WEIGHTS=/path/efficientnet_b3.bin bench/gpu_smoke.sh     ImageNet weights (a timm state dict); without

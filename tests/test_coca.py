@@ -135,7 +135,7 @@ def test_vit_encoder_and_joint_stage2(tiny, tmp_path):
     assert stats["stage2"]["mode"] == "joint"
 
     from prodcat.models.base import load_model  # the saved joint network (ViT included) predicts as the trained one
-    from prodcat.run import Run
+    from prodcat.training.run import Run
 
     frame = Run.open(tiny, path, tmp_path / "w").ds.train_frame()
     assert (fold0 / "joint.pt").exists() and not (fold0 / "coca.pt").exists()

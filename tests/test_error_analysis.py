@@ -3,8 +3,8 @@ import numpy as np
 import pandas as pd
 
 from prodcat.data.tree import CategoryTree
-from prodcat.evaluation.error_analysis import (by_class_size, by_depth, catch_all_leaves, error_report, mistake_kinds,
-                                              others_right)
+from prodcat.training.error_analysis import (by_class_size, by_depth, catch_all_leaves, error_report,
+                                            mistake_kinds, others_right)
 
 # root 1 > {10 Food > {11 Milk, 12 Bread, 13 Food (catch-all)}, 20 Pets > {21 Cat, 22 Dog > {23 Dry, 24 Wet}}}
 TREE = CategoryTree.from_frame(pd.DataFrame({

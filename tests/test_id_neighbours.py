@@ -2,14 +2,13 @@
 import numpy as np
 import pandas as pd
 from click.testing import CliRunner
+from conftest import products, saved_and_reloaded, write_dataset
 
 from prodcat.cli import main
 from prodcat.models.base import ModelEnv
 from prodcat.models.id_neighbours import IdNeighboursModel, gap_setting
 from prodcat.probs import TopK
 from prodcat.settings import IdNeighboursSettings, defaults_of
-
-from conftest import products, saved_and_reloaded, write_dataset
 
 
 def model(**params):

@@ -386,7 +386,7 @@ def test_finetune_mode_runs_on_cpu(tiny, tmp_path):
     assert (fold0 / "network.pt").exists() and not list(fold0.rglob("*.ckpt"))
 
     from prodcat.models.base import load_model
-    from prodcat.run import Run
+    from prodcat.training.run import Run
 
     run = Run.open(tiny, cfg, tmp_path / "w")
     frame = run.ds.train_frame()

@@ -2,14 +2,13 @@
 import numpy as np
 import pandas as pd
 from click.testing import CliRunner
+from conftest import products, saved_and_reloaded, write_dataset
 
 from prodcat.cli import main
 from prodcat.models.base import ModelEnv
 from prodcat.models.knn import KnnModel
 from prodcat.probs import TopK
 from prodcat.settings import KnnSettings, defaults_of
-
-from conftest import products, saved_and_reloaded, write_dataset
 
 
 def model(**params):

@@ -4,10 +4,10 @@ import numpy as np
 from conftest import REPO
 from nbclient import NotebookClient
 
-from prodcat.models.runner import bag_of, train_model
 from prodcat.probs import TopK
-from prodcat.run import Run
-from prodcat.stacking.stacker import run_stack
+from prodcat.training.run import Run
+from prodcat.training.runner import bag_of, train_model
+from prodcat.training.stack import run_stack
 
 
 def test_compare_notebook_executes(tiny, tiny_config, tmp_path, monkeypatch):

@@ -126,7 +126,7 @@ def test_paths_are_relative_to_the_callers_directory(tiny, tmp_path):
 
 
 def test_unexpected_failures_are_one_line_and_debug_shows_the_traceback(tiny, tiny_config, tmp_path, monkeypatch):
-    import prodcat.models.runner as runner
+    import prodcat.training.runner as runner
 
     def boom(*a, **k):
         raise RuntimeError("boom")
@@ -148,7 +148,6 @@ def test_a_model_the_data_cannot_support_is_skipped_with_its_reason_only(tiny, t
 
 def test_a_fasttext_training_failure_is_one_message(tmp_path):
     import pytest
-
     from conftest import products
 
     from prodcat.errors import DataError

@@ -40,7 +40,7 @@ def test_fold_models_predict_their_oof_rows_identically_in_a_fresh_process(train
     code = f"""
 import pandas as pd
 from prodcat.models.base import load_model
-from prodcat.run import Run
+from prodcat.training.run import Run
 run = Run.open({str(common[1])!r}, {str(common[3])!r}, {str(common[5])!r})
 train = run.ds.train_frame()
 fold = run.folds["fold"].to_numpy()
@@ -59,8 +59,9 @@ for m in ("fasttext", "tfidf"):
 
 
 def test_stacker_predicts_identically_after_loading_in_a_fresh_process(trained):
-    from prodcat.run import Run
-    from prodcat.stacking.stacker import Stacker, fit_stacker, stack_params
+    from prodcat.stacking.stacker import Stacker
+    from prodcat.training.run import Run
+    from prodcat.training.stack import fit_stacker, stack_params
 
     common, models, tmp = trained
     run = Run.open(common[1], common[3], common[5])

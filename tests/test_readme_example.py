@@ -1,4 +1,4 @@
-"""The README's worked example of a new base model (one file + one registry line) really works: it trains
+"""docs/adding-a-model.md's worked example of a new base model (one file + one registry line) really works: it trains
 per fold through the runner, saves, loads and predicts like the shipped models."""
 import re
 import sys
@@ -9,9 +9,9 @@ from conftest import REPO
 
 from prodcat import settings
 from prodcat.models.base import load_model
-from prodcat.models.runner import train_model
-from prodcat.run import Run
 from prodcat.settings import setting
+from prodcat.training.run import Run
+from prodcat.training.runner import train_model
 
 
 @dataclass
@@ -20,8 +20,8 @@ class CentroidSettings:
 
 
 def test_readme_centroid_model_trains_saves_and_predicts(tiny, tiny_config, tmp_path, monkeypatch):
-    code = re.search(r"```python\n(# src/prodcat/models/centroid\.py.*?)```", (REPO / "README.md").read_text(),
-                     re.S).group(1)
+    page = (REPO / "docs" / "adding-a-model.md").read_text()
+    code = re.search(r"```python\n(# src/prodcat/models/centroid\.py.*?)```", page, re.S).group(1)
     (tmp_path / "centroid_example.py").write_text(code)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setitem(settings.MODEL_SPECS, "centroid",

@@ -6,16 +6,7 @@ from conftest import REPO
 
 from prodcat.cli import main
 from prodcat.errors import DataError
-from prodcat.settings import (
-    LARGE,
-    MODEL_SPECS,
-    RunSettings,
-    config_hash,
-    defaults_of,
-    load_layers,
-    parse_sets,
-    resolve,
-)
+from prodcat.settings import LARGE, MODEL_SPECS, RunSettings, config_hash, defaults_of, load_layers, parse_sets, resolve
 
 DEFAULT = REPO / "configs" / "default.yaml"
 
@@ -138,3 +129,35 @@ def test_config_command_prints_every_setting_and_its_source(tiny):
     assert lines["data"].rstrip().endswith("# --data")
     assert lines["serve.max_batch_items"].split()[1] == "1000" and lines["serve.host"].split()[1] == "'127.0.0.1'"
     assert "size rule: 120 training products" in r.output
+
+
+def test_set_paths_mean_what_the_user_typed_relative_to_the_callers_directory(tmp_path, monkeypatch):
+    """`--set review.reviewers_file=reviewers.txt` from another directory: run.sh changes into the repository,
+    the path stays the caller's; absolute paths, non-path settings and unset callers are left alone."""
+    from prodcat.settings import parse_sets, path_settings
+
+    assert {"data", "workdir", "serve.api_key_file", "review.reviewers_file"} <= set(path_settings())
+    monkeypatch.setenv("PRODCAT_CALLER_DIR", str(tmp_path))
+    sets = parse_sets(["review.reviewers_file=reviewers.txt", "serve.api_key_file=/etc/key",
+                       "serve.port=9000", "data=../d"])
+    assert sets["review"]["reviewers_file"] == str(tmp_path / "reviewers.txt")
+    assert sets["serve"] == {"api_key_file": "/etc/key", "port": 9000} and sets["data"] == str(tmp_path / "../d")
+    monkeypatch.delenv("PRODCAT_CALLER_DIR")
+    assert parse_sets(["review.reviewers_file=reviewers.txt"])["review"]["reviewers_file"] == "reviewers.txt"
+
+
+def test_the_review_rule_is_checked_once_before_any_work(tiny, tmp_path):
+    """`review add --set review.min_precision=1.0` fails at once on the setting it names (not on a flag the
+    user never gave, after embedding every photo); the rule object is what every caller builds."""
+    from prodcat.errors import SettingsError, UsageError
+    from prodcat.review_rule import ReviewRule
+
+    r = CliRunner().invoke(main, ["review", "add", "--input", str(tiny / "test.parquet"), "--data", str(tiny),
+                                  "--workdir", str(tmp_path / "w"), "--set", "review.min_precision=1.0"])
+    assert r.exit_code == 1 and "review.min_precision: 1.0 must be between 0 and 1, both excluded" in r.output
+    assert "--min-precision" not in r.output
+    with pytest.raises(UsageError, match="threshold and min_precision: give one of them, not both"):
+        ReviewRule(0.5, 0.9)
+    with pytest.raises(SettingsError, match="serve.min_precision: 0.0 must be between 0 and 1, both excluded"):
+        ReviewRule(None, 0.0, ("serve.threshold", "serve.min_precision"), SettingsError)
+    assert ReviewRule(0.0).given and not ReviewRule().given

@@ -7,15 +7,16 @@ import pytest
 from conftest import REPO, TREE, products, write_dataset
 
 from prodcat.data.tree import CategoryTree
-from prodcat.evaluation.scores import comparison_table
-from prodcat.models.runner import bag_of
-from prodcat.outputs import load_oof
-from prodcat.storage import write_json
 from prodcat.probs import TopK
-from prodcat.run import Run
 from prodcat.stacking.decoding import decode, group_softmax
 from prodcat.stacking.features import NodeIndex, candidate_pairs
-from prodcat.stacking.stacker import Stacker, run_stack
+from prodcat.stacking.stacker import Stacker
+from prodcat.storage import write_json
+from prodcat.training.oof import load_oof
+from prodcat.training.run import Run
+from prodcat.training.runner import bag_of
+from prodcat.training.scores import comparison_table
+from prodcat.training.stack import run_stack
 
 LEAVES = np.array([11, 12, 21, 23, 24])
 

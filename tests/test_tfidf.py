@@ -50,9 +50,9 @@ def test_tfidf_trains_folds_and_writes_oof(tiny, tiny_config, tmp_path):
     oof = TopK.load(w / "oof" / "tiny" / "tfidf" / "oof.npz")
     assert len(oof) == 120 and not oof.missing.any()
     assert sorted(p.name for p in (w / "models" / "tiny" / "tfidf").glob("fold*")) == ["fold0", "fold1", "fold2"]
-    from prodcat.evaluation.scores import score_oof
-    from prodcat.outputs import load_oof
-    from prodcat.run import Run
+    from prodcat.training.oof import load_oof
+    from prodcat.training.run import Run
+    from prodcat.training.scores import score_oof
 
     run = Run.open(tiny, tiny_config, w)
     assert score_oof(run, load_oof(run, "tfidf"))["hF1"] > 0.95  # the titles name their category

@@ -69,10 +69,11 @@ def test_a_damaged_stacker_file_is_named(trained):
 def test_flags_out_of_their_range_are_bad_usage(trained):
     common, models, tmp = trained
     base = ["predict", "--input", common[1] / "test.parquet", "--out", tmp / "p.parquet", *common]
-    cases = {("--top", 0): "0 is not in the range x>=1", ("--threshold", 1.5): "1.5 is not in the range 0<=x<=1",
-             ("--threshold", -0.5): "-0.5 is not in the range 0<=x<=1",
-             ("--min-precision", 1.0): "1.0 is not in the range 0<x<1",
-             ("--min-precision", 0): "0 is not in the range 0<x<1",
+    cases = {("--top", 0): "0 is not in the range x>=1",
+             ("--threshold", 1.5): "--threshold: 1.5 must be between 0 and 1",
+             ("--threshold", -0.5): "--threshold: -0.5 must be between 0 and 1",
+             ("--min-precision", 1.0): "--min-precision: 1.0 must be between 0 and 1, both excluded",
+             ("--min-precision", 0): "--min-precision: 0.0 must be between 0 and 1, both excluded",
              ("--top", 10000): "--top 10000: the saved models keep 20 classes per product; give --top 20 or less"}
     for (flag, value), message in cases.items():
         r = invoke(*base, flag, value)
@@ -99,8 +100,16 @@ def test_products_with_no_usable_text_are_listed(tmp_path, tiny_config):
     new.to_parquet(tmp_path / "new.parquet")
     r = invoke("predict", "--input", tmp_path / "new.parquet", "--out", tmp_path / "p.parquet", *common)
     assert r.exit_code == 0 and "1 products to predict have no usable text" in r.output, r.output
-    listed = pd.read_csv(tmp_path / "w" / "reports" / "d" / "empty_products_new.csv")
+    listed = pd.read_csv(tmp_path / "p.empty_products.csv")  # beside the output, named for it
     assert listed["id"].tolist() == [50_001]
+    (tmp_path / "other").mkdir()  # another input of the same file name: its own report, the first one kept
+    new.iloc[[1, 1]].assign(id=[60_000, 60_001]).to_parquet(tmp_path / "other" / "new.parquet")
+    r = invoke("predict", "--input", tmp_path / "other" / "new.parquet", "--out", tmp_path / "other" / "p.parquet",
+               *common)
+    assert r.exit_code == 0, r.output
+    assert pd.read_csv(tmp_path / "other" / "p.empty_products.csv")["id"].tolist() == [60_000, 60_001]
+    assert pd.read_csv(tmp_path / "p.empty_products.csv")["id"].tolist() == [50_001]
+    assert not (tmp_path / "w" / "reports" / "d" / "empty_products_new.csv").exists()
 
 
 def test_scores_report_the_stored_fold_count_and_predict_notes_training_ids(trained):

@@ -45,8 +45,8 @@ def run_options(fn):
                        "training rows; a product already there takes the extra row's label.")
     @functools.wraps(fn)
     def wrapper(data, config, workdir, sets, extra, **kwargs):
-        from prodcat.run import Run
         from prodcat.settings import parse_sets
+        from prodcat.training.run import Run
 
         with warnings.catch_warnings():
             warnings.simplefilter("always")
@@ -143,7 +143,7 @@ def folds(run, force):
 def train(run, model, fold, force):
     """Train MODEL on one fold or all folds: saves each fold model and its held-out (OOF) probabilities."""
     from prodcat.distributed import is_main_process
-    from prodcat.models.runner import train_model
+    from prodcat.training.runner import train_model
 
     check_models(run, [model])
     if fold is not None and not 0 <= fold < run.k:
@@ -158,7 +158,7 @@ def train(run, model, fold, force):
 
 def check_models(run, names) -> None:
     """Every name a registered model or a variant of the config (else exit 2, naming the known ones)."""
-    from prodcat.models.runner import known_models
+    from prodcat.training.runner import known_models
 
     for model in names:
         if model not in known_models(run):
@@ -173,7 +173,7 @@ def check_models(run, names) -> None:
 def refit(run, models, force):
     """Train each MODEL (default: the pipeline's) once on every training product with the settings of its
     folds -> models/<dataset>/<model>/full/ (fast predictions: predict/submit --use full)."""
-    from prodcat.models.runner import refit_model
+    from prodcat.training.runner import refit_model
 
     check_models(run, models)
     for model in models or run.cfg["pipeline"]:
@@ -196,7 +196,7 @@ def use_option(fn):
 @use_option
 def submit(run, model, name, use):
     """Predict test.parquet with the saved models; write and validate submissions/<dataset>/<name>.parquet."""
-    from prodcat.evaluation.submission import write_submission
+    from prodcat.training.submission import write_submission
 
     path, used = write_submission(run, model, name, use)
     click.echo(f"submission from {used}: {path}")
@@ -214,9 +214,9 @@ def submit(run, model, name, use):
 @click.option("--model", default=None, help="stack, average or a base model (default: stack when saved).")
 @click.option("--top", type=click.IntRange(min=1), default=3, show_default=True,
               help="Alternatives per product in the output (at most the models' stored top_k, 20 by default).")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+@click.option("--threshold", type=float, default=None,
               help="Flag needs_review below this confidence (0 to 1).")
-@click.option("--min-precision", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+@click.option("--min-precision", type=float, default=None,
               help="Pick the threshold whose auto-accepted products reach this precision (from OOF; "
                    "between 0 and 1, both excluded).")
 @click.option("--data", "data", type=click.Path(), default=None, callback=user_path,
@@ -229,11 +229,14 @@ def predict(input_path, out_path, images, models_dir, model, top, threshold, min
             workdir, use):
     """Categorise any file of products with the saved models (no training data needed)."""
     from prodcat.predict import predict_file
+    from prodcat.review_rule import ReviewRule
 
-    if threshold is not None and min_precision is not None:
-        raise click.UsageError("give --threshold or --min-precision, not both")
+    try:
+        ReviewRule(threshold, min_precision, ("--threshold", "--min-precision"))
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from None
     if models_dir is None:
-        from prodcat.run import models_root
+        from prodcat.outputs import models_root
 
         models_dir = models_root(data, config, workdir)
     predict_file(models_dir, input_path, out_path, images, model, top, threshold, min_precision, use,
@@ -261,9 +264,9 @@ def predict(input_path, out_path, images, models_dir, model, top, threshold, min
               help="Override a setting, e.g. --set serve.max_batch_items=500 (repeatable).")
 def serve(models_dir, host, port, workers, use, data, config, workdir, sets):
     """Serve the saved models over HTTP: POST /v1/predict, GET /v1/info, /v1/categories, /health/live,
-    /health/ready, /metrics (README: Serve). The serve.* settings hold the defaults of these flags."""
-    from prodcat.predict import check_models_folder
-    from prodcat.run import models_root
+    /health/ready, /metrics (docs/serving.md). The serve.* settings hold the defaults of these flags."""
+    from prodcat.outputs import models_root
+    from prodcat.predict import Predictor, check_models_folder
     from prodcat.serve.desk import read_reviewers
     from prodcat.serve.security import configured_key
     from prodcat.serve.server import run_server
@@ -274,6 +277,9 @@ def serve(models_dir, host, port, workers, use, data, config, workdir, sets):
     cfg = resolve_config(config, sets).values
     settings = cfg["serve"] | {k: v for k, v in flags.items() if v is not None}
     models_dir = check_models_folder(models_dir or models_root(data, config, workdir, sets))
+    # models that cannot answer (no full models for --use full, a model that is not saved) stop now, with
+    # what to run first, instead of a service that answers 503 forever
+    Predictor.load(models_dir, settings["model"], preload=False, use=settings["use"])
     configured_key(settings)  # a missing key file stops now, not in every worker
     read_reviewers(cfg["review"]["reviewers_file"])  # so does a bad reviewers file
     run_server(models_dir, settings, echo=click.echo, review=cfg["review"])
@@ -289,7 +295,7 @@ def scores(run, top_levels):
 
 
 def echo_scores(run, top_levels: int = 15) -> None:
-    from prodcat.evaluation.scores import comparison_predictions, comparison_table, format_table, top_level_table
+    from prodcat.training.scores import comparison_predictions, comparison_table, format_table, top_level_table
 
     preds = comparison_predictions(run)
     table = comparison_table(run, preds)
@@ -313,11 +319,29 @@ def echo_scores(run, top_levels: int = 15) -> None:
 
 @main.command()
 @run_options
+@click.option("--into", "into", multiple=True, type=click.Path(path_type=Path),
+              help="Write the table between the results markers of this markdown file (repeatable; e.g. "
+                   "README.md, docs/results/<dataset>.md).")
+def results(run, into):
+    """The OOF results table of the run's finished models, stamped with the commit and the command that made
+    them (docs/results/index.md); printed, and written --into markdown files."""
+    from prodcat.training.results import results_block, write_into
+
+    block = results_block(run)
+    click.echo(block)
+    for path in into:
+        path = user_path(None, None, path)
+        write_into(path, block)
+        click.echo(f"[results] written into {path}")
+
+
+@main.command()
+@run_options
 @click.option("--models", default=None, help="Comma-separated base models to stack (default: every finished one).")
 @click.option("--force", is_flag=True, help="Recompute even if the settings and inputs are unchanged.")
 def stack(run, models, force):
     """LightGBM ranking stacker over the base models' OOF probabilities -> oof/<dataset>/stack/."""
-    from prodcat.stacking.stacker import run_stack
+    from prodcat.training.stack import run_stack
 
     run_stack(run, models.split(",") if models else None, echo=click.echo, force=force)
 
@@ -326,7 +350,7 @@ def stack(run, models, force):
 @run_options
 def report(run):
     """PNG plots under reports/<dataset>/: scores per model, hF1 per top-level category, calibration."""
-    from prodcat.evaluation.report import write_report
+    from prodcat.training.report import write_report
 
     for path in write_report(run):
         click.echo(str(path))
@@ -339,9 +363,9 @@ def errors(run, model):
     """Where a model's OOF mistakes are: sibling / other branch / other top level, by class size, catch-all
     leaves, how often the predicted path is right down to each depth, and which other models get them right
     (CSVs under reports/<dataset>/)."""
-    from prodcat.evaluation.error_analysis import error_report, others_right
-    from prodcat.evaluation.scores import comparison_predictions
     from prodcat.storage import write_csv
+    from prodcat.training.error_analysis import error_report, others_right
+    from prodcat.training.scores import comparison_predictions
 
     preds = comparison_predictions(run)
     if model not in preds:
@@ -440,7 +464,7 @@ def review_setup(data, config, workdir, sets):
 @click.option("--models", "models_dir", type=click.Path(path_type=Path), callback=user_path, default=None,
               help="Saved models (default: <workdir>/models/<dataset>/).")
 @click.option("--model", default=None, help="stack, average or a base model (default: stack when saved).")
-@click.option("--min-precision", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+@click.option("--min-precision", type=float, default=None,
               help="Precision the accepted products must reach (default: the setting review.min_precision).")
 @use_option
 @store_options
@@ -449,8 +473,13 @@ def review_add(input_path, products_path, images, models_dir, model, min_precisi
     """Queue the products that need review (and the audit sample of the accepted ones) from a file."""
     from prodcat.predict import Predictor
     from prodcat.review.queue import open_store, queue_predictions, read_review_input
+    from prodcat.review_rule import ReviewRule
     from prodcat.serve.info import model_version
 
+    try:
+        ReviewRule(None, min_precision, ("--threshold", "--min-precision"))  # before any photo is read
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from None
     cfg, paths = review_setup(data, config, workdir, sets)
     predictor = Predictor.load(models_dir or paths.models_root, model, preload=False, use=use)
     store = open_store(cfg, paths, predictor.tree)
@@ -510,6 +539,7 @@ def learn(ctx, data, config, workdir, sets, force, refit):
 
     cfg, paths = review_setup(data, config, workdir, sets)
     rows = open_store(cfg, paths).export_training_rows()
+    rows = without_test_products(rows, Path(data or cfg["data"]))
     if not len(rows):
         raise DataError(f"no decisions to learn from in the review store of {paths.dataset} yet (review products "
                         "first: the service's /review page)")
@@ -519,6 +549,24 @@ def learn(ctx, data, config, workdir, sets, force, refit):
     ctx.invoke(all_, data=data, config=config, workdir=workdir, sets=sets, extra=extra, force=force, refit=refit)
     click.echo("[learn] done: reload a running service to answer with the new models (POST /v1/reload with the "
                "API key, or SIGHUP)")
+
+
+def without_test_products(rows, data: Path):
+    """The decided products that are not test.parquet's: a reviewer's label of a test product would be the
+    submission's own answer (the one rule: no training row is a test product), so `learn` leaves them out
+    and says how many (they stay in the store and in `review export`)."""
+    import pandas as pd
+
+    test_file = data / "test.parquet"
+    if not test_file.is_file():
+        return rows
+    test_ids = pd.read_parquet(test_file, columns=["id"])["id"].to_numpy()
+    is_test = rows["id"].isin(test_ids).to_numpy()
+    if is_test.any():
+        click.echo(f"[learn] {int(is_test.sum())} decided products are test.parquet products "
+                   f"(e.g. {rows['id'][is_test].head(5).tolist()}): left out of the training rows, so the "
+                   "submission stays the models' own prediction of them")
+    return rows[~is_test].reset_index(drop=True)
 
 
 @main.command(name="all")
@@ -531,9 +579,11 @@ def all_(run, force, refit):
     the saved models predict test.parquet into the validated submission; the score table. --refit: the
     full models too, and the submission from them."""
     from prodcat.distributed import is_main_process
-    from prodcat.evaluation.submission import write_submission
-    from prodcat.models.runner import refit_model, train_model
-    from prodcat.stacking.stacker import STACK, base_models, run_stack
+    from prodcat.outputs import STACK
+    from prodcat.training.oof import base_models
+    from prodcat.training.runner import refit_model, train_model
+    from prodcat.training.stack import run_stack
+    from prodcat.training.submission import write_submission
 
     start = time.time()
     run.folds  # noqa: B018 - made once, reused by every model

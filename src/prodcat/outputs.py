@@ -2,11 +2,12 @@
 stored OOF probabilities back (the writes themselves go through prodcat.storage)."""
 from __future__ import annotations
 
-import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 STACK = "stack"  # the stacker's outputs: oof/<dataset>/stack/, models/<dataset>/stack/
+TREE_FILE = "categories_tree.csv"  # beside the saved models: the tree they predict leaves of
 TRAIN_IDS = "train_ids.npz"  # beside the saved models: the ids of the products they were trained on
 
 
@@ -57,26 +58,15 @@ class Paths:
         return self._dir("review") / "review.db"
 
 
-def load_oof(run, name: str):
-    """The stored OOF TopK of a model, in the training rows' order."""
-    from prodcat.probs import TopK
-
-    return TopK.load(run.paths.oof(name) / "oof.npz").align(run.ds.train["id"].to_numpy())
+def workdir_of(given, cfg: dict) -> Path:
+    """--workdir, else $PRODCAT_WORKDIR, else the config's `workdir`."""
+    return Path(given or os.environ.get("PRODCAT_WORKDIR") or cfg["workdir"])
 
 
-def finished_models(run) -> list[str]:
-    """Models whose OOF probabilities are complete for this dataset's training rows: the finished bags
-    (prodcat.models.bag, in registry order), then the stacker."""
-    from prodcat.models.bag import saved_bags
+def models_root(data=None, config=None, workdir=None, sets: dict | None = None) -> Path:
+    """models/<dataset>/ of a config and data folder, without reading the training data."""
+    from prodcat.data.dataset import dataset_name
+    from prodcat.settings import resolve_config
 
-    names = [n for n, bag in saved_bags(run.paths.models_root).items()
-             if bag.finished({"data": run.fit_fingerprint(n)}) and (run.paths.oof(n) / "oof.npz").exists()]
-    meta = run.paths.oof(STACK) / "complete.json"
-    if meta.exists() and json.loads(meta.read_text()).get("data") == run.ds.fingerprint:
-        names.append(STACK)
-    return names
-
-
-def base_models(run) -> list[str]:
-    """Finished base models (the stacker's own output is not a base model)."""
-    return [m for m in finished_models(run) if m != STACK]
+    cfg = resolve_config(config, sets).values
+    return Paths(workdir_of(workdir, cfg), dataset_name(data or cfg["data"], cfg["dataset_name"])).models_root

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -23,12 +24,32 @@ from prodcat.data.tree import CategoryTree
 from prodcat.errors import DataError, NotTrainedError, UsageError
 from prodcat.evaluation.review import CONFIDENCE_FILE, WITHOUT, load_confidence, oof_quality, pick_threshold
 from prodcat.models.bag import DEFAULT_USE, USES, Bag, saved_bags
-from prodcat.outputs import STACK, TRAIN_IDS
+from prodcat.outputs import STACK, TRAIN_IDS, TREE_FILE
 from prodcat.probs import NO_LABEL, TopK, average
+from prodcat.review_rule import ReviewRule
 
 AVERAGE = "average"
-ALL = "all models"  # the kind of a prediction every stacked model took part in
-TREE_FILE = "categories_tree.csv"  # saved beside the models: the tree they predict leaves of
+
+
+@dataclass(frozen=True)
+class PredictionKind:
+    """The kind of a prediction, which picks its review threshold: every stacked model took part
+    (`without` None), or a hidden model (`stack.hide`) said nothing about the product."""
+
+    without: str | None = None
+
+    @property
+    def label(self) -> str:
+        """What the output's `prediction_kind` column says."""
+        return "all models" if self.without is None else f"without {self.without}"
+
+    @property
+    def confidence_file(self) -> str:
+        """The OOF confidences of this kind, beside the model."""
+        return CONFIDENCE_FILE if self.without is None else f"{WITHOUT}{self.without}.npz"
+
+
+ALL = PredictionKind().label  # the kind of a prediction every stacked model took part in
 PARALLEL_MODELS_MIN_ROWS = 1_000  # smaller frames (a service's requests) predict one model after another
 
 
@@ -168,7 +189,12 @@ class Predictor:
         id_neighbours says nothing about a product past every training id); read once, with the models."""
         if self.model != STACK:
             return []
-        return [m for m in self.stacker().names if (self.root / STACK / f"{WITHOUT}{m}.npz").exists()]
+        return [m for m in self.stacker().names if (self.root / STACK / PredictionKind(m).confidence_file).exists()]
+
+    @property
+    def kinds(self) -> list[PredictionKind]:
+        """Every kind of prediction these models make: all models, then one per hidden model."""
+        return [PredictionKind()] + [PredictionKind(m) for m in self.hidden]
 
     def predict_kinds(self, frame: pd.DataFrame) -> tuple[TopK, np.ndarray]:
         """(TopK, kind of each product's prediction): `ALL`, or `without MODEL` where a hidden model said
@@ -180,7 +206,7 @@ class Predictor:
         parts = self.fold_predictions(frame)
         kinds = np.full(len(frame), ALL, dtype=object)
         for m in self.hidden:
-            kinds[average(parts[m]).missing & (kinds == ALL)] = f"without {m}"
+            kinds[average(parts[m]).missing & (kinds == ALL)] = PredictionKind(m).label
         if self.model == STACK:
             return self.stacker().predict(parts, frame), kinds
         if self.model == AVERAGE:
@@ -204,18 +230,17 @@ class Predictor:
         """Per product: id, predicted_category_id, confidence, category_path, top-N alternatives with
         their probabilities, prediction_kind, needs_review (confidence below `threshold`, or below the
         threshold of the product's kind that reaches `min_precision`; neither: nothing flagged)."""
+        ReviewRule(threshold, min_precision)  # checked once, where the rule lives
         topk, kinds = self.predict_kinds(frame)
         if min_precision is not None:
-            if threshold is not None:
-                raise UsageError("give a threshold or a minimal precision, not both")
             by_kind = {kind: t for kind, (t, _, _) in self.thresholds_for(min_precision).items()}
             threshold = np.array([by_kind[k] for k in kinds], np.float64)
         return to_frame(topk, self.tree, top, threshold, kinds)
 
     # -- review thresholds ---------------------------------------------------------------------------------
-    def oof_confidence(self, kind: str = ALL) -> dict[str, np.ndarray]:
+    def oof_confidence(self, kind: PredictionKind = PredictionKind()) -> dict[str, np.ndarray]:
         """The model's OOF confidences and correctness for predictions of this kind."""
-        name = CONFIDENCE_FILE if kind == ALL else f"{WITHOUT}{kind.removeprefix('without ')}.npz"
+        name = kind.confidence_file
         kept = None if self.model == AVERAGE else load_confidence(self.root / self.model, name)
         if kept is None:
             raise DataError(f"no out-of-fold confidences for model '{self.model}' "
@@ -229,9 +254,9 @@ class Predictor:
             if len(self._thresholds) >= 64:  # a service's clients may ask for many precisions: bounded
                 self._thresholds.clear()
             out = {}
-            for kind in [ALL] + [f"without {m}" for m in self.hidden]:
+            for kind in self.kinds:
                 c = self.oof_confidence(kind)
-                out[kind] = pick_threshold(c["confidence"], c["correct"], precision)
+                out[kind.label] = pick_threshold(c["confidence"], c["correct"], precision)
             self._thresholds[precision] = out
         return self._thresholds[precision]
 
@@ -271,9 +296,10 @@ def predict_file(root: Path, input_path: Path, out_path: Path, images: Path | No
         raise DataError(f"{images.resolve()}: --images folder not found")
     images = images if images is not None else input_path.parent / "images"  # the task's layout
     frame = with_photos(frame, ImageFolder(images), None)
-    reports = Path(root).resolve().parent.parent / "reports" / Path(root).name
-    report_empty_products(frame, product_texts(frame, predictor.text_settings), reports /
-                          f"empty_products_{input_path.stem}.csv", "products to predict", echo)
+    # the reports go beside the output: two inputs of the same name never share one, nothing lands elsewhere
+    report = Path(out_path).parent / Path(out_path).stem
+    report_empty_products(frame, product_texts(frame, predictor.text_settings),
+                          report.with_name(f"{report.name}.empty_products.csv"), "products to predict", echo)
     seen = predictor.seen_rows(frame)
     if len(seen):
         by_id = [m for m in predictor.base_names() if any(c.uses_ids for c in predictor.base(m))]
@@ -284,7 +310,7 @@ def predict_file(root: Path, input_path: Path, out_path: Path, images: Path | No
     if any(m.uses_photos for name in predictor.base_names() for m in predictor.base(name)):
         from prodcat.models.nn.vision import report_skipped
 
-        echo("[predict] " + report_skipped(frame, reports / f"skipped_photos_{input_path.stem}.csv"))
+        echo("[predict] " + report_skipped(frame, report.with_name(f"{report.name}.skipped_photos.csv")))
     echo(f"[predict] {len(frame)} products from {input_path} with '{predictor.model}' ({use} models) "
          f"(loaded in {time.time() - start:.1f}s)")
     table = predictor.predict(frame, top, threshold, min_precision)

@@ -18,14 +18,16 @@ from pathlib import Path
 from typing import Union, get_args, get_origin, get_type_hints
 
 from prodcat.errors import SettingsError
+from prodcat.review_rule import ReviewRule
 
 DEFAULT_CONFIG = Path("configs/default.yaml")
 
 
 def setting(default, doc: str, *, choices: tuple | None = None, min: float | None = None,
-            max: float | None = None):
-    """A declared setting: its default, a one-line doc and the allowed values."""
-    meta = {"doc": doc, "choices": choices, "min": min, "max": max}
+            max: float | None = None, path: bool = False):
+    """A declared setting: its default, a one-line doc and the allowed values; `path`: a file or folder,
+    which `--set` gives relative to the caller's directory."""
+    meta = {"doc": doc, "choices": choices, "min": min, "max": max, "path": path}
     if isinstance(default, (list, dict)) or is_dataclass(default):
         value = default
         return field(default_factory=lambda: _copy(value), metadata=meta)
@@ -272,35 +274,37 @@ class StackSettings:
 
 
 USES = ("full", "folds")  # how a bag predicts new products: its full child, or the average of its folds
-DEFAULT_USE = "folds"  # README "Refit on all products": measured on uhtt_ke
+DEFAULT_USE = "folds"  # docs/commands.md "Refit on all products"; measured in docs/results/uhtt_ke.md
 
 
 @dataclass
 class ServeSettings:
     host: str = setting("127.0.0.1", "address the HTTP service binds to (loopback: this machine only)")
     port: int = setting(8000, "TCP port of the HTTP service", min=1, max=65535)
-    workers: int = setting(1, "worker processes, each with its own copy of the models (README: memory per worker)",
+    workers: int = setting(1, "worker processes, each with its own copy of the models (docs/serving.md: memory per worker)",
                            min=1)
     use: str = setting(DEFAULT_USE, "each base model's full model or the average of its fold models", choices=USES)
     model: Union[str, None] = setting(None, "stack, average or a base model (null: stack when saved)")
     top: int = setting(3, "alternatives per product when a request does not say", min=1)
-    threshold: Union[float, None] = setting(None, "flag needs_review below this confidence (null: from "
-                                            "min_precision)", min=0.0, max=1.0)
+    threshold: Union[float, None] = setting(None, "flag needs_review below this confidence, 0 to 1 (null: from "
+                                            "min_precision; prodcat.review_rule)")
     min_precision: Union[float, None] = setting(0.98, "flag needs_review below the threshold that reaches this "
-                                                "precision on the OOF confidences (null: flag nothing unless "
-                                                "threshold is set)", min=0.0, max=1.0)
+                                                "precision on the OOF confidences, 0 < P < 1 (null: flag nothing "
+                                                "unless threshold is set)")
     max_batch_items: int = setting(1000, "products in one request at most", min=1)
     max_body_bytes: int = setting(16 * 1024 * 1024, "bytes of one request body at most (chunked bodies too)",
                                   min=1024)
     max_text_chars: int = setting(50_000, "characters of one text field of a product at most", min=1)
-    max_photo_pixels: int = setting(40_000_000, "pixels of a photo at most (width x height; no decompression "
-                                    "bombs)", min=1)
+    max_photo_pixels: int = setting(40_000_000, "pixels of a photo a request sends at most (width x height; no "
+                                    "decompression bombs); photo files are read with this default", min=1)
     predict_threads: int = setting(2, "predictions that run at once (the others wait their turn)", min=1)
     max_category_results: int = setting(100, "leaves one category search returns at most", min=1)
     api_key_file: Union[str, None] = setting(None, "file holding the API key of the write endpoints (the "
-                                             "PRODCAT_API_KEY environment variable wins)")
+                                             "PRODCAT_API_KEY environment variable wins)", path=True)
     reload_on_sighup: bool = setting(True, "SIGHUP loads the models folder again and swaps it in")
     graceful_shutdown_s: int = setting(30, "seconds in-flight requests get to finish at shutdown", min=0)
+    client_timeout_s: float = setting(10.0, "seconds a client has to send a whole request, head and body (a slower "
+                                      "one is answered 408 and closed)", min=0.1)
 
 
 @dataclass
@@ -308,15 +312,17 @@ class ReviewSettings:
     url: str = setting("auto", "database URL of the review store ('auto': SQLite at <workdir>/review/<dataset>/"
                        "review.db; several service replicas share a postgresql+psycopg://USER:PASSWORD@HOST/DB)")
     min_precision: float = setting(0.98, "precision the auto-accepted products must reach (0 < P < 1); the rest are "
-                                   "queued for review", min=0.0, max=1.0)
+                                   "queued for review")
     audit_share: float = setting(0.02, "share of the auto-accepted products also queued (an audit sample, "
                                  "picked by a hash of the product id) to measure their real precision",
                                  min=0.0, max=1.0)
     suggestions: int = setting(5, "top-N suggestions kept per queued product (keys 1-9 accept one)", min=1, max=9)
     claim_ttl_s: int = setting(600, "seconds a reviewer holds a product before another reviewer may get it", min=1)
+    dwell_ms: int = setting(300, "milliseconds a product is on the review page before a key press may decide "
+                            "it (earlier presses and held keys decide nothing)", min=0)
     reviewers_file: Union[str, None] = setting(None, "reviewers of the service's /review page, one 'NAME KEY' per "
                                                "line (null: no review page; the service then neither queues "
-                                               "nor answers from decisions)")
+                                               "nor answers from decisions)", path=True)
 
 
 @dataclass
@@ -341,9 +347,9 @@ class TrainOnlySettings:
 
 @dataclass
 class RunSettings:
-    data: str = setting("data/flipkart", "dataset folder in the task's layout (--data overrides)")
+    data: str = setting("data/flipkart", "dataset folder in the task's layout (--data overrides)", path=True)
     dataset_name: Union[str, None] = setting(None, "name of the outputs' folders (null: the data folder's)")
-    workdir: str = setting(".", "where folds/, oof/, models/, ... go (--workdir overrides)")
+    workdir: str = setting(".", "where folds/, oof/, models/, ... go (--workdir overrides)", path=True)
     seed: int = setting(42, "seed of folds and models")
     top_k: int = setting(20, "classes stored per product", min=1)
     folds: FoldSettings = setting(FoldSettings(), "cross-validation")
@@ -593,6 +599,13 @@ def resolve(layers: list[tuple[str, dict]], n_products: int | None = None) -> Re
         if model not in known:
             path = f"train_only.models.{model}"
             _fail(sources.get(path, "default"), path, "unknown model" + _suggest(str(model), known))
+    for section in ("serve", "review"):  # the review rule, checked where it lives (prodcat.review_rule)
+        where = sources.get(f"{section}.min_precision", sources.get(f"{section}.threshold", "default"))
+        try:
+            ReviewRule(values[section].get("threshold"), values[section]["min_precision"],
+                       (f"{section}.threshold", f"{section}.min_precision"), SettingsError)
+        except SettingsError as exc:
+            raise SettingsError(f"{where}: {exc}") from None
     for model in values["train_only"]["once"]:
         if model not in known:
             _fail(sources.get("train_only.once", "default"), "train_only.once",
@@ -629,9 +642,39 @@ def parse_sets(items: list[str] | tuple[str, ...]) -> dict:
     if bad:
         raise SettingsError(f"--set {bad[0]!r}: expected KEY.PATH=VALUE, e.g. --set models.fasttext.epoch=10")
     try:
-        return OmegaConf.to_container(OmegaConf.from_dotlist(list(items)))
+        sets = OmegaConf.to_container(OmegaConf.from_dotlist(list(items)))
     except Exception as exc:  # noqa: BLE001
         raise SettingsError(f"--set: {exc}") from None
+    return with_caller_paths(sets)
+
+
+def path_settings(schema=None, prefix: str = "") -> list[str]:
+    """The dotted keys of the settings declared as paths (`setting(..., path=True)`)."""
+    out = []
+    for f in fields(schema or RunSettings):
+        value = f.default if f.default is not MISSING else f.default_factory()
+        if is_dataclass(value):
+            out += path_settings(type(value), f"{prefix}{f.name}.")
+        elif f.metadata.get("path"):
+            out.append(prefix + f.name)
+    return out
+
+
+def with_caller_paths(sets: dict) -> dict:
+    """`--set` paths mean what the user typed: relative to the caller's directory (run.sh changes into the
+    repository and records where the user was in PRODCAT_CALLER_DIR)."""
+    import os
+
+    caller = os.environ.get("PRODCAT_CALLER_DIR")
+    for key in path_settings() if caller else []:
+        *parents, name = key.split(".")
+        section = sets
+        for part in parents:
+            section = section.get(part) if isinstance(section, dict) else None
+        value = section.get(name) if isinstance(section, dict) else None
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            section[name] = str(Path(caller) / Path(value).expanduser())
+    return sets
 
 
 def load_config(path: str | Path | None = None, sets: dict | None = None, n_products: int | None = None) -> dict:

@@ -9,7 +9,9 @@ import io
 import warnings
 from pathlib import Path
 
-MAX_PIXELS = 40_000_000  # width x height of a photo at most
+from prodcat.settings import ServeSettings, defaults_of
+
+MAX_PIXELS = defaults_of(ServeSettings)["max_photo_pixels"]  # width x height of a photo at most
 SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif"}  # what the models read
 
 

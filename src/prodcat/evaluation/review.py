@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from prodcat.errors import DataError
 from prodcat.evaluation.metrics import hf1_of_counts
 from prodcat.probs import TopK
 
@@ -52,9 +51,8 @@ def pick_threshold(confidence: np.ndarray, correct: np.ndarray, precision: float
                    ) -> tuple[float, float, float]:
     """The lowest confidence threshold whose accepted products (confidence >= threshold) reach `precision`
     with a one-sided 95 % Wilson lower bound, so that it holds on new products, not only on these.
-    Returns (threshold, coverage, precision on these products); threshold inf when no threshold does."""
-    if not 0 < precision < 1:
-        raise DataError(f"--min-precision must be between 0 and 1 (got {precision})")
+    Returns (threshold, coverage, precision on these products); threshold inf when no threshold does.
+    `precision` comes from a checked ReviewRule (prodcat.review_rule) or a fixed table of them."""
     order = np.argsort(-confidence, kind="stable")
     conf, ok = confidence[order].astype(np.float64), correct[order].astype(np.float64)
     n = np.arange(1, len(conf) + 1)

@@ -109,7 +109,7 @@ class Bag:
         return (self.finished(expect) and bool(meta.get(FULL))
                 and meta[FULL] == fingerprint(self.child_folder(None) / MODEL_FILE))
 
-    # -- the training side (prodcat.models.runner writes, the bag records) ----------------------------------
+    # -- the training side (prodcat.training.runner writes, the bag records) ----------------------------------
     def child_done(self, fold: int | None, provenance: dict) -> bool:
         """The child is saved whole (files checked against its model.json) and was made from `provenance`
         (training content and settings): a fold's from its fold<K>.json beside the held-out predictions, the

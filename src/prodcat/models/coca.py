@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from prodcat.data.tokens import Vocab, lemmas_many, navec_matrix
+from prodcat.distributed import is_main_process
 from prodcat.errors import DataError
 from prodcat.models.base import BaseModel, child_name
 from prodcat.models.nn.heads import FeatureHead, mlp, robust_std
@@ -56,7 +57,6 @@ from prodcat.models.nn.vision import (
     photo_embeddings,
     photo_paths,
 )
-from prodcat.distributed import is_main_process
 from prodcat.probs import TopK
 from prodcat.settings import config_hash
 from prodcat.storage import atomic_path, write_json, write_npz

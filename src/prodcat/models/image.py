@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from prodcat.distributed import is_main_process
 from prodcat.errors import DataError
 from prodcat.models.base import BaseModel, child_name
 from prodcat.models.nn.heads import FeatureHead, robust_std
@@ -43,7 +44,6 @@ from prodcat.models.nn.vision import (
     photo_embeddings,
     photo_paths,
 )
-from prodcat.distributed import is_main_process
 from prodcat.probs import TopK
 from prodcat.storage import write_json, write_npz
 

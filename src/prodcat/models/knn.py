@@ -23,9 +23,9 @@ import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from numba import njit
 import numpy as np
 import scipy.sparse as sp
+from numba import njit
 
 from prodcat.memo import BoundedMemo
 from prodcat.models.base import BaseModel

@@ -23,10 +23,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from numba import njit
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from numba import njit
 
 from prodcat.memo import BoundedMemo
 from prodcat.models.base import BaseModel

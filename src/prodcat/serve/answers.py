@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import pandas as pd
 
 from prodcat.data.dataset import NUMERIC_COLUMNS, TEXT_COLUMNS, validate_products
-from prodcat.errors import SettingsError, UsageError
+from prodcat.errors import SettingsError
 from prodcat.probs import NO_LABEL
+from prodcat.review_rule import ReviewRule
 from prodcat.serve.loading import LoadedModels
 from prodcat.serve.photos import PhotoFiles, from_base64
 
@@ -24,24 +25,16 @@ class Ask:
     min_precision: float | None
 
 
-def check_review_settings(settings: dict) -> None:
-    """The service's review rule: a threshold or a minimal precision (strictly between 0 and 1), not both."""
-    if settings["threshold"] is not None and settings["min_precision"] is not None:
-        raise SettingsError("serve.threshold and serve.min_precision: give one of them (set the other to null)")
-    if settings["min_precision"] is not None and not 0 < settings["min_precision"] < 1:
-        raise SettingsError(f"serve.min_precision: {settings['min_precision']} must be between 0 and 1, both "
-                            "excluded (or null)")
-
-
 def ask_of(settings: dict, top: int | None = None, threshold: float | None = None,
            min_precision: float | None = None) -> Ask:
     """The request's own choices, else the service's: a request that gives a threshold or a minimal
-    precision replaces the service's review rule; giving both is a UsageError (as for `predict`)."""
-    if threshold is not None and min_precision is not None:
-        raise UsageError("give a threshold or a minimal precision, not both")
-    if threshold is None and min_precision is None:
-        threshold, min_precision = settings["threshold"], settings["min_precision"]
-    return Ask(top if top is not None else settings["top"], threshold, min_precision)
+    precision replaces the service's review rule (prodcat.review_rule checks it: both given is a
+    UsageError, as for `predict`)."""
+    rule = ReviewRule(threshold, min_precision)
+    if not rule.given:
+        rule = ReviewRule(settings["threshold"], settings["min_precision"], ("serve.threshold", "serve.min_precision"),
+                          SettingsError)
+    return Ask(top if top is not None else settings["top"], rule.threshold, rule.min_precision)
 
 
 def product_frame(products: list, photos: PhotoFiles, item: str, uploaded: str | None = None) -> pd.DataFrame:

@@ -12,7 +12,7 @@ import numpy as np
 
 import prodcat
 from prodcat.evaluation.metrics import hf1_of_counts
-from prodcat.evaluation.review import CONFIDENCE_FILE, WITHOUT, load_confidence
+from prodcat.evaluation.review import CONFIDENCE_FILE, load_confidence
 from prodcat.models.bag import FULL
 from prodcat.outputs import STACK, TRAIN_IDS
 from prodcat.predict import Predictor
@@ -50,7 +50,8 @@ def oof_scores(predictor: Predictor) -> list[dict]:
     kept = [(name, predictor.root / name, CONFIDENCE_FILE) for name in predictor.bags]
     if (predictor.root / STACK / CONFIDENCE_FILE).is_file():
         kept.append((STACK, predictor.root / STACK, CONFIDENCE_FILE))
-        kept += [(f"{STACK} without {m}", predictor.root / STACK, f"{WITHOUT}{m}.npz") for m in predictor.hidden]
+        kept += [(f"{STACK} {kind.label}", predictor.root / STACK, kind.confidence_file)
+                 for kind in predictor.kinds[1:]]
     rows = []
     for name, folder, file in kept:
         c = load_confidence(folder, file)

@@ -14,7 +14,6 @@ from prodcat.data.photos import inspect_photo
 from prodcat.errors import DataError
 
 
-
 def photo_error(problem: str, row: int | None) -> DataError:
     """A bad photo, named like any other bad field of a product."""
     return DataError(f"photo: {problem}", column="photo", problem=problem, rows=None if row is None else [row])

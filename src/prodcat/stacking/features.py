@@ -3,9 +3,9 @@ same for every class (each model's probability, rank, subtree masses, ...; share
 depth; the product's text sizes)."""
 from __future__ import annotations
 
-from numba import njit
 import numpy as np
 import pandas as pd
+from numba import njit
 
 from prodcat.probs import NO_LABEL, TopK
 

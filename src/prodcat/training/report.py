@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from prodcat.probs import TopK
-from prodcat.run import Run
+from prodcat.training.run import Run
 
 
 def _plt():
@@ -131,7 +131,7 @@ def coverage_figure(table: pd.DataFrame, dataset: str = ""):
 def figures(run: Run) -> dict:
     """{'scores', 'top_level', 'calibration', 'coverage'} figures and the tables behind them."""
     from prodcat.evaluation.review import review_table
-    from prodcat.evaluation.scores import comparison_predictions, comparison_table, top_level_table
+    from prodcat.training.scores import comparison_predictions, comparison_table, top_level_table
 
     preds = comparison_predictions(run)
     y = run.ds.train["category_id"].to_numpy()

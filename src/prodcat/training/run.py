@@ -1,16 +1,15 @@
 """A run: one dataset, its resolved settings and the workdir its outputs go to; shared by every command."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
 
-from prodcat.data.dataset import Dataset, dataset_name, load_dataset
+from prodcat.data.dataset import Dataset, load_dataset
 from prodcat.data.folds import load_or_make_folds
-from prodcat.outputs import Paths
+from prodcat.outputs import Paths, workdir_of
 from prodcat.settings import Resolved, resolve_config
 
 
@@ -92,14 +91,3 @@ def train_only_drawn(only: dict) -> int | None:
     """How many train-only products to draw: the most any model is given (None: all)."""
     counts = [only["rows"], *only["models"].values()]
     return None if None in counts else int(max(counts))
-
-
-def workdir_of(given, cfg: dict) -> Path:
-    """--workdir, else $PRODCAT_WORKDIR, else the config's `workdir`."""
-    return Path(given or os.environ.get("PRODCAT_WORKDIR") or cfg["workdir"])
-
-
-def models_root(data=None, config=None, workdir=None, sets: dict | None = None) -> Path:
-    """models/<dataset>/ of a config and data folder, without reading the training data."""
-    cfg = resolve_config(config, sets).values
-    return Paths(workdir_of(workdir, cfg), dataset_name(data or cfg["data"], cfg["dataset_name"])).models_root

@@ -250,10 +250,10 @@ def _train_fold(run, model: BaseModel, base: str, train, fold: int, echo) -> Non
 def _save_tree(run) -> None:
     """The category tree and the training ids beside the saved models, so that they predict without the
     training data (and `predict` knows which products they were trained on)."""
-    from prodcat.outputs import TRAIN_IDS
+    from prodcat.outputs import TRAIN_IDS, TREE_FILE
     from prodcat.storage import atomic_path, write_npz
 
-    target = run.paths.models_root / "categories_tree.csv"
+    target = run.paths.models_root / TREE_FILE
     source = run.ds.root / "categories_tree.csv"
     if not target.exists() or target.read_bytes() != source.read_bytes():
         with atomic_path(target) as tmp:

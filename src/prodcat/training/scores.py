@@ -1,13 +1,13 @@
 """OOF scores of every finished model of a dataset: hF1, weighted F1, accuracy."""
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 from prodcat.evaluation.metrics import score
-from prodcat.outputs import STACK, base_models, finished_models, load_oof
+from prodcat.outputs import STACK
 from prodcat.probs import TopK
-from prodcat.run import Run
+from prodcat.training.oof import base_models, finished_models, load_oof
+from prodcat.training.run import Run
 
 
 def score_oof(run: Run, oof: TopK) -> dict:

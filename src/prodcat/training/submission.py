@@ -8,8 +8,8 @@ import pandas as pd
 
 from prodcat.errors import DataError
 from prodcat.models.bag import DEFAULT_USE
-from prodcat.run import Run
 from prodcat.storage import write_parquet
+from prodcat.training.run import Run
 
 
 def build_submission(run: Run, model: str | None = None, use: str = DEFAULT_USE) -> tuple[pd.DataFrame, str]:
