@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # prodcat entry point. Bootstraps .venv on first use (pinned requirements.txt + constraints.txt),
-# then: ./run.sh all | test | folds | train MODEL [--fold K] | submit | scores | ... [--data DIR] [--config FILE]
+# then: ./run.sh all | test | docs | folds | train MODEL [--fold K] | submit | scores | ... [--data DIR] [--config FILE]
 set -euo pipefail
 # paths given on the command line mean what the user typed: relative to the caller's directory
 export PRODCAT_CALLER_DIR="$PWD"
@@ -31,6 +31,7 @@ cmd="${1:-all}"
 [[ $# -gt 0 ]] && shift
 case "$cmd" in
   test) exec "$PY" -m pytest "$@" ;;
+  docs) exec "$PY" -m mkdocs build --strict --site-dir site "$@" ;;
   python) exec "$PY" "$@" ;;
   *) exec "$PY" -m prodcat "$cmd" "$@" ;;
 esac
