@@ -82,3 +82,23 @@ def test_the_nearest_similarity_is_kept_as_a_number_in_files_and_averages(tmp_pa
 
     mean = average(tops).flags["nearest"]
     np.testing.assert_allclose(mean, (tops[0].flags["nearest"] + tops[1].flags["nearest"]) / 2, rtol=1e-6)
+
+
+def test_decided_products_are_neighbours_at_once_a_new_leaf_included_and_forgotten_when_undone():
+    """`remember`: products people decided since the fit are searched beside the training products and vote
+    like them - a leaf no training product has (a new category) is suggested from its first decisions - and
+    a new memory replaces the old (an undone decision is gone); the training products' votes are unchanged."""
+    train = frame(["шоколад молочный alpen gold", "шоколад горький alpen gold", "чай черный greenfield",
+                   "чай зеленый greenfield", "матча порошок alpen"], [1, 2, 3, 3, 1])
+    fitted = model(neighbours=3, power=1.0).fit(train, None)
+    query = frame(["чай матча порошок greenfield 100г", "шоколад молочный alpen gold 90г"], start=100)
+    before = fitted.predict(query)
+    # the models' vocabulary is the fit's: a decided product is found by the words it shares with it
+    fitted.remember(frame(["чай матча порошок greenfield"], [7]), np.array([7]))  # 7: a new leaf
+    taught = fitted.predict(query)
+    assert taught.labels[0, 0] == 7 and 7 not in before.labels  # the nearest now, and a class of its own
+    assert taught.flags["nearest"][0] > before.flags["nearest"][0]
+    assert np.array_equal(taught.labels[1], before.labels[1])  # its own neighbours outvote it: unchanged
+    fitted.remember(None, None)
+    again = fitted.predict(query)
+    assert np.array_equal(again.labels, before.labels) and np.array_equal(again.scores, before.scores)

@@ -472,7 +472,7 @@ def review_add(input_path, products_path, images, models_dir, model, min_precisi
                sets):
     """Queue the products that need review (and the audit sample of the accepted ones) from a file."""
     from prodcat.predict import Predictor
-    from prodcat.review.queue import open_store, queue_predictions, read_review_input
+    from prodcat.review.queue import open_store, queue_predictions, read_review_input, teach
     from prodcat.review_rule import ReviewRule
     from prodcat.serve.info import model_version
 
@@ -483,6 +483,7 @@ def review_add(input_path, products_path, images, models_dir, model, min_precisi
     cfg, paths = review_setup(data, config, workdir, sets)
     predictor = Predictor.load(models_dir or paths.models_root, model, preload=False, use=use)
     store = open_store(cfg, paths, predictor.tree)
+    teach(predictor, store)  # what people decided so far: the models' memory before these are predicted
     settings = cfg["review"]
     precision = settings["min_precision"] if min_precision is None else min_precision
     table, products = read_review_input(input_path, products_path, images, predictor, precision,

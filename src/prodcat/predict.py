@@ -11,6 +11,7 @@ threshold is set directly or picked for a target precision from the model's out-
 """
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -70,6 +71,8 @@ class Predictor:
         self.bags = bags  # {base model: its finished bag} saved under root
         self._stacker = None
         self._thresholds: dict[float, dict] = {}
+        self._remembering = threading.Lock()
+        self.memory_version = None  # the state of the decisions the models remember (`remember`)
 
     @classmethod
     def load(cls, root: str | Path, model: str | None = None, preload: bool = True,
@@ -156,6 +159,18 @@ class Predictor:
     def base(self, name: str) -> list:
         """The loaded children of a base model that predict new products (its full child, or its folds)."""
         return self.bag(name).children(self.use)
+
+    def remember(self, products: pd.DataFrame | None, version=None) -> None:
+        """Products people decided (the training layout: their fields and `category_id`, the chosen leaf)
+        join the memory of every loaded base model that keeps one, at once - the next similar product is
+        answered with them as with any training neighbour; None forgets them. `version`: what they are the
+        state of (`memory_version` says it back), so an unchanged store is not read twice."""
+        leaves = None if products is None else products["category_id"].to_numpy(np.int64)
+        with self._remembering:
+            for name in self.base_names():
+                for child in self.base(name):
+                    child.remember(products, leaves)
+            self.memory_version = version
 
     def stacker(self):
         if self._stacker is None:

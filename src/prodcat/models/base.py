@@ -132,6 +132,11 @@ class BaseModel:
     def predict(self, frame: pd.DataFrame) -> TopK:
         raise NotImplementedError
 
+    def remember(self, products: pd.DataFrame | None, leaves) -> None:
+        """Products people decided since the fit, with their chosen leaves, for a model that keeps a memory
+        of labelled products (the kNN: they are its neighbours at once); the others learn them at the
+        next fit. None: forget them."""
+
     def save(self, folder: Path) -> None:
         raise NotImplementedError
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,18 @@ _VECTORIZERS = BoundedMemo(4)  # content hash of a saved vocabulary -> the loade
 _TRANSFORMED = BoundedMemo(2)  # (vocabulary hash, texts hash) -> their TF-IDF rows
 
 
+@dataclass(frozen=True)
+class Memory:
+    """Products people decided since the fit, searched beside the training products: their TF-IDF rows
+    (terms x products), the classes of both (the fitted ones and any new leaf), each decided product's class
+    and each training product's, as indices into those classes."""
+
+    index: sp.csr_matrix
+    classes: np.ndarray
+    labels: np.ndarray
+    own: np.ndarray
+
+
 class KnnModel(BaseModel):
     name = "knn"
 
@@ -47,6 +60,7 @@ class KnnModel(BaseModel):
         self.classes, self.label_index = None, None  # the distinct leaves; each training product's, as an index
         self._rows: FittedRows | None = None  # the rows of the texts the vectorizer was fitted on
         self._vocab_key = None  # a loaded model's: the content hash of its vocabulary and IDF
+        self.memory: Memory | None = None  # products decided since the fit (`remember`), never saved
 
     def prepare(self, train) -> None:
         """Vocabulary and IDF from every training row (no labels), shared by the k folds: fitted once."""
@@ -94,12 +108,19 @@ class KnnModel(BaseModel):
         if len(ids) == 0:
             return TopK.empty(ids, k)
         x = self.features(frame)
-        chunk, n, ix = int(self.params["chunk"]), x.shape[0], self.index
+        memory = self.memory  # one reference: a decision stored meanwhile is seen by the next call
+        classes = self.classes if memory is None else memory.classes
+        m, chunk, n = int(self.params["neighbours"]), int(self.params["chunk"]), x.shape[0]
 
         def part(start: int):
             q = x[start:start + chunk]
-            return _search(q.indptr, q.indices, q.data, ix.indptr, ix.indices, ix.data, self.label_index,
-                           int(self.params["neighbours"]), float(self.params["power"]), k)
+            ix, own = self.index, self.label_index if memory is None else memory.own
+            cls, sim = _neighbours(q.indptr, q.indices, q.data, ix.indptr, ix.indices, ix.data, own, m)
+            if memory is not None:  # the products people decided since: neighbours like any other
+                mx = memory.index
+                more = _neighbours(q.indptr, q.indices, q.data, mx.indptr, mx.indices, mx.data, memory.labels, m)
+                cls, sim = np.hstack([cls, more[0]]), np.hstack([sim, more[1]])
+            return _vote(cls, sim, m, float(self.params["power"]), k)
 
         starts = range(0, n, chunk)
         with ThreadPoolExecutor(max(1, min(int(self.params["threads"]), len(starts)))) as pool:
@@ -107,8 +128,21 @@ class KnnModel(BaseModel):
         lab = np.concatenate([p[0] for p in parts])
         scores = np.concatenate([p[1] for p in parts])
         nearest = np.concatenate([p[2] for p in parts])
-        labels = np.where(lab >= 0, self.classes[np.maximum(lab, 0)], NO_LABEL)
+        labels = np.where(lab >= 0, classes[np.maximum(lab, 0)], NO_LABEL)
         return TopK.from_ranked(ids, labels, scores, k, nearest <= 0, {"nearest": nearest})
+
+    def remember(self, products, leaves: np.ndarray) -> None:
+        """Products people decided since the model was fitted (`leaves`: their chosen leaves) join its memory of
+        labelled products at once: they are searched beside the training products, and vote as any
+        neighbour does. Replaces the previous memory (an undone decision is gone with it); none: forgotten."""
+        if products is None or not len(products):
+            self.memory = None
+            return
+        x = self.features(products).tocsc()
+        classes = np.union1d(self.classes, np.asarray(leaves, np.int64))  # a new leaf is learned from its first
+        self.memory = Memory(index=x.T.tocsr().astype(np.float32), classes=classes,
+                             labels=np.searchsorted(classes, np.asarray(leaves, np.int64)).astype(np.int64),
+                             own=np.searchsorted(classes, self.classes)[self.label_index].astype(np.int64))
 
     def save(self, folder: Path) -> None:
         from prodcat.storage import write_npz
@@ -142,16 +176,14 @@ class KnnModel(BaseModel):
 
 
 @njit(cache=True, nogil=True)
-def _search(q_indptr, q_indices, q_data, ix_indptr, ix_indices, ix_data, y, neighbours, power, k):  # pragma: no cover
-    """Per query row (TF-IDF, CSR) its cosine similarity to every training product sharing a term with it (the
-    index: terms x training products, CSR), accumulated term by term; the `neighbours` most similar vote for
-    their class (index into the classes) with similarity ** power. Returns the k best classes and their vote
-    shares, and the top similarity."""
+def _neighbours(q_indptr, q_indices, q_data, ix_indptr, ix_indices, ix_data, y, m):  # pragma: no cover
+    """Per query row (TF-IDF, CSR) its cosine similarity to every indexed product sharing a term with it (the
+    index: terms x products, CSR), accumulated term by term. Returns the `m` most similar: their class
+    (index into the classes, -1: none) and similarity, most similar first."""
     n = len(q_indptr) - 1
     n_train = len(y)
-    labels = np.full((n, k), -1, np.int64)
-    scores = np.zeros((n, k), np.float32)
-    nearest = np.zeros(n, np.float32)
+    cls = np.full((n, m), -1, np.int64)
+    sim = np.zeros((n, m), np.float32)
     acc = np.zeros(n_train, np.float32)
     touched = np.empty(n_train, np.int64)
     for i in range(n):
@@ -169,20 +201,42 @@ def _search(q_indptr, q_indices, q_data, ix_indptr, ix_indices, ix_data, y, neig
         found = touched[:hits]
         sims = acc[found].copy()
         acc[found] = 0
-        m = min(neighbours, hits)
-        if hits > m:  # the m most similar: a linear-time cut, then a sort of those only
-            cut = np.partition(sims, hits - m)[hits - m]
-            top = np.flatnonzero(sims >= cut)
-            order = top[np.argsort(-sims[top], kind="mergesort")][:m]
+        top = min(m, hits)
+        if hits > top:  # the m most similar: a linear-time cut, then a sort of those only
+            cut = np.partition(sims, hits - top)[hits - top]
+            best = np.flatnonzero(sims >= cut)
+            order = best[np.argsort(-sims[best], kind="mergesort")][:top]
         else:
             order = np.argsort(-sims, kind="mergesort")
-        nearest[i] = sims[order[0]]
-        cls = np.empty(m, np.int64)
-        votes = np.zeros(m, np.float64)
-        used = 0
+        for j in range(top):
+            cls[i, j] = y[found[order[j]]]
+            sim[i, j] = sims[order[j]]
+    return cls, sim
+
+
+@njit(cache=True, nogil=True)
+def _vote(nb_cls, nb_sim, neighbours, power, k):  # pragma: no cover
+    """The `neighbours` most similar of each row's candidates (class -1: none) vote for their class with
+    similarity ** power. Returns the k best classes and their vote shares, and the top similarity."""
+    n, width = nb_cls.shape
+    labels = np.full((n, k), -1, np.int64)
+    scores = np.zeros((n, k), np.float32)
+    nearest = np.zeros(n, np.float32)
+    for i in range(n):
+        order = np.argsort(-nb_sim[i], kind="mergesort")
+        cls = np.empty(neighbours, np.int64)
+        votes = np.zeros(neighbours, np.float64)
+        used, taken = 0, 0
         for j in order:
-            c = y[found[j]]
-            w = max(sims[j], 0.0) ** power
+            if taken == neighbours:
+                break
+            c = nb_cls[i, j]
+            if c < 0:
+                continue
+            if taken == 0:
+                nearest[i] = nb_sim[i, j]
+            taken += 1
+            w = max(nb_sim[i, j], 0.0) ** power
             for u in range(used):
                 if cls[u] == c:
                     votes[u] += w

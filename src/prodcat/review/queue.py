@@ -86,6 +86,16 @@ def open_store(cfg: dict, paths, tree=None) -> ReviewStore:
     return ReviewStore(store_url(cfg, paths), paths.dataset, tree)
 
 
+def teach(predictor, store: ReviewStore) -> None:
+    """The store's standing decisions join the models' memory (Predictor.remember: the kNN searches them
+    beside its training products) when they changed since the models last learned them; undone ones are
+    forgotten."""
+    version = (store.dataset, store.version())
+    if version != predictor.memory_version:
+        rows = store.export_training_rows()
+        predictor.remember(rows if len(rows) else None, version)
+
+
 def read_review_input(input_path: Path, products_path: Path | None, images: Path | None, predictor,
                       min_precision: float, top: int, echo=print) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(predictions, products) for `review add`: a product file is predicted with the saved models on the

@@ -326,6 +326,12 @@ class ReviewStore:
                 "suggestion1_share": top1_n / done if done else None, "audit_decided": audit_n,
                 "audit_precision": audit_ok / audit_n if audit_n else None}
 
+    def version(self) -> int:
+        """The latest decision's id (0: none): it changes with every decision and every undo."""
+        with self._tx(write=False) as conn:
+            return int(conn.execute(select(func.coalesce(func.max(decisions.c.id), 0))
+                                    .where(decisions.c.dataset == self.dataset)).scalar_one())
+
     def decisions_frame(self) -> pd.DataFrame:
         """Every decision of the dataset, oldest first (the append-only record, undos and skips included)."""
         with self._tx(write=False) as conn:

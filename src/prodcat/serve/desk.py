@@ -171,6 +171,19 @@ class ReviewDesk:
                 tmp.write_bytes(data)
         return str(target)
 
+    def teach(self, predictor) -> None:
+        """The standing decisions of the store join the models' memory (Predictor.remember) when they changed
+        since the models last learned them: every worker and replica reads the same store, so they agree;
+        an undone decision is forgotten. A store that cannot be read is logged and the models answer as
+        they are."""
+        from prodcat.review.db import StoreError
+        from prodcat.review.queue import teach
+
+        try:
+            teach(predictor, self.store(predictor.tree))
+        except StoreError as exc:
+            log.warning("decisions not learned: %s", exc)
+
     def decided(self, frame: pd.DataFrame, tree) -> dict[int, dict]:
         """{row of the frame: the standing decision on a product with that row's normalised text}; a store
         that cannot be read is logged and the models answer alone."""

@@ -83,13 +83,16 @@ def predict_now(service, models, products: list, ask_args: dict, item: str, uplo
     """(response body, products flagged), once one of the `serve.predict_threads` prediction slots is
     free: photos checked into temporary files (removed at the end), the products checked by
     `validate_products`, predicted; with a review desk, products people already decided are answered
-    with the decision, and (`queue`) the flagged ones are queued for review."""
+    with the decision, the others are predicted with what people decided in the models' memory, and
+    (`queue`) the flagged ones are queued for review."""
     desk = service.desk
     with PhotoFiles(service.settings["max_photo_pixels"]) as photos:
         try:
             ask = ask_of(service.settings, **ask_args)
             frame = product_frame(products, photos, item, None if uploaded is None else photos.add(uploaded))
             keep = desk.settings["suggestions"] if queue else 0  # what the review queue keeps of each product
+            if desk.enabled:
+                desk.teach(models.predictor)  # what people decided since: the models' memory, at once
             with service.predicting:
                 body, table = answer(models, frame, ask, keep)
             if desk.enabled:  # the store's work outside the prediction slots
