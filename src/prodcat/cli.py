@@ -224,9 +224,12 @@ def submit(run, model, name, use):
 @click.option("--config", "config", type=click.Path(), default=None, callback=user_path, help="YAML config.")
 @click.option("--workdir", type=click.Path(), default=None, callback=user_path,
               help="Where models/ is (default: the config's).")
+@click.option("--tree", "tree_file", type=click.Path(path_type=Path), callback=user_path, default=None,
+              help="A newer category tree to read the predictions under: leaves matched by id, a prediction into "
+                   "a removed leaf or a node that is no longer a leaf flagged and named (./run.sh tree diff).")
 @use_option
 def predict(input_path, out_path, images, models_dir, model, top, threshold, min_precision, data, config,
-            workdir, use):
+            workdir, use, tree_file):
     """Categorise any file of products with the saved models (no training data needed)."""
     from prodcat.predict import predict_file
     from prodcat.review_rule import ReviewRule
@@ -240,7 +243,7 @@ def predict(input_path, out_path, images, models_dir, model, top, threshold, min
 
         models_dir = models_root(data, config, workdir)
     predict_file(models_dir, input_path, out_path, images, model, top, threshold, min_precision, use,
-                 echo=click.echo)
+                 echo=click.echo, tree_file=tree_file)
 
 
 @main.command()
@@ -421,6 +424,48 @@ def config(run):
     click.echo(f"# {run.settings.note}")
     for key, value, source in rows:
         click.echo(f"{key:<{width}}  {value!r:<40}  # {source}")
+
+
+@main.group()
+def tree():
+    """Changes of the category tree: what changed between two versions, and how many training products each
+    change touches."""
+
+
+@tree.command(name="diff")
+@click.argument("old", type=click.Path(path_type=Path), callback=user_path)
+@click.argument("new", type=click.Path(path_type=Path), callback=user_path)
+@click.option("--data", "data", type=click.Path(), default=None, callback=user_path,
+              help="Training dataset whose products each change touches (default: the config's).")
+@click.option("--config", "config", type=click.Path(), default=None, callback=user_path, help="YAML config.")
+@click.option("--out", "out_path", type=click.Path(path_type=Path), callback=user_path, default=None,
+              help="Also write the changes as CSV.")
+def tree_diff_command(old, new, data, config, out_path):
+    """Nodes added, removed, moved (another parent) and renamed between the trees OLD and NEW (matched by id),
+    each with the training products at or under it in OLD."""
+    import pandas as pd
+
+    from prodcat.data.dataset import TRAIN_COLUMNS, read_products
+    from prodcat.data.tree import CategoryTree
+    from prodcat.data.tree_change import tree_diff
+    from prodcat.settings import resolve_config
+    from prodcat.storage import write_csv
+
+    before, after = CategoryTree.from_csv(old), CategoryTree.from_csv(new)
+    train = Path(data or resolve_config(config).values["data"]) / "train.parquet"
+    labels = read_products(train, TRAIN_COLUMNS)["category_id"].to_numpy() if train.is_file() else None
+    changes = tree_diff(before, after, labels)
+    counts = changes["change"].value_counts()
+    click.echo(f"{old} -> {new}: " + (", ".join(f"{counts.get(c, 0)} {c}" for c in ("added", "removed", "moved",
+                                                                                    "renamed"))))
+    if labels is None:
+        click.echo(f"(no {train}: training products not counted)")
+    with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 60):
+        if len(changes):
+            click.echo(changes.to_string(index=False))
+    if out_path is not None:
+        write_csv(changes, out_path)
+        click.echo(f"-> {out_path}")
 
 
 @main.group()

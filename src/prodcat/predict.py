@@ -295,13 +295,16 @@ def to_frame(top: TopK, tree: CategoryTree, n_top: int = 3, threshold=None, kind
 
 def predict_file(root: Path, input_path: Path, out_path: Path, images: Path | None = None,
                  model: str | None = None, top: int = 3, threshold: float | None = None,
-                 min_precision: float | None = None, use: str = DEFAULT_USE, echo=print) -> pd.DataFrame:
-    """`./run.sh predict`: read and validate the input, predict, write the output parquet."""
+                 min_precision: float | None = None, use: str = DEFAULT_USE, echo=print,
+                 tree_file: Path | None = None) -> pd.DataFrame:
+    """`./run.sh predict`: read and validate the input, predict, write the output parquet. `tree_file`: a
+    newer category tree the predictions are read under (prodcat.data.tree_change.under_tree)."""
     from prodcat.data.dataset import ImageFolder, read_input, with_photos
     from prodcat.data.text import product_texts, report_empty_products
     from prodcat.storage import write_parquet
 
     start = time.time()
+    newer = None if tree_file is None else CategoryTree.from_csv(tree_file)  # a bad tree stops before any work
     predictor = Predictor.load(root, model, preload=False, use=use)
     predictor.check_top(top)
     if min_precision is not None:
@@ -329,6 +332,13 @@ def predict_file(root: Path, input_path: Path, out_path: Path, images: Path | No
     echo(f"[predict] {len(frame)} products from {input_path} with '{predictor.model}' ({use} models) "
          f"(loaded in {time.time() - start:.1f}s)")
     table = predictor.predict(frame, top, threshold, min_precision)
+    if newer is not None:
+        from prodcat.data.tree_change import under_tree
+
+        table = under_tree(table, newer)
+        named = table["tree_problem"].notna()
+        echo(f"[predict] under {tree_file}: {int(named.sum())} products predicted into a category that is not a "
+             "leaf of it (removed, or with categories under it now): flagged for review, named in tree_problem")
     if min_precision is not None:
         for kind, (t, coverage, prec) in predictor.thresholds_for(min_precision).items():
             n = int((table["prediction_kind"] == kind).sum())
