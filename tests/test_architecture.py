@@ -18,7 +18,7 @@ LAYERS = [
     ("models",),  # base models and their bags: fit, predict, save, load
     ("stacking",),  # the stacker model
     ("predict",),  # the Predictor: saved models -> predictions of any file
-    ("training",),  # the Run, the fold runner, the stacker's fit, scores, reports, the submission
+    ("training",),  # the Run, the fold runner, the stacker's fit, scores, reports, suspects, the submission
     ("review",),  # the review queue, its store and its page
     ("serve",),  # the HTTP service
     ("cli",),  # the command line

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 from fastapi.testclient import TestClient
-from test_serve import KEY, free_port, served, wait_ready  # noqa: F401 - `served` is a fixture
+from test_serve import KEY, free_port, served, wait_ready, wait_serving  # noqa: F401 - `served` is a fixture
 
 from prodcat.review.items import audit_sample
 from prodcat.review.store import ReviewStore
@@ -145,7 +145,6 @@ def browser():
 
 
 def start_server(models: Path, folder: Path):
-    import httpx
 
     port = free_port()
     env = os.environ | {"PYTHONPATH": str(REPO / "src"), "PRODCAT_API_KEY": KEY}
@@ -154,17 +153,8 @@ def start_server(models: Path, folder: Path):
          f"review.reviewers_file={folder / 'reviewers.txt'}", "--set", f"review.url=sqlite:///{folder / 'review.db'}"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/health/ready").status_code == 200:
-                return server, url
-        except httpx.TransportError:
-            pass
-        if server.poll() is not None:
-            raise AssertionError(f"the server did not start: {server.stdout.read()[-3000:]}")
-        assert time.time() < deadline, "the server did not get ready"
-        time.sleep(0.2)
+    wait_serving(url, server)
+    return server, url
 
 
 def ready(driver) -> bool:

@@ -70,6 +70,23 @@ def wait_ready(client, seconds: float = 30) -> None:
     wait_until(lambda: client.get("/health/ready").status_code == 200, seconds)
 
 
+def wait_serving(url: str, process, seconds: float = 60) -> None:
+    """A real server process at `url` answers /health/ready with 200 (one that exited: its output is shown)."""
+    import httpx
+
+    deadline = time.time() + seconds
+    while True:
+        try:
+            if httpx.get(f"{url}/health/ready").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None:
+            raise AssertionError(f"the server did not start: {process.stdout.read()[-3000:]}")
+        assert time.time() < deadline, "the server did not get ready"
+        time.sleep(0.2)
+
+
 class SwitchableLoader:
     """load_models, unless a test makes it wait or fail."""
 
@@ -562,15 +579,7 @@ def test_a_real_uvicorn_process_serves_reloads_and_stops_gracefully(served):
                               stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.time() < deadline and server.poll() is None, "the server did not get ready"
-            time.sleep(0.2)
+        wait_serving(url, server)
         answer = httpx.post(f"{url}/v1/predict", json={"id": 1, "title": "dog wet can"})
         assert answer.status_code == 200 and answer.json()["predictions"][0]["predicted_category_id"] == 24
         raw = chunked_post(port, "/v1/predict", [b'{"id": 1, "title": "'] + [b"x" * 500_000] * 10)

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import pytest
 from conftest import REPO
-from test_serve import free_port, served  # noqa: F401 - `served`: the module's models folder (a fixture)
+from test_serve import free_port, served, wait_serving  # noqa: F401 - `served`: the module's models folder (a fixture)
 
 TIMEOUT_S = 2.0
 SLACK_S = 3.0  # the server must have closed a slow connection by TIMEOUT_S + this
@@ -26,7 +26,6 @@ BODY = b'{"id": 1, "title": "dog wet can"' + b" " * 200
 def serving(models, *flags: str):
     """`./run.sh serve` on `models` with a TIMEOUT_S client time-out (and `flags`), ready: (its URL, its
     port, the process); stopped at the end."""
-    import httpx
 
     port = free_port()
     env = os.environ | {"PYTHONPATH": str(REPO / "src")}
@@ -35,15 +34,7 @@ def serving(models, *flags: str):
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.time() < deadline and process.poll() is None, "the server did not get ready"
-            time.sleep(0.2)
+        wait_serving(url, process, 90)
         yield url, port, process
     finally:
         if process.poll() is None:

@@ -540,6 +540,32 @@ def review_add(input_path, products_path, images, models_dir, model, min_precisi
                f"({skipped} already queued or decided) -> {store}")
 
 
+@review.command(name="suspects")
+@run_options
+@click.option("--model", default=None, help="Whose OOF predictions (default: stack when finished).")
+@click.option("--out", "out_path", type=click.Path(path_type=Path), callback=user_path, default=None,
+              help="Also write them: id, current leaf, suggested leaf, its probability, the label's confidence.")
+@click.option("--no-queue", is_flag=True, help="Only list them: do not queue them for review.")
+def review_suspects(run, model, out_path, no_queue):
+    """Queue training products whose label the out-of-fold predictions contradict confidently (Cleanlab's
+    confident learning) as catalogue checks: the suggested leaf and the current label are the options; a
+    correction replaces the training label at the next `learn`."""
+    from prodcat.review.queue import open_store, queue_suspects
+    from prodcat.storage import write_csv
+    from prodcat.training.suspects import find_suspects
+
+    suspects = find_suspects(run, model)
+    click.echo(f"[review] {len(suspects)} of {len(run.ds.train)} training labels look wrong "
+               f"({len(suspects) / max(len(run.ds.train), 1):.1%}; confident learning on the OOF predictions)")
+    if out_path is not None:
+        write_csv(suspects, out_path)
+        click.echo(f"[review] -> {out_path}")
+    if not no_queue and len(suspects):
+        store = open_store(run.cfg, run.paths)
+        added = queue_suspects(store, suspects, run.ds.train, f"suspects of {run.ds.name}")
+        click.echo(f"[review] {added} added to the queue as catalogue checks -> {store}")
+
+
 @review.command(name="status")
 @store_options
 def review_status(data, config, workdir, sets):

@@ -264,7 +264,9 @@ def item_html(item: dict | None, title_path, photo_url: str | None = None) -> st
         f"<kbd>{n}</kbd><span class=prob>{prob:.1%}</span><span class=path>{escape(title_path(int(leaf)))}</span>"
         f"<div class=bar data-w={max(prob, 0.0) * 80:.0f}></div></li>"  # the page sizes it (no style attribute)
         for n, (leaf, prob) in enumerate(item["suggestions"][:9], start=1))
-    audit = " · <span class=audit>audit sample (accepted without review)</span>" if item["reason"] == "audit" else ""
+    audit = {"audit": " · <span class=audit>audit sample (accepted without review)</span>",
+             "suspect": " · <span class=audit>catalogue check: its training label is among the suggestions</span>"
+             }.get(item["reason"], "")
     desc = snap.get("short_description") or ""
     return (f"<div class='card folded' id=product data-id={int(item['product_id'])} {keys}><div class=product>"
             f"{photo}<div><h1>{escape(snap.get('title') or '(no title)')}</h1>"

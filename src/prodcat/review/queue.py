@@ -10,7 +10,7 @@ import pandas as pd
 from prodcat.errors import NotTrainedError, fail
 from prodcat.probs import NO_LABEL
 from prodcat.review.items import QueueItem, audit_sample, snapshots
-from prodcat.review.schema import AUDIT, FLAGGED
+from prodcat.review.schema import AUDIT, FLAGGED, SUSPECT
 from prodcat.review.store import ReviewStore
 
 PREDICTION_COLUMNS = ("id", "predicted_category_id", "confidence", "needs_review", "top1_category_id")
@@ -44,6 +44,19 @@ def queue_predictions(store: ReviewStore, table: pd.DataFrame, products: pd.Data
             model_leaf=leaf if known else None, confidence=float(conf) if known else None,
             reason=FLAGGED if flagged[r] else AUDIT))
     return {"flagged": int(flagged.sum()), "audit": int(audit.sum()), "added": store.enqueue(items)}
+
+
+def queue_suspects(store: ReviewStore, suspects: pd.DataFrame, products: pd.DataFrame, model_version: str) -> int:
+    """Queue training products whose label looks wrong (prodcat.training.suspects) as catalogue checks: the
+    suggested leaf first, the current label as the second option. Returns how many were added."""
+    where = pd.Index(products["id"].to_numpy(np.int64)).get_indexer(suspects["id"].to_numpy(np.int64))
+    snaps = snapshots(products.iloc[where])
+    items = [QueueItem(product_id=int(r.id), snapshot=snap, model_version=model_version, reason=SUSPECT,
+                       suggestions=[(int(r.suggested_category_id), float(r.suggested_probability)),
+                                    (int(r.current_category_id), float(r.label_self_confidence))],
+                       model_leaf=int(r.suggested_category_id), confidence=float(r.suggested_probability))
+             for r, snap in zip(suspects.itertuples(index=False), snaps)]
+    return store.enqueue(items)
 
 
 def queued(table: pd.DataFrame, audit_share: float) -> tuple[np.ndarray, np.ndarray]:

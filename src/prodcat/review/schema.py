@@ -9,7 +9,7 @@ from sqlalchemy import JSON, BigInteger, Column, Float, Index, Integer, MetaData
 ACCEPT, CORRECT, SKIP, UNDO = "accept", "correct", "skip", "undo"
 CHOICES = (ACCEPT, CORRECT)  # the actions that put a product in a leaf
 ACTIONS = (ACCEPT, CORRECT, SKIP)  # what `decide` takes; UNDO is `undo`'s
-FLAGGED, AUDIT = "flagged", "audit"  # why a product was queued
+FLAGGED, AUDIT, SUSPECT = "flagged", "audit", "suspect"  # why a product was queued (suspect: a training label)
 
 ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements only an INTEGER primary key
 
