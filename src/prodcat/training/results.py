@@ -47,7 +47,7 @@ def command_of(run: Run) -> str:
     parts = ["./run.sh all"]
     if run.config_file is not None:
         parts.append(f"--config {_shown(run.config_file)}")
-    else:
+    if run.settings is not None and run.settings.sources.get("data") == "--data":
         parts.append(f"--data {_shown(Path(run.cfg['data']))}")
     return " ".join(parts)
 
