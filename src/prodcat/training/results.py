@@ -53,13 +53,14 @@ def command_of(run: Run) -> str:
 
 
 def commit() -> str:
-    """The repository's commit (+ 'with local changes' when the work tree differs), or 'unknown'."""
+    """The repository's commit (+ 'with local changes' when its code differs from it), or 'unknown'."""
     repo = Path(__file__).resolve().parents[3]
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "src", "configs",
+                                "requirements.txt", "constraints.txt"],  # the code, not the pages written
+                               cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return f"{head} (with local changes)" if dirty else head
