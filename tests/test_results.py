@@ -19,7 +19,7 @@ def test_the_results_table_is_generated_from_the_run_and_written_between_its_mar
     text = page.read_text()
     assert "kept above" in text and "kept below" in text and "old numbers" not in text
     assert f"| **stack** | **{float(stack_hf1):.4f}** |" in text
-    assert re.search(r"at commit [0-9a-f]{7}", text) and "./run.sh all --config" in text
+    assert re.search(r"stacker fitted at commit [0-9a-f]{7}", text) and "./run.sh all --config" in text
     assert text.count(BEGIN) == 1 and text.count(END) == 1
     other = tmp / "new.md"  # a file without the markers gets the block appended
     assert CliRunner().invoke(main, ["results", *map(str, common), "--into", str(other)]).exit_code == 0

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from prodcat.errors import DataError
+from prodcat.outputs import STACK
 from prodcat.storage import atomic_path
 from prodcat.training.run import Run
 
@@ -38,7 +39,8 @@ def results_block(run: Run) -> str:
                     f"| {_pct(r['cover@0.95'])} / {_pct(r['cover@0.98'])} | {int(r['n'])} |")
     folds = "/".join(str(k) for k in sorted(set(table["folds"].dropna().astype(int)))) or "no"
     stamp = (f"OOF over {folds} folds of {len(run.ds.train):,} training products ({run.ds.name}), from the "
-             f"outputs of `{command_of(run)}` at commit {commit()}; generated {_today()} on {machine()}.")
+             f"outputs of `{command_of(run)}` (stacker fitted at commit {fitted_at(run)}); table generated at commit "
+             f"{commit()}, {_today()}, on {machine()}.")
     return "\n".join([BEGIN, stamp, "", *rows, END])
 
 
@@ -50,6 +52,16 @@ def command_of(run: Run) -> str:
     if run.settings is not None and run.settings.sources.get("data") == "--data":
         parts.append(f"--data {_shown(Path(run.cfg['data']))}")
     return " ".join(parts)
+
+
+def fitted_at(run: Run) -> str:
+    """The commit the run's stacker was fitted at ('unknown': fitted by a prodcat that did not record it)."""
+    import json
+
+    try:
+        return json.loads((run.paths.models(STACK) / "stacker.json").read_text()).get("commit") or "unknown"
+    except (OSError, ValueError):
+        return "unknown"
 
 
 def commit() -> str:

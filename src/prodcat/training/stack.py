@@ -17,6 +17,7 @@ from prodcat.stacking.features import NodeIndex, candidate_pairs, monotone_const
 from prodcat.stacking.stacker import DEFAULTS, FORMAT, MeanProbability, Stacker, input_fingerprints, ranker_name, score
 from prodcat.storage import write_json
 from prodcat.training.oof import base_models
+from prodcat.training.results import commit
 from prodcat.training.run import Run
 
 
@@ -135,7 +136,8 @@ def fit_stacker(run: Run, names: list[str], p: dict, echo=print):
             "fallback": [ranker_name(m, f) for m, (fold, whole, _, _) in sets.items()
                          for f, b in [*enumerate(fold), ("full", whole)] if isinstance(b, MeanProbability)],
             "without": list(hidden), "f_level": f_level, "decoding": method, "columns": list(x.columns),
-            "top_k": run.top_k, "text": run.env.text, "data": run.ds.fingerprint}
+            "top_k": run.top_k, "text": run.env.text, "data": run.ds.fingerprint,
+            "commit": commit()}  # the code that fitted it: the results pages name it
     stacker = Stacker(run.ds.tree, meta, {m: found[:2] for m, found in sets.items()}, freq_oof, counts, priors)
     info = {"data": run.ds.fingerprint, "k": run.k, "models": names, "params": p, "temperature": temp,
             "candidates_per_product": round(len(rows) / n_train, 2), "candidate_recall": recall,
