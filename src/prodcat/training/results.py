@@ -37,8 +37,9 @@ def results_block(run: Run) -> str:
         rows.append(f"| {bold}{r['model']}{bold} | {bold}{r['hF1']:.4f}{bold} | {r['weighted_F1']:.4f} "
                     f"| {r['accuracy']:.4f} | {r['top3']:.4f} | {r['top5']:.4f} | {r['ECE']:.3f} "
                     f"| {_pct(r['cover@0.95'])} / {_pct(r['cover@0.98'])} | {int(r['n'])} |")
-    folds = "/".join(str(k) for k in sorted(set(table["folds"].dropna().astype(int)))) or "no"
-    stamp = (f"OOF over {folds} folds of {len(run.ds.train):,} training products ({run.ds.name}), from the "
+    folds = " and ".join("models fitted once (out of sample without folds)" if k == 1 else f"{k} folds"
+                         for k in sorted(set(table["folds"].dropna().astype(int)), reverse=True)) or "no folds"
+    stamp = (f"OOF from {folds}, of {len(run.ds.train):,} training products ({run.ds.name}), from the "
              f"outputs of `{command_of(run)}` (stacker fitted at commit {fitted_at(run)}); table generated at commit "
              f"{commit()}, {_today()}, on {machine()}.")
     return "\n".join([BEGIN, stamp, "", *rows, END])
