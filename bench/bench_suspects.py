@@ -50,17 +50,21 @@ def main() -> None:
         if done.returncode:
             sys.exit(done.stdout[-3000:] + done.stderr[-3000:])
         trained_s = time.perf_counter() - start
-        out = Path(tmp) / "suspects.csv"
-        done = subprocess.run([str(REPO / "run.sh"), "review", "suspects", *common, "--out", str(out), "--no-queue"],
-                              capture_output=True, text=True)
-        if done.returncode:
-            sys.exit(done.stdout[-3000:] + done.stderr[-3000:])
-        found = set(pd.read_csv(out)["id"])
+        from prodcat.training.run import Run
+        from prodcat.training.suspects import find_suspects
+
+        run = Run.open(data, args.config, Path(tmp) / "w")
         wrong = set(train["id"].iloc[changed])
-        hits = len(found & wrong)
-        print(json.dumps({"data": args.data, "products": len(train), "changed": len(wrong), "suspects": len(found),
-                          "found_changed": hits, "precision": round(hits / max(len(found), 1), 3),
-                          "recall": round(hits / max(len(wrong), 1), 3), "all_s": round(trained_s, 1)}))
+        for filter_by in ("confident_learning", "prune_by_noise_rate", "both"):
+            for min_probability in (0.0, 0.5, 0.7, 0.9):
+                found = set(find_suspects(run, filter_by=filter_by, min_probability=min_probability)["id"])
+                hits = len(found & wrong)
+                print(json.dumps({"data": args.data, "products": len(train), "changed": len(wrong),
+                                  "filter_by": filter_by, "min_probability": min_probability,
+                                  "suspects": len(found), "found_changed": hits,
+                                  "precision": round(hits / max(len(found), 1), 3),
+                                  "recall": round(hits / max(len(wrong), 1), 3), "all_s": round(trained_s, 1)}),
+                      flush=True)
 
 
 if __name__ == "__main__":

@@ -320,6 +320,10 @@ class ReviewSettings:
     claim_ttl_s: int = setting(600, "seconds a reviewer holds a product before another reviewer may get it", min=1)
     dwell_ms: int = setting(300, "milliseconds a product is on the review page before a key press may decide "
                             "it (earlier presses and held keys decide nothing)", min=0)
+    suspects_filter: str = setting("confident_learning", "how `review suspects` finds wrong labels (cleanlab's "
+                                   "filter_by)", choices=("confident_learning", "prune_by_noise_rate", "both"))
+    suspects_min_probability: float = setting(0.9, "`review suspects` lists a label only when the suggested leaf "
+                                              "has at least this OOF probability", min=0.0, max=1.0)
     reviewers_file: Union[str, None] = setting(None, "reviewers of the service's /review page, one 'NAME KEY' per "
                                                "line (null: no review page; the service then neither queues "
                                                "nor answers from decisions)", path=True)

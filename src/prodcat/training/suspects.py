@@ -31,10 +31,13 @@ def dense_probabilities(labels: np.ndarray, scores: np.ndarray, classes: np.ndar
     return out / out.sum(axis=1, keepdims=True)
 
 
-def find_suspects(run: Run, model: str | None = None) -> pd.DataFrame:
+def find_suspects(run: Run, model: str | None = None, filter_by: str | None = None,
+                  min_probability: float | None = None) -> pd.DataFrame:
     """id, current leaf, suggested leaf (the OOF's top class), its OOF probability and the label's
     self-confidence (lower: more suspect) of every training product whose label confident learning finds
-    wrong, most suspect first. `model`: whose OOF (default: the stacker, else the best finished model)."""
+    wrong (cleanlab's `filter_by`), whose suggested leaf has at least `min_probability`, most suspect first.
+    `model`: whose OOF (default: the stacker, else the best finished model); `filter_by`, `min_probability`:
+    default the settings review.suspects_filter and review.suspects_min_probability."""
     from cleanlab.filter import find_label_issues
 
     done = finished_models(run)
@@ -47,8 +50,13 @@ def find_suspects(run: Run, model: str | None = None) -> pd.DataFrame:
     classes = np.unique(y)
     probs = dense_probabilities(oof.labels, oof.scores, classes)
     given = np.searchsorted(classes, y)
-    issues = find_label_issues(given, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
+    settings = run.cfg["review"]
+    filter_by = settings["suspects_filter"] if filter_by is None else filter_by
+    min_probability = settings["suspects_min_probability"] if min_probability is None else min_probability
+    issues = find_label_issues(given, probs, filter_by=filter_by, return_indices_ranked_by="self_confidence",
+                               n_jobs=1)
     top = probs.argmax(axis=1)
+    issues = issues[probs[issues, top[issues]] >= min_probability]
     return pd.DataFrame({"id": run.ds.train["id"].to_numpy()[issues], "current_category_id": y[issues],
                          "suggested_category_id": classes[top[issues]],
                          "suggested_probability": probs[issues, top[issues]],
