@@ -1,5 +1,5 @@
-"""Stored outputs: where a dataset's generated files live, which models are finished, and reading the
-stored OOF probabilities back (the writes themselves go through prodcat.storage)."""
+"""The on-disk layout of a workdir: where a dataset's generated files live and what the saved files are
+called (the writes themselves go through prodcat.storage; which models are finished: prodcat.training.oof)."""
 from __future__ import annotations
 
 import os

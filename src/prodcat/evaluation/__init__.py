@@ -1,1 +1,1 @@
-"""Scores (metrics, score tables, review), plots (report) and the submission."""
+"""Metrics (hF1, weighted F1, accuracy) and the review logic over OOF confidences (thresholds for a target precision)."""
