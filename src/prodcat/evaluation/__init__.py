@@ -1,1 +1,2 @@
-"""Metrics (hF1, weighted F1, accuracy) and the review logic over OOF confidences (thresholds for a target precision)."""
+"""Metrics (hF1, weighted F1, accuracy) and the review logic over OOF confidences (thresholds for a target
+precision)."""
