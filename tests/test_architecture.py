@@ -86,3 +86,25 @@ def test_the_layers_cover_the_code_that_exists(tmp_path):
     """The check reads lazy imports too: an import inside a function counts like one at the top."""
     assert any(file.endswith("training/runner.py") and target == "evaluation" for _, target, file, _ in imports())
     assert Path(PACKAGE / "training").is_dir()
+
+
+def test_tests_mirror_the_package():
+    """Each test file is named for what it tests: test_<unit>.py or test_<unit>_<module>.py (a unit of LAYERS),
+    or the docs, the notebooks or this architecture."""
+    units = sorted(LAYER, key=len, reverse=True)
+    others = {"test_architecture", "test_notebooks"}
+    bad = []
+    for path in sorted((REPO / "tests").glob("test_*.py")):
+        name = path.stem.removeprefix("test_")
+        unit = next((u for u in units if name == u or name.startswith(u + "_")), None)
+        if path.stem in others or name.startswith("docs_"):
+            continue
+        if unit is None:
+            bad.append(path.name)
+            continue
+        rest = name[len(unit) + 1:]
+        folder = PACKAGE / unit
+        if rest and folder.is_dir() and not any(rest == p.stem or rest.startswith(p.stem + "_")
+                                                for p in folder.rglob("*.py")):
+            bad.append(path.name)
+    assert not bad, f"test files not named for a module or package: {bad}"

@@ -3,10 +3,12 @@ field and the product, never a 500), the API key, readiness before the models ar
 `./run.sh predict`, reloads that drop no request, a real uvicorn process, and a schemathesis fuzz pass over
 the OpenAPI document."""
 import base64
+import importlib
 import io
 import json
 import logging
 import os
+import pkgutil
 import shutil
 import signal
 import socket
@@ -31,9 +33,15 @@ from prodcat.serve.app import create_app
 from prodcat.serve.loading import load_models
 
 # schemathesis is a pytest plugin, so pytest parses its modules into Python ASTs (assertion rewriting) when they
-# are first imported; importing them here, at collection, keeps that off the moment the service's threads run:
+# are first imported - those it imports lazily while generating cases too; importing every one of them here,
+# at collection, keeps that off the moment the service's threads run:
 # CPython 3.11 can fail an AST parse under threads ("SystemError: AST constructor recursion depth mismatch",
-# python/cpython#106905), seen once in this module's fuzz test.
+# python/cpython#106905), seen twice in this module's fuzz test.
+for _module in pkgutil.walk_packages(schemathesis.__path__, "schemathesis."):
+    try:
+        importlib.import_module(_module.name)
+    except Exception:  # noqa: BLE001 - a part for an optional dependency that is not installed
+        pass
 KEY = "s3cret-key"
 SECRET_TEXT = "SECRET-PRODUCT-TEXT"  # must never reach the log or an error answer
 JSON = {"content-type": "application/json"}

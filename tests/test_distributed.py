@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 from click.testing import CliRunner
 from conftest import REPO, products
-from test_image import write_photos
+from test_models_image import write_photos
 
 from prodcat.cli import main
 from prodcat.probs import TopK

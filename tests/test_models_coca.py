@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 from conftest import REPO, products
 from PIL import Image
-from test_image import assert_same, fresh_process_predict, model_params, photo_frames, with_paths, write_photos
+from test_models_image import assert_same, fresh_process_predict, model_params, photo_frames, with_paths, write_photos
 
 from prodcat.cli import main
 from prodcat.data.tokens import BOS, EOS, PAD, UNK, Vocab, lemmas, navec_matrix

@@ -74,7 +74,7 @@ def test_a_full_model_saves_loads_in_a_fresh_process_and_predicts_identically(re
 def test_id_neighbours_full_model(tmp_path, tiny_config):
     """The listing-order model refits too: its full child knows every training id."""
     from conftest import write_dataset
-    from test_id_neighbours import listed_in_batches
+    from test_models_id_neighbours import listed_in_batches
 
     train = listed_in_batches(300, seed=7)
     inside = train.sample(40, random_state=0).drop(columns="category_id").assign(id=lambda d: d["id"] * 10 + 5)
