@@ -29,6 +29,16 @@ def user_path(ctx, param, value):
     return Path(caller) / path if caller and not path.is_absolute() else path
 
 
+def check_rule_flags(threshold, min_precision) -> None:
+    """--threshold / --min-precision as a ReviewRule (its one check), a bad one as bad usage (exit code 2)."""
+    from prodcat.review_rule import ReviewRule
+
+    try:
+        ReviewRule(threshold, min_precision, ("--threshold", "--min-precision"))
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 def run_options(fn):
     """--data, --config and --workdir for every command; opens the Run and reports bad input cleanly."""
 
@@ -233,12 +243,8 @@ def predict(input_path, out_path, images, models_dir, model, top, threshold, min
             workdir, use, tree_file):
     """Categorise any file of products with the saved models (no training data needed)."""
     from prodcat.predict import predict_file
-    from prodcat.review_rule import ReviewRule
 
-    try:
-        ReviewRule(threshold, min_precision, ("--threshold", "--min-precision"))
-    except UsageError as exc:
-        raise click.UsageError(str(exc)) from None
+    check_rule_flags(threshold, min_precision)
     if models_dir is None:
         from prodcat.outputs import models_root
 
@@ -519,13 +525,9 @@ def review_add(input_path, products_path, images, models_dir, model, min_precisi
     """Queue the products that need review (and the audit sample of the accepted ones) from a file."""
     from prodcat.predict import Predictor
     from prodcat.review.queue import open_store, queue_predictions, read_review_input, teach
-    from prodcat.review_rule import ReviewRule
     from prodcat.serve.info import model_version
 
-    try:
-        ReviewRule(None, min_precision, ("--threshold", "--min-precision"))  # before any photo is read
-    except UsageError as exc:
-        raise click.UsageError(str(exc)) from None
+    check_rule_flags(None, min_precision)  # before any photo is read
     cfg, paths = review_setup(data, config, workdir, sets)
     predictor = Predictor.load(models_dir or paths.models_root, model, preload=False, use=use)
     store = open_store(cfg, paths, predictor.tree)
@@ -630,16 +632,17 @@ def without_test_products(rows, data: Path):
     and says how many (they stay in the store and in `review export`)."""
     import pandas as pd
 
+    from prodcat.data.dataset import seen_rows
+
     test_file = data / "test.parquet"
     if not test_file.is_file():
         return rows
-    test_ids = pd.read_parquet(test_file, columns=["id"])["id"].to_numpy()
-    is_test = rows["id"].isin(test_ids).to_numpy()
-    if is_test.any():
-        click.echo(f"[learn] {int(is_test.sum())} decided products are test.parquet products "
-                   f"(e.g. {rows['id'][is_test].head(5).tolist()}): left out of the training rows, so the "
+    test = seen_rows(rows["id"].to_numpy(), pd.read_parquet(test_file, columns=["id"])["id"].to_numpy())
+    if len(test):
+        click.echo(f"[learn] {len(test)} decided products are test.parquet products "
+                   f"(e.g. {rows['id'].iloc[test[:5]].tolist()}): left out of the training rows, so the "
                    "submission stays the models' own prediction of them")
-    return rows[~is_test].reset_index(drop=True)
+    return rows.drop(index=rows.index[test]).reset_index(drop=True)
 
 
 @main.command(name="all")

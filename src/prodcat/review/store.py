@@ -79,7 +79,7 @@ class ReviewStore:
             return
         leaves = {*conn.execute(select(decisions.c.chosen_leaf).where(decisions.c.dataset == self.name)).scalars(),
                   *conn.execute(select(queue.c.model_leaf).where(queue.c.dataset == self.name)).scalars()}
-        if all(int(leaf) in self.tree and self.tree.is_leaf(int(leaf)) for leaf in leaves if leaf is not None):
+        if all(self.tree.is_leaf(leaf) for leaf in leaves if leaf is not None):
             for table in (queue, decisions):
                 conn.execute(update(table).where(table.c.dataset == self.name).values(dataset=self.dataset))
 
@@ -350,8 +350,7 @@ class ReviewStore:
         keep = frame[frame["action"].isin(CHOICES) & ~frame["id"].isin(undone)]
         keep = keep.drop_duplicates("product_id", keep="last").sort_values("product_id")
         if self.tree is not None:  # never exported into a tree where the leaf is not a leaf
-            keep = keep.loc[np.array([int(leaf) in self.tree and self.tree.is_leaf(int(leaf))
-                                      for leaf in keep["chosen_leaf"]], dtype=bool)]
+            keep = keep.loc[np.array([self.tree.is_leaf(leaf) for leaf in keep["chosen_leaf"]], dtype=bool)]
         out = pd.DataFrame(keep["snapshot"].tolist(), columns=list(SNAPSHOT_FIELDS))
         out.insert(0, "id", keep["product_id"].astype("int64").to_numpy())
         out["category_id"] = keep["chosen_leaf"].astype("int64").to_numpy()

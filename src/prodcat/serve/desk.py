@@ -212,7 +212,7 @@ def apply_decisions(body: dict, decided: dict[int, dict], tree) -> None:
     review needed (the model's alternatives are kept)."""
     for row, decision in decided.items():
         leaf = int(decision["chosen_leaf"])
-        if leaf not in tree or not tree.is_leaf(leaf):
+        if not tree.is_leaf(leaf):
             continue  # never answered with a node that is not a leaf of the models' tree
         body["predictions"][row] |= {"predicted_category_id": leaf, "confidence": 1.0, "needs_review": False,
                                      "category_path": tree.shown_path(leaf),
