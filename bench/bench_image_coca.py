@@ -50,7 +50,7 @@ def full_coca_step(batch: int = 4, steps: int = 2) -> dict:
     """CPU seconds per CoCa training step for the configs/gpu.yaml model (random weights: timing only)."""
     import torch
 
-    from prodcat.models.coca import CocaNet, TimmTokens
+    from prodcat.models.nn.coca_net import CocaNet, TimmTokens
     from prodcat.models.nn.vision import import_timm
     from prodcat.settings import load_config
 

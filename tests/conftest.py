@@ -7,6 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import prodcat.models  # noqa: F401 - every base model registers (the settings tests resolve without other imports)
+
 REPO = Path(__file__).resolve().parents[1]
 
 # root 1 > {10 Food > {11 Milk, 12 Bread}, 20 Pets > {21 Cat food, 22 Dog food > {23 Dry, 24 Wet}}}

@@ -213,17 +213,26 @@ def test_settings_are_checked_when_a_model_is_built_from_python(params, message)
 
 
 def test_one_spec_per_model_and_the_lists_derived_from_it():
+    import prodcat
     from prodcat.models.base import BaseModel, model_class
-    from prodcat.settings import MODEL_SPECS, RunSettings, StackSettings, defaults_of
+    from prodcat.settings import MODEL_SPECS, RunSettings, StackSettings, defaults_of, resolve
 
+    assert list(MODEL_SPECS) == ["fasttext", "tfidf", "image", "coca", "id_neighbours", "knn"]  # prodcat.models
+    for spec in MODEL_SPECS.values():  # each model's settings are declared in its own module
+        assert spec.settings.__module__ == spec.cls.__module__
     assert defaults_of(RunSettings)["pipeline"] == [n for n, s in MODEL_SPECS.items() if s.pipeline]
-    assert defaults_of(StackSettings)["hide"] == {"id_neighbours": 1.0}
+    assert resolve([]).values["stack"]["hide"] == {"id_neighbours": 1.0} and defaults_of(StackSettings)["hide"] == {}
     for name in MODEL_SPECS:
         cls = model_class(name)
         assert issubclass(cls, BaseModel) and cls.name == name
         assert "_fit" in vars(cls) and "fit" not in vars(cls)  # the template: models implement _fit only
     assert model_class("id_neighbours").uses_ids and model_class("image").uses_photos
     assert not model_class("fasttext").uses_photos and model_class("fasttext").uses_text
+    # registering every model loads no torch: a fastText-only run or service never pays for it
+    code = "import sys, prodcat.models; print('torch' in sys.modules)"
+    src = str(Path(prodcat.__file__).parents[1])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONPATH": src})
+    assert out.stdout == "False\n"
 
 
 # -- memos ----------------------------------------------------------------------------------------------

@@ -189,8 +189,9 @@ def test_coca_save_load_fresh_process(tmp_path):
 
 
 def test_coca_net_shapes_and_tied_output():
-    from prodcat.models.coca import CocaNet, TinyViT
-    from prodcat.settings import CocaSettings, complete
+    from prodcat.models.coca import CocaSettings
+    from prodcat.models.nn.coca_net import CocaNet, TinyViT
+    from prodcat.settings import complete
 
     small = {"dim": 24, "heads": 2, "dim_head": 8, "num_img_queries": 3, "unimodal_depth": 1, "multimodal_depth": 1}
     net = CocaNet(torch.randn(50, 300), 16, TinyViT(16, 8, 16, 1, 2), complete(CocaSettings, small))

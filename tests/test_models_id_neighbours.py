@@ -6,9 +6,9 @@ from conftest import products, saved_and_reloaded, write_dataset
 
 from prodcat.cli import main
 from prodcat.models.base import ModelEnv
-from prodcat.models.id_neighbours import IdNeighboursModel, gap_setting
+from prodcat.models.id_neighbours import IdNeighboursModel, IdNeighboursSettings, gap_setting
 from prodcat.probs import TopK
-from prodcat.settings import IdNeighboursSettings, defaults_of
+from prodcat.settings import defaults_of
 
 
 def model(**params):

@@ -6,9 +6,9 @@ from conftest import products, saved_and_reloaded, write_dataset
 
 from prodcat.cli import main
 from prodcat.models.base import ModelEnv
-from prodcat.models.knn import KnnModel
+from prodcat.models.knn import KnnModel, KnnSettings
 from prodcat.probs import TopK
-from prodcat.settings import KnnSettings, defaults_of
+from prodcat.settings import defaults_of
 
 
 def model(**params):

@@ -246,9 +246,9 @@ def predict(input_path, out_path, images, models_dir, model, top, threshold, min
 
     check_rule_flags(threshold, min_precision)
     if models_dir is None:
-        from prodcat.outputs import models_root
+        from prodcat.training.run import settings_and_paths
 
-        models_dir = models_root(data, config, workdir)
+        models_dir = settings_and_paths(data, config, workdir)[1].models_root
     predict_file(models_dir, input_path, out_path, images, model, top, threshold, min_precision, use,
                  echo=click.echo, tree_file=tree_file)
 
@@ -275,18 +275,18 @@ def predict(input_path, out_path, images, models_dir, model, top, threshold, min
 def serve(models_dir, host, port, workers, use, data, config, workdir, sets):
     """Serve the saved models over HTTP: POST /v1/predict, GET /v1/info, /v1/categories, /health/live,
     /health/ready, /metrics (docs/serving.md). The serve.* settings hold the defaults of these flags."""
-    from prodcat.outputs import models_root
     from prodcat.predict import Predictor, check_models_folder
     from prodcat.serve.desk import read_reviewers
     from prodcat.serve.security import configured_key
     from prodcat.serve.server import run_server
-    from prodcat.settings import parse_sets, resolve_config
+    from prodcat.settings import parse_sets
+    from prodcat.training.run import settings_and_paths
 
     sets = parse_sets(sets) if sets else None
     flags = {"host": host, "port": port, "workers": workers, "use": use}
-    cfg = resolve_config(config, sets).values
+    cfg, paths = settings_and_paths(data, config, workdir, sets)
     settings = cfg["serve"] | {k: v for k, v in flags.items() if v is not None}
-    models_dir = check_models_folder(models_dir or models_root(data, config, workdir, sets))
+    models_dir = check_models_folder(models_dir or paths.models_root)
     # models that cannot answer (no full models for --use full, a model that is not saved) stop now, with
     # what to run first, instead of a service that answers 503 forever
     Predictor.load(models_dir, settings["model"], preload=False, use=settings["use"])

@@ -61,12 +61,3 @@ class Paths:
 def workdir_of(given, cfg: dict) -> Path:
     """--workdir, else $PRODCAT_WORKDIR, else the config's `workdir`."""
     return Path(given or os.environ.get("PRODCAT_WORKDIR") or cfg["workdir"])
-
-
-def models_root(data=None, config=None, workdir=None, sets: dict | None = None) -> Path:
-    """models/<dataset>/ of a config and data folder, without reading the training data."""
-    from prodcat.data.dataset import dataset_name
-    from prodcat.settings import resolve_config
-
-    cfg = resolve_config(config, sets).values
-    return Paths(workdir_of(workdir, cfg), dataset_name(data or cfg["data"], cfg["dataset_name"])).models_root

@@ -26,8 +26,11 @@ DEFAULT_CONFIG = Path("configs/default.yaml")
 def setting(default, doc: str, *, choices: tuple | None = None, min: float | None = None,
             max: float | None = None, path: bool = False):
     """A declared setting: its default, a one-line doc and the allowed values; `path`: a file or folder,
-    which `--set` gives relative to the caller's directory."""
+    which `--set` gives relative to the caller's directory. A settings class or a function as the default is
+    built when read (a section's defaults; a list from the model registry)."""
     meta = {"doc": doc, "choices": choices, "min": min, "max": max, "path": path}
+    if callable(default) and (is_dataclass(default) or not isinstance(default, type)):
+        return field(default_factory=default, metadata=meta)  # built when read (a section; from the registry)
     if isinstance(default, (list, dict)) or is_dataclass(default):
         value = default
         return field(default_factory=lambda: _copy(value), metadata=meta)
@@ -52,197 +55,37 @@ class TextSettings:
     lemmatize: bool = setting(False, "natasha/pymorphy2 lemmas (Russian); cached per dataset")
 
 
-# -- base models ---------------------------------------------------------------------------------------
-@dataclass
-class FastTextSettings:
-    loss: str = setting("softmax", "fastText loss", choices=("softmax", "hs", "ns", "ova"))
-    epoch: int = setting(100, "training epochs", min=1)
-    lr: float = setting(0.5, "learning rate", min=0.0)
-    dim: int = setting(50, "word vector size", min=1)
-    wordNgrams: int = setting(2, "word n-gram length (2: bigrams)", min=1, max=6)
-    minCount: int = setting(1, "minimal word count", min=1)
-    minn: int = setting(0, "shortest char n-gram (0: none)", min=0)
-    maxn: int = setting(0, "longest char n-gram (0: none)", min=0)
-    bucket: int = setting(200_000, "hash buckets for n-grams", min=1)
-    neg: int = setting(5, "negatives sampled (loss ns)", min=1)
-    ws: int = setting(5, "context window", min=1)
-    thread: Union[int, str] = setting(1, "threads; 'auto' = all cores (1 is deterministic)", min=1,
-                                      choices=("auto",))
-    text: dict = setting({}, "text settings for this model only (keys of `text`)")
-
-
-@dataclass
-class TfidfSettings:
-    word_ngrams: list[int] = setting([1, 2], "word n-gram range [min, max]", min=1)
-    word_min_df: int = setting(2, "minimal document count of a word n-gram", min=1)
-    word_max_features: int = setting(150_000, "most frequent word n-grams kept", min=1)
-    char_ngrams: list[int] = setting([2, 5], "char_wb n-gram range [min, max]", min=1)
-    char_min_df: int = setting(2, "minimal document count of a char n-gram", min=1)
-    char_max_features: int = setting(150_000, "most frequent char n-grams kept", min=1)
-    char_weight: float = setting(1.0, "weight of the char block relative to the word block", min=0.0)
-    shortlist: int = setting(60, "candidate classes per product (every class when there are fewer)", min=1)
-    epochs: int = setting(8, "SGD passes", min=1)
-    lr: float = setting(3.0, "initial SGD step, decays linearly to 0", min=0.0)
-    l2: float = setting(0.0, "weight decay per update (0: none)", min=0.0)
-    temperature: float = setting(1.0, "softmax temperature of the output probabilities", min=1e-6)
-    centroid_prune: float = setting(0.0, "centroid weights below this are dropped", min=0.0)
-    prune: float = setting(0.0, "weights below this magnitude are dropped after training (0: keep all)", min=0.0)
-    chunk: int = setting(4096, "rows per chunk of the shortlist and of prediction", min=1)
-    threads: int = setting(2, "threads for the shortlist and prediction chunks", min=1)
-    text: dict = setting({}, "text settings for this model only (keys of `text`)")
-
-
-@dataclass
-class IdNeighboursSettings:
-    window: int = setting(6, "training products on each side of a product (nearest ids) that vote", min=1)
-    word_bonus: float = setting(5.0, "a voter whose title starts with the product's first word counts 1 + this",
-                                min=0.0)
-    max_gap: Union[int, str] = setting("auto", "ids further than this from a product do not vote ('auto': the "
-                                       "99th percentile of the gaps between consecutive training ids)", min=1,
-                                       choices=("auto",))
-    gap_scale: Union[float, str] = setting("auto", "a voter's weight is 1/d / (1 + gap/gap_scale) ('auto': the "
-                                           "median gap between consecutive training ids)", min=1e-6,
-                                           choices=("auto",))
-    doubt: float = setting(0.5, "probability of a leaf: its votes / (all votes + doubt)", min=0.0)
-    min_order: float = setting(0.1, "skipped unless consecutive training ids share a leaf at least this much "
-                               "more often than two random training products do", min=0.0, max=1.0)
-
-
-@dataclass
-class KnnSettings:
-    neighbours: int = setting(20, "most similar training products that vote", min=1)
-    power: float = setting(3.0, "a neighbour's vote: its cosine similarity to this power", min=0.0)
-    word_ngrams: list[int] = setting([1, 2], "word n-gram range [min, max]", min=1)
-    min_df: int = setting(2, "minimal document count of a word n-gram", min=1)
-    max_postings: int = setting(2000, "terms found in more training products than this are not searched (they "
-                                "make the search slow and decide little)", min=1)
-    chunk: int = setting(2000, "products per similarity chunk", min=1)
-    threads: int = setting(2, "threads for the similarity chunks", min=1)
-    text: dict = setting({}, "text settings for this model only (keys of `text`)")
-
-
-@dataclass
-class TrainerSettings:
-    accelerator: str = setting("auto", "Lightning accelerator", choices=("auto", "cpu", "gpu", "cuda"))
-    devices: Union[int, str] = setting("auto", "processes per node: GPUs ('auto': all of them); with accelerator: "
-                                       "cpu, CPU processes (gloo)", min=1, choices=("auto",))
-    num_nodes: int = setting(1, "nodes (DDP)", min=1)
-    strategy: str = setting("auto", "Lightning strategy", choices=("auto", "ddp", "ddp_spawn", "fsdp"))
-    precision: str = setting("auto", "precision ('auto': bf16/16-mixed on a GPU, 32 on a CPU)",
-                             choices=("auto", "32-true", "32", "16-mixed", "bf16-mixed", "64-true"))
-    progress_bar: Union[bool, str] = setting("auto", "progress bar ('auto': on a terminal)", choices=("auto",))
-    log_every_n_steps: int = setting(10, "logging interval (steps)", min=1)
-    cpu_threads: int = setting(1, "torch CPU threads (0: all cores; 1 was fastest on the shared 2-core machine)", min=0)
-
-
-@dataclass
-class HeadSettings:
-    hidden: int = setting(512, "hidden units of the MLP head (0: linear)", min=0)
-    dropout: float = setting(0.3, "dropout before the output layer", min=0.0, max=1.0)
-    input_dropout: float = setting(0.2, "dropout on the input features", min=0.0, max=1.0)
-
-
-@dataclass
-class ImageSettings:
-    backbone: str = setting("tf_efficientnet_lite0", "timm model name")
-    pretrained: bool = setting(True, "start from pretrained weights (missing weights stop with an error)")
-    weights: str = setting("auto", "a .pth file | package:<module> | timm | auto")
-    mode: str = setting("auto", "frozen (cached embeddings + head) | finetune | auto (finetune on a GPU)",
-                        choices=("auto", "frozen", "finetune"))
-    image_size: int = setting(192, "input size in pixels", min=16)
-    token_grid: int = setting(3, "grid of feature-map tokens kept in the embedding cache", min=1)
-    embed_batch_size: int = setting(32, "photos per embedding batch", min=1)
-    head: HeadSettings = setting(HeadSettings(), "the MLP head (frozen mode)")
-    epochs: int = setting(30, "training epochs", min=1)
-    batch_size: int = setting(64, "batch size (per GPU)", min=1)
-    lr: float = setting(0.002, "learning rate (head; the backbone gets lr * backbone_lr_mult)", min=0.0)
-    backbone_lr_mult: float = setting(0.1, "backbone learning rate factor (finetune)", min=0.0)
-    weight_decay: float = setting(0.0001, "AdamW weight decay", min=0.0)
-    warmup_steps: int = setting(-1, "warm-up steps (-1: 5 % of the steps)", min=-1)
-    drop_path: float = setting(0.1, "stochastic depth (finetune)", min=0.0, max=1.0)
-    label_smoothing: float = setting(0.1, "label smoothing", min=0.0, max=1.0)
-    grad_clip: float = setting(1.0, "gradient clipping norm", min=0.0)
-    tta_flip: bool = setting(True, "horizontal-flip test-time augmentation (finetune)")
-    num_workers: int = setting(0, "data-loader workers", min=0)
-    trainer: TrainerSettings = setting(TrainerSettings(), "Lightning trainer")
-
-
-@dataclass
-class ImageEncoderSettings:
-    type: str = setting("timm", "timm backbone feature map | vit (small ViT from scratch)", choices=("timm", "vit"))
-    backbone: str = setting("tf_efficientnet_lite0", "timm model name (type timm)")
-    pretrained: bool = setting(True, "pretrained backbone (same rules as models.image)")
-    weights: str = setting("auto", "a .pth file | package:<module> | timm | auto")
-    frozen: bool = setting(True, "tokens from the shared embedding cache (false: trained inside CoCa)")
-    image_size: int = setting(192, "input size in pixels", min=16)
-    token_grid: int = setting(3, "feature map pooled to a grid of this many tokens per side", min=1)
-    embed_batch_size: int = setting(32, "photos per embedding batch", min=1)
-    patch: int = setting(8, "ViT patch size (type vit)", min=1)
-    dim: int = setting(192, "ViT width (type vit)", min=1)
-    depth: int = setting(4, "ViT layers (type vit)", min=1)
-    heads: int = setting(3, "ViT heads (type vit)", min=1)
-
-
-@dataclass
-class CocaSettings:
-    seq_len: int = setting(24, "lemmas per product, plus <bos>/<eos>", min=1)
-    vocab_size: int = setting(30_000, "most frequent lemmas of the training folds", min=10)
-    min_count: int = setting(1, "minimal lemma count", min=1)
-    navec: str = setting("auto", "navec .tar for the token embedding init (auto: natasha's; none: random)")
-    image_encoder: ImageEncoderSettings = setting(ImageEncoderSettings(), "the image side")
-    dim: int = setting(128, "model width", min=8)
-    dim_latents: int = setting(0, "contrastive latent size (0: dim)", min=0)
-    unimodal_depth: int = setting(2, "text-only layers", min=1)
-    multimodal_depth: int = setting(1, "text+image layers", min=1)
-    heads: int = setting(4, "attention heads", min=1)
-    dim_head: int = setting(32, "size per attention head", min=1)
-    ff_mult: int = setting(2, "feed-forward width factor", min=1)
-    num_img_queries: int = setting(8, "image queries of the attention pooler", min=1)
-    tied_output: bool = setting(True, "caption logits tied to the token embedding")
-    caption_loss_weight: float = setting(1.0, "stage 1: weight of the caption loss", min=0.0)
-    contrastive_loss_weight: float = setting(1.0, "stage 1: weight of the contrastive loss", min=0.0)
-    batch_size: int = setting(64, "batch size (per GPU)", min=1)
-    lr: float = setting(0.001, "stage-1 learning rate", min=0.0)
-    weight_decay: float = setting(0.01, "AdamW weight decay", min=0.0)
-    warmup_steps: int = setting(-1, "warm-up steps (-1: 5 % of the steps)", min=-1)
-    grad_clip: float = setting(1.0, "gradient clipping norm", min=0.0)
-    stage1_epochs: int = setting(8, "contrastive + caption epochs", min=0)
-    stage2: str = setting("mlp", "mlp (CoCa frozen) | joint (CoCa + classifier)", choices=("mlp", "joint"))
-    stage2_epochs: int = setting(25, "classifier epochs", min=1)
-    stage2_batch_size: int = setting(128, "classifier batch size", min=1)
-    head_lr: float = setting(0.002, "classifier learning rate", min=0.0)
-    joint_coca_lr_mult: float = setting(0.3, "joint: CoCa's learning rate factor", min=0.0)
-    joint_coca_weight: float = setting(0.0, "joint: weight of CoCa's own loss", min=0.0)
-    head: HeadSettings = setting(HeadSettings(input_dropout=0.1), "the classifier head")
-    image_dropout: float = setting(0.15, "photos dropped in training (trains the text-only path)",
-                                   min=0.0, max=1.0)
-    label_smoothing: float = setting(0.1, "label smoothing", min=0.0, max=1.0)
-    num_workers: int = setting(0, "data-loader workers", min=0)
-    trainer: TrainerSettings = setting(TrainerSettings(), "Lightning trainer")
-    text: dict = setting({}, "text settings for this model only (keys of `text`)")
-
-
+# -- base models: each declares its settings class in its own module and registers itself -----------------
 @dataclass(frozen=True)
 class ModelSpec:
-    """One base model's facts, registered once (timm's registry): the class that implements it (imported
-    only when used: torch is not loaded for fastText), its settings class, whether `all` runs it by default,
-    and the share of training products the stacker also sees without it (`stack.hide`: a model that is
-    silent on tomorrow's products)."""
+    """One base model's facts, registered by the model's own module (timm's decorator): the class that
+    implements it, its settings class, whether `all` runs it by default, and the share of training products
+    the stacker also sees without it (`stack.hide`: a model that is silent on tomorrow's products)."""
 
-    cls: str  # "module:Class"
+    cls: type
     settings: type
     pipeline: bool = True
     hide: float = 0.0
 
 
-MODEL_SPECS = {  # registry order: the order models are listed and stacked in
-    "fasttext": ModelSpec("prodcat.models.fasttext:FastTextModel", FastTextSettings),
-    "tfidf": ModelSpec("prodcat.models.tfidf:TfidfModel", TfidfSettings),
-    "image": ModelSpec("prodcat.models.image:ImageModel", ImageSettings),
-    "coca": ModelSpec("prodcat.models.coca:CocaModel", CocaSettings),
-    "id_neighbours": ModelSpec("prodcat.models.id_neighbours:IdNeighboursModel", IdNeighboursSettings, hide=1.0),
-    "knn": ModelSpec("prodcat.models.knn:KnnModel", KnnSettings, pipeline=False),
-}
+MODEL_SPECS: dict[str, ModelSpec] = {}  # registry order (prodcat.models imports them): listed and stacked so
+
+
+def register_model(name: str, settings: type, *, pipeline: bool = True, hide: float = 0.0):
+    """Class decorator: `@register_model("fasttext", FastTextSettings)` puts the model in MODEL_SPECS under
+    `name` (also its class's `name`)."""
+    def register(cls: type) -> type:
+        cls.name = name
+        MODEL_SPECS[name] = ModelSpec(cls, settings, pipeline, hide)
+        return cls
+    return register
+
+
+def registered() -> dict[str, ModelSpec]:
+    """MODEL_SPECS, filled: the models register when prodcat.models is imported (every command does)."""
+    if not MODEL_SPECS:
+        raise RuntimeError("no base model is registered: import prodcat.models before resolving settings")
+    return MODEL_SPECS
 
 
 # -- stacker and run -----------------------------------------------------------------------------------
@@ -266,11 +109,11 @@ class StackSettings:
     monotone: bool = setting(True, "monotone constraints on the probability/rank features")
     exclude_features: list[str] = setting([], "feature names or suffixes left out")
     priors: list[str] = setting([], "lookup-prior keys (prodcat.stacking.priors), e.g. word1, word1+word2, char:Brand")
-    hide: dict = setting({n: m.hide for n, m in MODEL_SPECS.items() if m.hide},
-                         "MODEL: SHARE - a second set of rankers learns from that share of the training "
+    hide: dict = setting({}, "MODEL: SHARE - a second set of rankers learns from that share of the training "
                          "products shown without MODEL's predictions and ranks the products MODEL says nothing "
                          "about (id_neighbours on tomorrow's products); the OOF hF1 without it is reported "
-                         "(models not stacked are ignored)", min=0.0, max=1.0)
+                         "(models not stacked are ignored); a model registered with `hide` starts with its "
+                         "share (id_neighbours: 1.0)", min=0.0, max=1.0)
 
 
 USES = ("full", "folds")  # how a bag predicts new products: its full child, or the average of its folds
@@ -356,15 +199,15 @@ class RunSettings:
     workdir: str = setting(".", "where folds/, oof/, models/, ... go (--workdir overrides)", path=True)
     seed: int = setting(42, "seed of folds and models")
     top_k: int = setting(20, "classes stored per product", min=1)
-    folds: FoldSettings = setting(FoldSettings(), "cross-validation")
-    train_only: TrainOnlySettings = setting(TrainOnlySettings(), "more labelled products for the base models")
-    pipeline: list[str] = setting([n for n, m in MODEL_SPECS.items() if m.pipeline],
+    folds: FoldSettings = setting(FoldSettings, "cross-validation")
+    train_only: TrainOnlySettings = setting(TrainOnlySettings, "more labelled products for the base models")
+    pipeline: list[str] = setting(lambda: [n for n, m in registered().items() if m.pipeline],
                                   "base models run by `all`, in order (a model its data cannot support is skipped)")
-    text: TextSettings = setting(TextSettings(), "how a product's text is built")
+    text: TextSettings = setting(TextSettings, "how a product's text is built")
     models: dict = setting({}, "per-model settings; a variant: NAME: {model: BASE, ...}")
-    stack: StackSettings = setting(StackSettings(), "the LightGBM stacker")
-    review: ReviewSettings = setting(ReviewSettings(), "the review queue and its decision store")
-    serve: ServeSettings = setting(ServeSettings(), "the HTTP service (./run.sh serve)")
+    stack: StackSettings = setting(StackSettings, "the LightGBM stacker")
+    review: ReviewSettings = setting(ReviewSettings, "the review queue and its decision store")
+    serve: ServeSettings = setting(ServeSettings, "the HTTP service (./run.sh serve)")
 
 
 # -- size rules: settings that depend on how many training products there are ---------------------------
@@ -572,7 +415,8 @@ class Resolved:
 def resolve(layers: list[tuple[str, dict]], n_products: int | None = None) -> Resolved:
     """Declared defaults <- size rules <- the layers (files base first, then --set), all checked."""
     values = defaults_of(RunSettings)
-    values["models"] = {name: defaults_of(spec.settings) for name, spec in MODEL_SPECS.items()}
+    values["models"] = {name: defaults_of(spec.settings) for name, spec in registered().items()}
+    values["stack"]["hide"] = {name: spec.hide for name, spec in MODEL_SPECS.items() if spec.hide}
     note = ""
     all_layers = list(layers)
     if n_products is not None:

@@ -29,7 +29,7 @@ import pandas as pd
 from prodcat.errors import DataError, NotTrainedError
 from prodcat.models.base import MODEL_FILE, BaseModel, load_model, read_model_meta
 from prodcat.probs import TopK, average
-from prodcat.settings import DEFAULT_USE, USES  # noqa: F401 - declared with the settings, used here
+from prodcat.settings import DEFAULT_USE, MODEL_SPECS, USES  # noqa: F401 - declared with the settings, used here
 from prodcat.storage import write_json
 
 BAG_FILE = "bag.json"
@@ -183,8 +183,6 @@ class Bag:
 
 def saved_bags(root: Path) -> dict[str, Bag]:
     """{model: Bag} of every finished bag under models/<dataset>/, in the registry's order."""
-    from prodcat.settings import MODEL_SPECS
-
     if not Path(root).is_dir():
         return {}
     bags = {d.name: Bag(d.name, d) for d in sorted(Path(root).iterdir()) if (d / BAG_FILE).is_file()}

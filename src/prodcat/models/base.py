@@ -2,15 +2,15 @@
 
 A base model fits on training rows, predicts any frame of products into the TopK format, saves itself to a
 folder in formats that execute nothing on load (npz, json, parquet, LightGBM/fastText files, torch state
-dicts read with weights_only=True) and loads back in a fresh process. A new base model is one module with
-a BaseModel subclass plus one ModelSpec in prodcat.settings.MODEL_SPECS (its class path and settings class).
+dicts read with weights_only=True) and loads back in a fresh process. A new base model is one module: its
+settings class and a BaseModel subclass decorated with prodcat.settings.register_model (plus its import in
+prodcat.models, which fixes the registry's order).
 The k-fold bag of a model's fitted children is prodcat.models.bag.
 """
 from __future__ import annotations
 
 import copy
 import hashlib
-import importlib
 import json
 import random
 import time
@@ -86,7 +86,7 @@ class BaseModel:
         try:
             checked = check(spec.settings, dict(params or {}), f"{cls.__name__} settings", "")
         except SettingsError as exc:
-            raise SettingsError(f"{exc} (declared in prodcat.settings.{spec.settings.__name__})") from None
+            raise SettingsError(f"{exc} (declared in {spec.settings.__module__}.{spec.settings.__name__})") from None
         return complete(spec.settings, checked)
 
     def skip_reason(self, train: pd.DataFrame) -> str | None:
@@ -154,8 +154,7 @@ def model_class(name: str) -> type[BaseModel]:
     """The class of a registered model."""
     if name not in MODEL_SPECS:
         raise SettingsError(f"unknown model '{name}' (known: {', '.join(MODEL_SPECS)})")
-    module, cls = MODEL_SPECS[name].cls.split(":")
-    return getattr(importlib.import_module(module), cls)
+    return MODEL_SPECS[name].cls
 
 
 def save_model(model: BaseModel, folder: Path, base: str, meta: dict) -> None:

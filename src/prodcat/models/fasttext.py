@@ -9,14 +9,17 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 
 from prodcat.errors import DataError
 from prodcat.models.base import BaseModel
 from prodcat.probs import TopK
+from prodcat.settings import register_model, setting
 from prodcat.storage import scratch_file
 
 # fastText's own hyper-parameter names; everything else in the config section is ours
@@ -26,9 +29,26 @@ LABEL = "__label__"
 PREDICT_CHUNK = 2_000  # texts per fastText call (it holds the GIL during one)
 
 
-class FastTextModel(BaseModel):
-    name = "fasttext"
+@dataclass
+class FastTextSettings:
+    loss: str = setting("softmax", "fastText loss", choices=("softmax", "hs", "ns", "ova"))
+    epoch: int = setting(100, "training epochs", min=1)
+    lr: float = setting(0.5, "learning rate", min=0.0)
+    dim: int = setting(50, "word vector size", min=1)
+    wordNgrams: int = setting(2, "word n-gram length (2: bigrams)", min=1, max=6)
+    minCount: int = setting(1, "minimal word count", min=1)
+    minn: int = setting(0, "shortest char n-gram (0: none)", min=0)
+    maxn: int = setting(0, "longest char n-gram (0: none)", min=0)
+    bucket: int = setting(200_000, "hash buckets for n-grams", min=1)
+    neg: int = setting(5, "negatives sampled (loss ns)", min=1)
+    ws: int = setting(5, "context window", min=1)
+    thread: Union[int, str] = setting(1, "threads; 'auto' = all cores (1 is deterministic)", min=1,
+                                      choices=("auto",))
+    text: dict = setting({}, "text settings for this model only (keys of `text`)")
 
+
+@register_model("fasttext", FastTextSettings)
+class FastTextModel(BaseModel):
     def __init__(self, params, env):
         super().__init__(params, env)
         self.model_file: Path | None = None

@@ -19,7 +19,9 @@ Saved per fold: the training ids, their leaves, a hash of their titles' first wo
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 import pandas as pd
@@ -27,10 +29,27 @@ import scipy.sparse as sp
 
 from prodcat.models.base import BaseModel
 from prodcat.probs import TopK, from_sparse
+from prodcat.settings import register_model, setting
 
 
+@dataclass
+class IdNeighboursSettings:
+    window: int = setting(6, "training products on each side of a product (nearest ids) that vote", min=1)
+    word_bonus: float = setting(5.0, "a voter whose title starts with the product's first word counts 1 + this",
+                                min=0.0)
+    max_gap: Union[int, str] = setting("auto", "ids further than this from a product do not vote ('auto': the "
+                                       "99th percentile of the gaps between consecutive training ids)", min=1,
+                                       choices=("auto",))
+    gap_scale: Union[float, str] = setting("auto", "a voter's weight is 1/d / (1 + gap/gap_scale) ('auto': the "
+                                           "median gap between consecutive training ids)", min=1e-6,
+                                           choices=("auto",))
+    doubt: float = setting(0.5, "probability of a leaf: its votes / (all votes + doubt)", min=0.0)
+    min_order: float = setting(0.1, "skipped unless consecutive training ids share a leaf at least this much "
+                               "more often than two random training products do", min=0.0, max=1.0)
+
+
+@register_model("id_neighbours", IdNeighboursSettings, hide=1.0)
 class IdNeighboursModel(BaseModel):
-    name = "id_neighbours"
     uses_ids = True  # the listing order: the training ids next to a product's own
 
     def __init__(self, params, env):

@@ -17,6 +17,7 @@ whole network).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +25,9 @@ import numpy as np
 from prodcat.distributed import is_main_process
 from prodcat.errors import DataError
 from prodcat.models.base import BaseModel, child_name
-from prodcat.models.nn.heads import FeatureHead, robust_std
 from prodcat.models.nn.trainer import (
     StepTimer,
-    adamw_cosine,
     cpu_threads,
-    lightning,
     load_state,
     process_batch,
     save_state,
@@ -44,14 +42,41 @@ from prodcat.models.nn.vision import (
     photo_embeddings,
     photo_paths,
 )
+from prodcat.models.nn.settings import HeadSettings, TrainerSettings
 from prodcat.probs import TopK
+from prodcat.settings import register_model, setting
 from prodcat.storage import write_json, write_npz
 
 META = "image.json"
 
 
+@dataclass
+class ImageSettings:
+    backbone: str = setting("tf_efficientnet_lite0", "timm model name")
+    pretrained: bool = setting(True, "start from pretrained weights (missing weights stop with an error)")
+    weights: str = setting("auto", "a .pth file | package:<module> | timm | auto")
+    mode: str = setting("auto", "frozen (cached embeddings + head) | finetune | auto (finetune on a GPU)",
+                        choices=("auto", "frozen", "finetune"))
+    image_size: int = setting(192, "input size in pixels", min=16)
+    token_grid: int = setting(3, "grid of feature-map tokens kept in the embedding cache", min=1)
+    embed_batch_size: int = setting(32, "photos per embedding batch", min=1)
+    head: HeadSettings = setting(HeadSettings(), "the MLP head (frozen mode)")
+    epochs: int = setting(30, "training epochs", min=1)
+    batch_size: int = setting(64, "batch size (per GPU)", min=1)
+    lr: float = setting(0.002, "learning rate (head; the backbone gets lr * backbone_lr_mult)", min=0.0)
+    backbone_lr_mult: float = setting(0.1, "backbone learning rate factor (finetune)", min=0.0)
+    weight_decay: float = setting(0.0001, "AdamW weight decay", min=0.0)
+    warmup_steps: int = setting(-1, "warm-up steps (-1: 5 % of the steps)", min=-1)
+    drop_path: float = setting(0.1, "stochastic depth (finetune)", min=0.0, max=1.0)
+    label_smoothing: float = setting(0.1, "label smoothing", min=0.0, max=1.0)
+    grad_clip: float = setting(1.0, "gradient clipping norm", min=0.0)
+    tta_flip: bool = setting(True, "horizontal-flip test-time augmentation (finetune)")
+    num_workers: int = setting(0, "data-loader workers", min=0)
+    trainer: TrainerSettings = setting(TrainerSettings(), "Lightning trainer")
+
+
+@register_model("image", ImageSettings)
 class ImageModel(BaseModel):
-    name = "image"
     distributed = True  # Lightning: every DDP process trains the fold
     uses_photos = True  # the runner lists the training rows' missing and unreadable photos
 
@@ -126,6 +151,7 @@ class ImageModel(BaseModel):
     def _fit_frozen(self, train, emb: Embeddings, workdir: Path) -> None:
         import torch
 
+        from prodcat.models.nn.heads import FeatureHead, robust_std
         from prodcat.models.nn.trainer import make_trainer
 
         keep = emb.usable
@@ -143,6 +169,7 @@ class ImageModel(BaseModel):
     def _fit_finetune(self, train, photos: Photos, workdir: Path) -> None:
         import torch
 
+        from prodcat.models.nn.finetune import FineTuneModule
         from prodcat.models.nn.trainer import make_trainer
         from prodcat.models.nn.vision import backbone_norm, create_backbone, train_transform
 
@@ -219,6 +246,8 @@ class ImageModel(BaseModel):
 
     @classmethod
     def load(cls, folder: Path, params: dict, env) -> "ImageModel":
+        from prodcat.models.nn.finetune import FineTuneModule
+        from prodcat.models.nn.heads import FeatureHead
         from prodcat.models.nn.vision import create_backbone
 
         meta = json.loads((folder / META).read_text())
@@ -237,38 +266,6 @@ class ImageModel(BaseModel):
             model.module = load_state(FineTuneModule(backbone, len(model.classes), params), folder / "network.pt")
         model.module.eval()
         return model
-
-
-# -- Lightning modules -----------------------------------------------------------------------------------
-class FineTuneModule(lightning().LightningModule):
-    """Backbone + linear head trained end to end; the backbone at a lower learning rate."""
-
-    def __init__(self, backbone, n_classes, params):
-        from torch import nn
-
-        super().__init__()
-        self.params = params
-        self.backbone = backbone
-        self.head = nn.Sequential(nn.Dropout(float(params["head"]["dropout"])),
-                                  nn.Linear(backbone.num_features, n_classes))
-        self.loss = nn.CrossEntropyLoss(label_smoothing=float(params["label_smoothing"]))
-
-    def forward(self, x):
-        return self.head(self.backbone(x))
-
-    def training_step(self, batch, _):
-        x, y = batch
-        logits = self(x)
-        loss = self.loss(logits, y)
-        self.log("train_loss", loss, prog_bar=True, sync_dist=False)
-        self.log("train_acc", (logits.argmax(-1) == y).float().mean())
-        return loss
-
-    def configure_optimizers(self):
-        lr = float(self.params["lr"])
-        return adamw_cosine(self, self.params, [
-            {"params": self.backbone.parameters(), "lr": lr * float(self.params["backbone_lr_mult"])},
-            {"params": self.head.parameters(), "lr": lr}])
 
 
 class PhotoDataset:

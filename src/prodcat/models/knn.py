@@ -32,6 +32,7 @@ from prodcat.memo import BoundedMemo
 from prodcat.models.base import BaseModel
 from prodcat.models.tfidf import FittedRows, fit_with_placeholder, read_vocabulary, write_vocabulary
 from prodcat.probs import NO_LABEL, TopK
+from prodcat.settings import register_model, setting
 
 _VECTORIZERS = BoundedMemo(4)  # content hash of a saved vocabulary -> the loaded vectorizer (shared by folds)
 _TRANSFORMED = BoundedMemo(2)  # (vocabulary hash, texts hash) -> their TF-IDF rows
@@ -49,9 +50,21 @@ class Memory:
     own: np.ndarray
 
 
-class KnnModel(BaseModel):
-    name = "knn"
+@dataclass
+class KnnSettings:
+    neighbours: int = setting(20, "most similar training products that vote", min=1)
+    power: float = setting(3.0, "a neighbour's vote: its cosine similarity to this power", min=0.0)
+    word_ngrams: list[int] = setting([1, 2], "word n-gram range [min, max]", min=1)
+    min_df: int = setting(2, "minimal document count of a word n-gram", min=1)
+    max_postings: int = setting(2000, "terms found in more training products than this are not searched (they "
+                                "make the search slow and decide little)", min=1)
+    chunk: int = setting(2000, "products per similarity chunk", min=1)
+    threads: int = setting(2, "threads for the similarity chunks", min=1)
+    text: dict = setting({}, "text settings for this model only (keys of `text`)")
 
+
+@register_model("knn", KnnSettings, pipeline=False)
+class KnnModel(BaseModel):
     def __init__(self, params, env):
         super().__init__(params, env)
         self.vectorizer = None

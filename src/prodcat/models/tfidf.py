@@ -21,6 +21,7 @@ the sparse weights, the biases and the class centroids.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,14 +32,35 @@ from numba import njit
 from prodcat.memo import BoundedMemo
 from prodcat.models.base import BaseModel
 from prodcat.probs import TopK
-from prodcat.settings import TfidfSettings, defaults_of
-
-DEFAULTS = defaults_of(TfidfSettings)  # declared (with their docs) in prodcat.settings
+from prodcat.settings import defaults_of, register_model, setting
 
 
+@dataclass
+class TfidfSettings:
+    word_ngrams: list[int] = setting([1, 2], "word n-gram range [min, max]", min=1)
+    word_min_df: int = setting(2, "minimal document count of a word n-gram", min=1)
+    word_max_features: int = setting(150_000, "most frequent word n-grams kept", min=1)
+    char_ngrams: list[int] = setting([2, 5], "char_wb n-gram range [min, max]", min=1)
+    char_min_df: int = setting(2, "minimal document count of a char n-gram", min=1)
+    char_max_features: int = setting(150_000, "most frequent char n-grams kept", min=1)
+    char_weight: float = setting(1.0, "weight of the char block relative to the word block", min=0.0)
+    shortlist: int = setting(60, "candidate classes per product (every class when there are fewer)", min=1)
+    epochs: int = setting(8, "SGD passes", min=1)
+    lr: float = setting(3.0, "initial SGD step, decays linearly to 0", min=0.0)
+    l2: float = setting(0.0, "weight decay per update (0: none)", min=0.0)
+    temperature: float = setting(1.0, "softmax temperature of the output probabilities", min=1e-6)
+    centroid_prune: float = setting(0.0, "centroid weights below this are dropped", min=0.0)
+    prune: float = setting(0.0, "weights below this magnitude are dropped after training (0: keep all)", min=0.0)
+    chunk: int = setting(4096, "rows per chunk of the shortlist and of prediction", min=1)
+    threads: int = setting(2, "threads for the shortlist and prediction chunks", min=1)
+    text: dict = setting({}, "text settings for this model only (keys of `text`)")
+
+
+DEFAULTS = defaults_of(TfidfSettings)
+
+
+@register_model("tfidf", TfidfSettings)
 class TfidfModel(BaseModel):
-    name = "tfidf"
-
     def __init__(self, params, env):
         super().__init__(params, env)
         self.featurizer: Featurizer | None = None

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from prodcat.data.dataset import Dataset, load_dataset
+import prodcat.models  # noqa: F401 - every base model registers its settings (prodcat.settings.MODEL_SPECS)
+from prodcat.data.dataset import Dataset, dataset_name, load_dataset
 from prodcat.data.folds import load_or_make_folds
 from prodcat.outputs import Paths, workdir_of
 from prodcat.settings import Resolved, resolve_config
@@ -91,3 +92,10 @@ def train_only_drawn(only: dict) -> int | None:
     """How many train-only products to draw: the most any model is given (None: all)."""
     counts = [only["rows"], *only["models"].values()]
     return None if None in counts else int(max(counts))
+
+
+def settings_and_paths(data=None, config=None, workdir=None, sets: dict | None = None) -> tuple[dict, Paths]:
+    """(the resolved settings, the Paths of the config's dataset and workdir), without reading the training
+    data (predict, serve and review need no more)."""
+    cfg = resolve_config(config, sets).values
+    return cfg, Paths(workdir_of(workdir, cfg), dataset_name(data or cfg["data"], cfg["dataset_name"]))

@@ -21,9 +21,10 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from prodcat.settings import TrainerSettings, defaults_of
+from prodcat.models.nn.settings import TrainerSettings
+from prodcat.settings import defaults_of
 
-DEFAULTS = defaults_of(TrainerSettings)  # declared (with their docs) in prodcat.settings
+DEFAULTS = defaults_of(TrainerSettings)  # declared (with their docs) in prodcat.models.nn.settings
 
 
 def has_gpu() -> bool:
