@@ -46,3 +46,44 @@ def test_tree_diff_and_predictions_under_a_newer_tree(trained):
     assert table.loc[table["predicted_category_id"] == 23, "tree_problem"].str.startswith("no longer a leaf").all()
     assert (table.loc[table["predicted_category_id"] == 24, "category_path"] == "Food > Wet").all()
     assert "flagged for review, named in tree_problem" in r.output
+
+
+def test_a_mapping_file_relabels_the_training_products_at_the_next_all(tmp_path):
+    """A changed tree merges leaf 24 into 23 and replaces 12 by a new leaf 13: with `relabel` the training
+    products are mapped before they are checked (without it the old leaves are refused, naming the setting);
+    a bad mapping names its file, column and rows; models whose training rows the mapping does not change
+    are reused, the others retrain."""
+    import numpy as np
+    import pytest
+    from conftest import write_dataset
+
+    from prodcat.errors import DataError
+    from prodcat.training.run import Run
+    from prodcat.training.runner import train_model
+
+    data = write_dataset(tmp_path / "d")
+    run = Run.open(data, None, tmp_path / "w", {"pipeline": ["tfidf"]})
+    assert train_model(run, "tfidf", echo=lambda *a: None)
+    before = run.ds.train["category_id"].to_numpy()
+    new_tree = pd.concat([TREE[~TREE["id"].isin([12, 24])],
+                          pd.DataFrame({"id": [13], "title": ["Bakery"], "parent_id": [10]})])
+    new_tree.to_csv(data / "categories_tree.csv", index=False)
+    with pytest.raises(DataError, match="not in categories_tree.csv.*relabel: FILE.csv"):
+        Run.open(data, None, tmp_path / "w")
+    pd.DataFrame({"old_id": [24, 12], "new_id": [23, 13]}).to_csv(data / "map.csv", index=False)
+    run = Run.open(data, None, tmp_path / "w", {"relabel": "map.csv", "pipeline": ["tfidf"]})
+    after = run.ds.train["category_id"].to_numpy()
+    assert run.ds.relabelled == int(np.isin(before, [12, 24]).sum()) > 0
+    assert np.array_equal(after, np.select([before == 24, before == 12], [23, 13], before))
+    lines = []
+    assert train_model(run, "tfidf", echo=lines.append)  # the labels changed: every fold retrains
+    assert lines and not any("reused" in line for line in lines)
+    lines.clear()
+    assert train_model(run, "tfidf", echo=lines.append)  # the same content again: nothing retrains
+    assert lines and all("reused" in line for line in lines)
+    for bad, problem in ((pd.DataFrame({"old_id": [24], "new_id": [22]}), "new_id.*not a leaf"),
+                         (pd.DataFrame({"old_id": [24, 24], "new_id": [23, 23]}), "old_id.*more than once"),
+                         (pd.DataFrame({"old": [24], "new_id": [23]}), "old_id.*missing column")):
+        bad.to_csv(data / "bad.csv", index=False)
+        with pytest.raises(DataError, match=problem):
+            Run.open(data, None, tmp_path / "w", {"relabel": "bad.csv"})

@@ -68,6 +68,9 @@ def run_options(fn):
             check_writable(run.paths.workdir)
         if fn.__name__ in ("train", "refit", "all_", "stack") and run.settings is not None:
             click.echo(f"[settings] {run.settings.note} (./run.sh config shows every setting)")
+            if run.cfg["relabel"] is not None:
+                click.echo(f"[data] relabel {run.cfg['relabel']}: {run.ds.relabelled:,} labelled products moved to "
+                           "their new leaf (the models they change retrain; the others are reused)")
         return fn(run, **kwargs)
 
     return wrapper

@@ -9,6 +9,14 @@ from pathlib import Path
 STACK = "stack"  # the stacker's outputs: oof/<dataset>/stack/, models/<dataset>/stack/
 TREE_FILE = "categories_tree.csv"  # beside the saved models: the tree they predict leaves of
 TRAIN_IDS = "train_ids.npz"  # beside the saved models: the ids of the products they were trained on
+BAG_FILE = "bag.json"  # models/<dataset>/<model>/: a finished bag's description (prodcat.models.bag)
+STACKER_FILE = "stacker.json"  # models/<dataset>/stack/: the stacker's description, written last
+CONFIDENCE_FILE = "oof_confidence.npz"  # beside a saved model: its OOF confidences (prodcat.evaluation.review)
+
+
+def confidence_file(without: str | None = None) -> str:
+    """The OOF confidences beside a model; `without` a model: the stacker's as if that model said nothing."""
+    return CONFIDENCE_FILE if without is None else f"oof_confidence_without_{without}.npz"
 
 
 @dataclass(frozen=True)

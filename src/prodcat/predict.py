@@ -23,9 +23,9 @@ import pandas as pd
 
 from prodcat.data.tree import CategoryTree
 from prodcat.errors import DataError, NotTrainedError, UsageError
-from prodcat.evaluation.review import CONFIDENCE_FILE, WITHOUT, load_confidence, oof_quality, pick_threshold
+from prodcat.evaluation.review import load_confidence, oof_quality, pick_threshold
 from prodcat.models.bag import DEFAULT_USE, USES, Bag, saved_bags
-from prodcat.outputs import STACK, TRAIN_IDS, TREE_FILE
+from prodcat.outputs import STACK, STACKER_FILE, TRAIN_IDS, TREE_FILE, confidence_file
 from prodcat.probs import NO_LABEL, TopK, average
 from prodcat.review_rule import ReviewRule
 
@@ -47,7 +47,7 @@ class PredictionKind:
     @property
     def confidence_file(self) -> str:
         """The OOF confidences of this kind, beside the model."""
-        return CONFIDENCE_FILE if self.without is None else f"{WITHOUT}{self.without}.npz"
+        return confidence_file(self.without)
 
 
 ALL = PredictionKind().label  # the kind of a prediction every stacked model took part in
@@ -88,7 +88,7 @@ class Predictor:
             warnings.simplefilter("ignore")
             tree = CategoryTree.from_csv(tree_file)
         bags = saved_bags(root)
-        has_stack = (root / STACK / "stacker.json").exists()
+        has_stack = (root / STACK / STACKER_FILE).exists()
         if model is None:
             if has_stack:
                 model = STACK

@@ -201,6 +201,9 @@ class RunSettings:
     top_k: int = setting(20, "classes stored per product", min=1)
     folds: FoldSettings = setting(FoldSettings, "cross-validation")
     train_only: TrainOnlySettings = setting(TrainOnlySettings, "more labelled products for the base models")
+    relabel: Union[str, None] = setting(None, "a changed tree's mapping CSV old_id,new_id (relative to the data "
+                                              "folder): every labelled product's leaf mapped before it is checked "
+                                              "(./run.sh tree diff OLD NEW lists the changes; null: none)")
     pipeline: list[str] = setting(lambda: [n for n, m in registered().items() if m.pipeline],
                                   "base models run by `all`, in order (a model its data cannot support is skipped)")
     text: TextSettings = setting(TextSettings, "how a product's text is built")

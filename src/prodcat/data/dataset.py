@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from prodcat.data.tree import CategoryTree
+from prodcat.data.tree_change import read_tree_map, relabel as relabel_labels
 from prodcat.errors import fail
 
 TEXT_COLUMNS = ("title", "short_description", "name_value_characteristics")
@@ -95,6 +96,7 @@ class Dataset:
     _images: ImageFolder | None = field(default=None, repr=False)
     train_only: pd.DataFrame | None = field(default=None, repr=False)  # they only fit the base models (load_dataset)
     train_only_draw: np.ndarray | None = field(default=None, repr=False)  # each one's place in the seeded draw
+    relabelled: int = 0  # labelled products whose leaf the `relabel` mapping changed
     _fingerprints: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -179,29 +181,34 @@ def dataset_name(root: str | Path, name: str | None = None) -> str:
 
 def load_dataset(root: str | Path, name: str | None = None, extra: str | Path | None = None,
                  train_only: str | Path | None = None, train_only_rows: int | None = None,
-                 seed: int = 0, holdout: int = 0) -> Dataset:
+                 seed: int = 0, holdout: int = 0, relabel: str | Path | None = None) -> Dataset:
     """Load and validate a dataset folder; bad input raises DataError naming file, column and rows. `extra`:
     more labelled products in the training layout (e.g. reviewers' decisions: `./run.sh review export`),
     added to the training rows; `train_only`: labelled products that only fit the base models (relative to
-    the dataset folder; `train_only_rows` of them, a seeded sample; the last `holdout` of the draw never)."""
+    the dataset folder; `train_only_rows` of them, a seeded sample; the last `holdout` of the draw never);
+    `relabel`: a mapping CSV old_id,new_id of a changed tree (relative to the dataset folder), applied to every
+    labelled product before its label is checked (prodcat.data.tree_change)."""
     root = Path(root)
     if not root.is_dir():
         fail(root.resolve(), None, "dataset folder not found (give --data DIR, a folder with categories_tree.csv, "
                                    "train.parquet and test.parquet)")
     tree = CategoryTree.from_csv(root / "categories_tree.csv")
-    train = read_products(root / "train.parquet", TRAIN_COLUMNS)
+    mapping = read_tree_map(root / relabel, tree) if relabel is not None else {}
+    train, changed = relabel_labels(read_products(root / "train.parquet", TRAIN_COLUMNS), mapping)
     check_labels(train, tree, root / "train.parquet")
     if extra is not None:
-        train = with_extra(train, Path(extra), tree)
+        train = with_extra(train, Path(extra), tree, mapping)
     only = draw = None
     if train_only is not None:
-        only, draw = read_train_only(root / train_only, tree, train, train_only_rows, seed, holdout)
+        only, draw = read_train_only(root / train_only, tree, train, train_only_rows, seed, holdout, mapping)
+        only, n = relabel_labels(only, mapping)  # (read_train_only checked them mapped)
+        changed += n
     return Dataset(name=dataset_name(root, name), root=root, tree=tree, train=train,
-                   train_only=only, train_only_draw=draw)
+                   train_only=only, train_only_draw=draw, relabelled=changed)
 
 
 def read_train_only(path: Path, tree: CategoryTree, train: pd.DataFrame, rows: int | None,
-                    seed: int, holdout: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+                    seed: int, holdout: int = 0, mapping: dict | None = None) -> tuple[pd.DataFrame, np.ndarray]:
     """Labelled products that only fit the base models: never held out, so neither in the folds' OOF nor in the
     stacker (what is scored stays train.parquet's products). A product also in training (same id) is
     trained on once, as a training row; then the first `rows` of the rest in a seeded draw (None: all), in
@@ -209,7 +216,7 @@ def read_train_only(path: Path, tree: CategoryTree, train: pd.DataFrame, rows: i
     `holdout` of the draw are never taken, whatever `rows` asks: unseen products kept for measuring."""
     frame = read_products(path, TRAIN_COLUMNS, missing="the setting train_only.file: a parquet in the training "
                                                         "layout, relative to the dataset folder; null: none")
-    check_labels(frame, tree, path)
+    check_labels(relabel_labels(frame, mapping or {})[0], tree, path)
     frame = frame[~frame["id"].isin(train["id"])].reset_index(drop=True)
     draw = np.empty(len(frame), np.int64)
     draw[np.random.RandomState(seed).permutation(len(frame))] = np.arange(len(frame))
@@ -217,11 +224,11 @@ def read_train_only(path: Path, tree: CategoryTree, train: pd.DataFrame, rows: i
     return frame[keep].reset_index(drop=True), draw[keep]
 
 
-def with_extra(train: pd.DataFrame, path: Path, tree: CategoryTree) -> pd.DataFrame:
+def with_extra(train: pd.DataFrame, path: Path, tree: CategoryTree, mapping: dict | None = None) -> pd.DataFrame:
     """The training rows with the labelled products of `path` added: a product already in
     training (same id) takes the extra row (its label as decided, its fields as they were then), in its
     place; new products are appended. The extra rows pass the same checks as train.parquet."""
-    extra = read_products(path, TRAIN_COLUMNS)
+    extra = relabel_labels(read_products(path, TRAIN_COLUMNS), mapping or {})[0]
     check_labels(extra, tree, path)
     where = pd.Index(train["id"]).get_indexer(extra["id"])
     known = where >= 0
@@ -306,11 +313,15 @@ def check_labels(train: pd.DataFrame, tree: CategoryTree, path: Path) -> None:
     unknown = [c for c in unique.tolist() if c not in tree]
     if unknown:
         rows = np.flatnonzero(np.isin(cats, unknown))
-        fail(path, "category_id", f"categories not in categories_tree.csv: {unknown[:5]}", rows)
+        fail(path, "category_id", f"categories not in categories_tree.csv: {unknown[:5]} (a changed tree? "
+                                  "map the old leaves to new ones with the setting relabel: FILE.csv, columns "
+                                  "old_id,new_id; ./run.sh tree diff OLD NEW lists the changes)", rows)
     inner = [c for c in unique.tolist() if not tree.is_leaf(c)]
     if inner:
         rows = np.flatnonzero(np.isin(cats, inner))
-        fail(path, "category_id", f"categories that are not leaves of the tree: {inner[:5]}", rows)
+        fail(path, "category_id", f"categories that are not leaves of the tree: {inner[:5]} (a changed tree? "
+                                  "map them to leaves with the setting relabel: FILE.csv, columns old_id,new_id)",
+             rows)
 
 
 def _integers(s: pd.Series, path: Path, col: str) -> np.ndarray:

@@ -4,14 +4,21 @@ prediction made under the old tree means under the new one (`predict --tree NEW`
 Nodes are matched by id (as Shopify's taxonomy versions are): a node only in NEW is added, only in OLD
 removed; in both, another parent is a move and another title a rename. A leaf the models predict that NEW
 removed, or that NEW gave children (no longer a leaf), cannot be an answer there: such a prediction is
-flagged for review and named, never auto-accepted; a moved leaf keeps its id and shows its new path."""
+flagged for review and named, never auto-accepted; a moved leaf keeps its id and shows its new path. A
+mapping file (old id -> new id, Shopify's version-to-version mappings) relabels the training products of
+leaves that were merged, split or replaced (`relabel` setting: read at the next `all`)."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from prodcat.data.tree import CategoryTree
+from prodcat.errors import fail
 from prodcat.probs import NO_LABEL
+
+MAP_COLUMNS = ("old_id", "new_id")
 
 ADDED, REMOVED, MOVED, RENAMED = "added", "removed", "moved", "renamed"
 
@@ -67,3 +74,42 @@ def under_tree(table: pd.DataFrame, tree: CategoryTree) -> pd.DataFrame:
     table["tree_problem"] = pd.Series(problems, dtype=object)
     table["needs_review"] = table["needs_review"].to_numpy() | np.array([p is not None for p in problems], bool)
     return table
+
+
+def read_tree_map(path: Path, tree: CategoryTree) -> dict[int, int]:
+    """{old id: new id} of a mapping CSV (columns old_id,new_id; one row per old id); every new id must be a
+    leaf of `tree` (the dataset's current tree)."""
+    if not path.is_file():
+        fail(path, None, "file not found (the setting relabel: a CSV old_id,new_id relative to the data folder; "
+                         "null: none)")
+    try:
+        frame = pd.read_csv(path)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the file's name
+        fail(path, None, f"cannot be read as CSV: {exc}")
+    for col in MAP_COLUMNS:
+        if col not in frame.columns:
+            fail(path, col, f"missing column (a mapping has {', '.join(MAP_COLUMNS)}; found: "
+                            f"{', '.join(map(str, frame.columns))})")
+        values = pd.to_numeric(frame[col], errors="coerce")
+        bad = np.flatnonzero(values.isna().to_numpy() | (values.fillna(0) % 1 != 0).to_numpy())
+        if len(bad):
+            fail(path, col, "not an integer category id", bad)
+    old, new = frame["old_id"].to_numpy(np.int64), frame["new_id"].to_numpy(np.int64)
+    twice = np.flatnonzero(pd.Series(old).duplicated(keep=False).to_numpy())
+    if len(twice):
+        fail(path, "old_id", "an old id mapped more than once (one new leaf each)", twice)
+    not_leaf = np.flatnonzero([leaf_problem(int(n), tree) is not None for n in new])
+    if len(not_leaf):
+        fail(path, "new_id", f"not a leaf of categories_tree.csv: {sorted(set(new[not_leaf].tolist()))[:5]}",
+             not_leaf)
+    return dict(zip(old.tolist(), new.tolist()))
+
+
+def relabel(frame: pd.DataFrame, mapping: dict[int, int]) -> tuple[pd.DataFrame, int]:
+    """(the labelled products with their category_id mapped, how many changed)."""
+    if not mapping:
+        return frame, 0
+    labels = frame["category_id"].to_numpy(np.int64)
+    mapped = pd.Series(labels).map(mapping).fillna(pd.Series(labels)).to_numpy(np.int64)
+    changed = int((mapped != labels).sum())
+    return (frame.assign(category_id=mapped) if changed else frame), changed

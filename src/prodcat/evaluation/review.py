@@ -9,11 +9,10 @@ import numpy as np
 import pandas as pd
 
 from prodcat.evaluation.metrics import hf1_of_counts
+from prodcat.outputs import CONFIDENCE_FILE
 from prodcat.probs import TopK
 
 REVIEW_PRECISIONS = (0.95, 0.98, 0.99)
-CONFIDENCE_FILE = "oof_confidence.npz"
-WITHOUT = "oof_confidence_without_"  # + model + .npz: the stacker's OOF confidences without that model
 
 
 def save_confidence(run, oof: TopK, folder: Path, name: str = CONFIDENCE_FILE) -> None:

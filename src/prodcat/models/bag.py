@@ -28,11 +28,11 @@ import pandas as pd
 
 from prodcat.errors import DataError, NotTrainedError
 from prodcat.models.base import MODEL_FILE, BaseModel, load_model, read_model_meta
+from prodcat.outputs import BAG_FILE
 from prodcat.probs import TopK, average
 from prodcat.settings import DEFAULT_USE, MODEL_SPECS, USES  # noqa: F401 - declared with the settings, used here
 from prodcat.storage import write_json
 
-BAG_FILE = "bag.json"
 FULL = "full"  # the child trained on every product
 ONCE = "once"  # the one child of a bag fitted once on the train-only products alone
 

@@ -12,9 +12,9 @@ import numpy as np
 
 import prodcat
 from prodcat.evaluation.metrics import hf1_of_counts
-from prodcat.evaluation.review import CONFIDENCE_FILE, load_confidence
+from prodcat.evaluation.review import load_confidence
 from prodcat.models.bag import FULL
-from prodcat.outputs import STACK, TRAIN_IDS
+from prodcat.outputs import CONFIDENCE_FILE, STACK, STACKER_FILE, TRAIN_IDS
 from prodcat.predict import Predictor
 
 
@@ -25,7 +25,7 @@ def model_version(predictor: Predictor) -> str:
         name: ([predictor.bag(name).meta[FULL]] if predictor.use == FULL else predictor.bag(name).meta["children"])
         for name in predictor.base_names()}}
     if predictor.model == STACK:
-        parts["stacker"] = hashlib.sha256((predictor.root / STACK / "stacker.json").read_bytes()).hexdigest()
+        parts["stacker"] = hashlib.sha256((predictor.root / STACK / STACKER_FILE).read_bytes()).hexdigest()
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 

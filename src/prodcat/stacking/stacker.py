@@ -32,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from prodcat.outputs import STACKER_FILE
 from prodcat.probs import TopK
 from prodcat.settings import StackSettings, defaults_of
 from prodcat.stacking.decoding import _average_test, _to_topk, decode
@@ -151,7 +152,7 @@ class Stacker:
         from prodcat.models.base import file_checksums
         from prodcat.storage import atomic_path, write_npz
 
-        (folder / "stacker.json").unlink(missing_ok=True)
+        (folder / STACKER_FILE).unlink(missing_ok=True)
         for m, (fold_rankers, full) in self.sets.items():
             for f, booster in [*enumerate(fold_rankers), ("full", full)]:
                 if isinstance(booster, MeanProbability):
@@ -161,8 +162,8 @@ class Stacker:
         write_npz({"freq": self.freq, "counts": self.counts}, folder / "counts.npz")
         if self.priors is not None:
             self.priors.save(folder)
-        self.meta["files"] = file_checksums(folder, skip="stacker.json")
-        write_json(self.meta, folder / "stacker.json")  # last: the folder holds a stacker only with it
+        self.meta["files"] = file_checksums(folder, skip=STACKER_FILE)
+        write_json(self.meta, folder / STACKER_FILE)  # last: the folder holds a stacker only with it
 
     @classmethod
     def load(cls, folder, tree) -> "Stacker":
@@ -173,9 +174,9 @@ class Stacker:
         from prodcat.errors import NotTrainedError
         from prodcat.models.base import verify_files
 
-        if not (folder / "stacker.json").exists():
+        if not (folder / STACKER_FILE).exists():
             raise NotTrainedError(f"{folder}: no saved stacker here (run ./run.sh stack first)")
-        meta = json.loads((folder / "stacker.json").read_text())
+        meta = json.loads((folder / STACKER_FILE).read_text())
         if meta.get("format") != FORMAT or "files" not in meta:
             raise NotTrainedError(f"{folder}: a stacker saved by an older prodcat: refit it with ./run.sh stack "
                                   "--force")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from prodcat.errors import DataError
-from prodcat.outputs import STACK
+from prodcat.outputs import STACK, STACKER_FILE
 from prodcat.storage import atomic_path
 from prodcat.training.run import Run
 
@@ -61,7 +61,7 @@ def fitted_at(run: Run) -> str:
     import json
 
     try:
-        return json.loads((run.paths.models(STACK) / "stacker.json").read_text()).get("commit") or "unknown"
+        return json.loads((run.paths.models(STACK) / STACKER_FILE).read_text()).get("commit") or "unknown"
     except (OSError, ValueError):
         return "unknown"
 

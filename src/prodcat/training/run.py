@@ -33,7 +33,7 @@ class Run:
         only = first.values["train_only"]
         ds = load_dataset(Path(data or first.values["data"]), name=first.values["dataset_name"], extra=extra,
                           train_only=only["file"], train_only_rows=train_only_drawn(only),
-                          seed=first.values["seed"], holdout=only["holdout"])
+                          seed=first.values["seed"], holdout=only["holdout"], relabel=first.values["relabel"])
         settings = resolve_config(config, sets, len(ds.train))
         cfg = settings.values
         root = workdir_of(workdir, cfg)

@@ -16,8 +16,9 @@ import numpy as np
 
 from prodcat.distributed import is_main_process
 from prodcat.errors import NotTrainedError, UsageError
-from prodcat.models.bag import BAG_FILE, ONCE, Bag
+from prodcat.models.bag import ONCE, Bag
 from prodcat.models.base import BaseModel, child_name, model_class, save_model
+from prodcat.outputs import BAG_FILE
 from prodcat.probs import TopK
 from prodcat.settings import MODEL_SPECS, config_hash
 from prodcat.storage import write_json

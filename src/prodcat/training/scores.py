@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 
 from prodcat.evaluation.metrics import score
-from prodcat.outputs import STACK
+from prodcat.outputs import STACK, STACKER_FILE
 from prodcat.probs import TopK
 from prodcat.training.oof import base_models, finished_models, load_oof
 from prodcat.training.run import Run
@@ -59,7 +59,7 @@ def stack_is_fresh(run: Run) -> bool:
 
     from prodcat.stacking.stacker import stale_inputs
 
-    meta_path = run.paths.models(STACK) / "stacker.json"
+    meta_path = run.paths.models(STACK) / STACKER_FILE
     if not meta_path.exists():
         warnings.warn(f"the stacker's scores are left out: its saved model is missing ({meta_path}); refit it "
                       "with ./run.sh stack")

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from prodcat.evaluation.metrics import hierarchical_f1
-from prodcat.outputs import STACK
+from prodcat.outputs import STACK, STACKER_FILE
 from prodcat.probs import TopK
 from prodcat.stacking.decoding import _to_topk, decode, fit_temperature, group_softmax
 from prodcat.stacking.features import NodeIndex, candidate_pairs, monotone_constraints, pair_features, product_features
@@ -60,7 +60,7 @@ def _run_stack(run: Run, models: list[str] | None, echo, force: bool) -> dict:
     inputs = input_fingerprints(run.paths.models_root, names)  # before fitting: what the OOF rows came from
     key = inputs_key(run, names, p, inputs)
     out, folder = run.paths.oof(STACK), run.paths.models(STACK)
-    if not force and (out / "complete.json").exists() and (folder / "stacker.json").exists():
+    if not force and (out / "complete.json").exists() and (folder / STACKER_FILE).exists():
         if json.loads((out / "complete.json").read_text()).get("key") == key:
             info = json.loads((out / "stack.json").read_text())
             echo(f"[stack] {', '.join(names)}: unchanged inputs, reused (OOF hF1 "
@@ -71,7 +71,8 @@ def _run_stack(run: Run, models: list[str] | None, echo, force: bool) -> dict:
     if folder.exists():
         shutil.rmtree(folder)  # no file of an earlier stacker (a ranker of another fold count) lingers
     folder.mkdir(parents=True)
-    from prodcat.evaluation.review import WITHOUT, save_confidence
+    from prodcat.evaluation.review import save_confidence
+    from prodcat.outputs import confidence_file
 
     for old in out.glob("oof_without_*.npz"):
         old.unlink()
@@ -79,7 +80,7 @@ def _run_stack(run: Run, models: list[str] | None, echo, force: bool) -> dict:
     save_confidence(run, oof_top, folder)
     for m, top in without.items():  # what new products that model says nothing about are judged by
         top.save(out / f"oof_without_{m}.npz")
-        save_confidence(run, top, folder, f"{WITHOUT}{m}.npz")
+        save_confidence(run, top, folder, confidence_file(without=m))
     stacker.meta["inputs"] = inputs
     stacker.save(folder)
     write_json(info, out / "stack.json")
