@@ -22,6 +22,8 @@ from prodcat.review.store import ReviewStore
 from prodcat.serve.app import create_app
 
 REVIEWERS = "ann annkey-0001\nbob bobkey-0002\n"
+WORDS = "apple banana cherry dune eagle falcon garnet harbor island jungle kettle lemon".split()  # titles apart
+CHAPPI = "chappi meal with beef and vegetables for adult pets"  # + a size: title cosines >= 0.926
 SCREENSHOT = REPO / "reports" / "review_page.png"  # looked at after each test run (README shows one)
 
 
@@ -29,7 +31,7 @@ def queue_batch(client_or_url, n: int = 12, start: int = 50_000, key: str | None
     """POST /v1/predict with review: the products under a threshold of 0.999 are flagged."""
     import httpx
 
-    body = {"products": [{"id": start + i, "title": f"{['dog', 'cat'][i % 2]} food item {i}",
+    body = {"products": [{"id": start + i, "title": f"{['dog', 'cat'][i % 2]} food item {i} {WORDS[i % 12]}",
                           "short_description": "a product to review"} for i in range(n)],
             "threshold": 0.999, "review": True}
     headers = {"X-API-Key": key} if key else {}
@@ -118,6 +120,55 @@ def test_a_decided_text_is_answered_from_the_decision_and_not_queued_again(desk)
     assert prediction["source"] == "review" and prediction["predicted_category_id"] == leaf
     assert prediction["confidence"] == 1.0 and not prediction["needs_review"]
     assert store.item(90_000) is None  # answered, never queued
+
+
+def queue_group(client_or_url, start: int, sizes=("15 kg", "2.5 kg", "10 kg", "3 kg", "7 kg", "20 kg")) -> list[int]:
+    """Near-duplicates, predicted with review: the flagged ones (at least 3; the tiny models are sure of a
+    few) form one group. Returns their ids."""
+    import httpx
+
+    body = {"products": [{"id": start + k, "title": f"{CHAPPI} {size}"} for k, size in enumerate(sizes)],
+            "threshold": 1.0, "review": True}
+    if isinstance(client_or_url, str):
+        answer = httpx.post(f"{client_or_url}/v1/predict", json=body, headers={"X-API-Key": KEY}, timeout=60)
+    else:
+        answer = client_or_url.post("/v1/predict", json=body, headers={"X-API-Key": KEY})
+    assert answer.status_code == 200, answer.text
+    flagged = [p["id"] for p in answer.json()["predictions"] if p["needs_review"]]
+    assert len(flagged) >= 3, answer.text
+    return flagged
+
+
+def test_a_group_is_decided_in_one_request_less_its_excluded_members(desk):
+    client, folder, models = desk
+    flagged = queue_group(client, 95_000)
+    store = store_of(folder, models)
+    group = {i: store.item(i)["group_id"] for i in flagged}
+    lead = next(i for i, g in group.items() if g == i)
+    members = sorted(i for i in group if i != lead)
+    assert set(group.values()) == {lead}
+    signed = TestClient(client.app)
+    signed.post("/review/sign-in", data={"key": "bobkey-0002"})
+    while (item := store.claim_next("bob"))["product_id"] != lead:  # bob's page comes to the group
+        store.decide(item["product_id"], None, "skip", "bob", str(uuid.uuid4()))
+    html = signed.get("/review").text
+    assert f"data-id={lead}" in html and all(f"data-member={m}" in html for m in members) and "<mark>" in html
+    decision = {"product_id": lead, "category_id": item["suggestions"][0][0], "action": "accept",
+                "idempotency_key": str(uuid.uuid4())}
+    for wrong, message in (([123], "excluded product(s) 123 are not open members"), (["x"], "whole number")):
+        answer = signed.post("/review/decide", json=decision | {"excluded": wrong})
+        assert answer.status_code == 422 and answer.headers["content-type"] == "application/problem+json"
+        assert message in answer.text
+    answer = signed.post("/review/decide", json=decision | {"excluded": [members[1]]})
+    assert answer.status_code == 200, answer.text
+    frame = store.decisions_frame().set_index("idempotency_key")
+    rows = frame[frame["group_id"] == lead]
+    assert sorted(rows["product_id"]) == sorted(set(flagged) - {members[1]})  # a row each, but the excluded one
+    assert set(rows["chosen_leaf"]) == {decision["category_id"]}
+    assert store.item(members[1])["group_id"] is None and store.item(members[1])["decision_id"] is None
+    undone = signed.post("/review/undo", json={"idempotency_key": str(uuid.uuid4())})
+    assert undone.status_code == 200 and f"data-member={members[0]}" in undone.json()["item_html"]
+    assert all(store.item(i)["decision_id"] is None for i in flagged)
 
 
 def test_without_reviewers_there_is_no_page(served):  # noqa: F811
@@ -221,7 +272,8 @@ def test_a_reviewer_works_through_the_queue_with_the_keyboard(served, tmp_path):
 
 
 # -- the page's guards: keys decide only what was seen, long content never hides the decision, CSP --------
-KEY_CODES = {"1": ("Digit1", 49), "s": ("KeyS", 83), "u": ("KeyU", 85), "d": ("KeyD", 68), "p": ("KeyP", 80)}
+KEY_CODES = {"1": ("Digit1", 49), "2": ("Digit2", 50), "s": ("KeyS", 83), "u": ("KeyU", 85), "d": ("KeyD", 68),
+             "p": ("KeyP", 80), "x": ("KeyX", 88)}
 SEEN_KEYS = ("window.keysSeen = []; document.addEventListener('keydown', "
              "(e) => window.keysSeen.push([e.key, e.repeat]), true);")
 CSP_WATCH = ("window.cspViolations = []; document.addEventListener('securitypolicyviolation', "
@@ -451,3 +503,40 @@ def test_the_page_runs_under_a_nonce_content_security_policy(live):
     live.wait(lambda: live.driver.execute_script("return window.cspViolations.length") > 0)
     assert live.driver.execute_script("return window.injected") is None
     assert any("Content Security Policy" in entry["message"] for entry in live.driver.get_log("browser"))
+
+
+@needs_chromium
+def test_a_group_is_decided_with_one_key_a_member_left_out_and_undone_whole(live):
+    flagged = queue_group(live.url, 96_000)
+    lead = int(live.sign_in())
+    members = [int(m) for m in live.driver.execute_script(
+        "return [...document.querySelectorAll('#product ol.members li')].map(li => li.dataset.member)")]
+    assert sorted([lead, *members]) == sorted(flagged)
+    marks = live.driver.execute_script("return [...document.querySelectorAll('#product ol.members mark')]"
+                                       ".map(m => m.textContent)")
+    assert marks and set(marks) <= {"15", "2.5", "10", "3", "7", "20"}  # the sizes differ, nothing else
+    live.wait(lambda: ready(live.driver))
+    live.press("x")
+    live.press("2")  # x then 2: the second member is left out (no decision yet)
+    out = live.driver.execute_script("return [...document.querySelectorAll('#product ol.members li.out')]"
+                                     ".map(li => Number(li.dataset.member))")
+    assert out == [members[1]] and live.decided() == [] and live.shown() == str(lead)
+    live.press("1")  # the whole group but the left-out member
+    live.wait(lambda: live.shown() != str(lead))
+    assert live.shown() == str(members[1])  # queued alone again: the next product
+    status = live.driver.execute_script("return document.getElementById('status').textContent")
+    together = sorted(set(flagged) - {members[1]})
+    assert status.startswith("accepted ") and status.endswith(f" and {len(together) - 1} similar, u to undo")
+    frame = live.store.decisions_frame()
+    assert sorted(frame["product_id"]) == together and set(frame["group_id"]) == {lead}
+    live.press("u")  # the group's decision undone whole: the lead is back with its member
+    live.wait(lambda: live.shown() == str(lead))
+    back = live.driver.execute_script("return [...document.querySelectorAll('#product ol.members li')]"
+                                      ".map(li => Number(li.dataset.member))")
+    assert back == [m for m in members if m != members[1]]  # the excluded member stays alone
+    frame = live.store.decisions_frame()
+    actions = frame["action"].tolist()  # a member whose model said another leaf: `correct`
+    assert actions[0] == "accept" and set(actions[1:len(together)]) <= {"accept", "correct"}
+    assert actions[len(together):] == ["undo"] * len(together)
+    assert set(frame["group_id"]) == {lead}
+    live.driver.save_screenshot(str(SCREENSHOT.with_name("review_page_group.png")))

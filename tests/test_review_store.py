@@ -196,6 +196,7 @@ def test_audit_sample_is_reproducible_and_counted(open_store):
     store = open_store()
     counts = queue_predictions(store, table, p, 0.25, "v2")
     audit = ~table["needs_review"].to_numpy() & audit_sample(p["id"], 0.25)
+    assert counts.pop("grouped") > 0  # (the catalogue's titles are near-duplicates)
     assert counts == {"flagged": int((conf < 0.6).sum()), "audit": int(audit.sum()),
                       "added": int((conf < 0.6).sum() + audit.sum())}
     assert queue_predictions(store, table, p, 0.25, "v2")["added"] == 0
@@ -383,7 +384,8 @@ def test_review_commands_add_status_export(trained, tmp_path):
     args = [str(a) for a in common]
     new = tmp_path / "new.parquet"  # tomorrow's products: ids past every training and test id
     pd.read_parquet(data / "test.parquet").assign(id=lambda d: d["id"] + 10**6).to_parquet(new, index=False)
-    r = CliRunner().invoke(main, ["review", "add", "--input", str(new), *args])
+    apart = ["--set", "review.group_similarity=null"]  # one product, one decision (groups: test_review_page)
+    r = CliRunner().invoke(main, ["review", "add", "--input", str(new), *args, *apart])
     assert r.exit_code == 0, r.output
     assert "30 products:" in r.output and "added to the queue" in r.output
     store = open_store(*review_config(common[1], common[3], common[5]), TREE_OBJ)
@@ -410,7 +412,7 @@ def test_review_commands_add_status_export(trained, tmp_path):
     r = CliRunner().invoke(main, ["config", "--data", str(data)])
     assert "review.audit_share" in r.output and "review.url" in r.output
     # a reviewer's label of a test.parquet product never becomes a training row: the submission would copy it
-    r = CliRunner().invoke(main, ["review", "add", "--input", str(data / "test.parquet"), *args])
+    r = CliRunner().invoke(main, ["review", "add", "--input", str(data / "test.parquet"), *args, *apart])
     assert r.exit_code == 0, r.output
     store = open_store(*review_config(common[1], common[3], common[5]), TREE_OBJ)
     test_ids = set(pd.read_parquet(data / "test.parquet")["id"])
@@ -425,3 +427,157 @@ def test_review_commands_add_status_export(trained, tmp_path):
     assert "submission" in r.output and "reload a running service" in r.output
     r = CliRunner().invoke(main, ["learn", *args])
     assert r.exit_code == 0 and "fold 0: finished earlier, reused" in r.output, r.output
+
+
+# -- queue order and groups of similar products ----------------------------------------------------------
+def predict_table(p: pd.DataFrame, conf, flagged) -> pd.DataFrame:
+    """A `Predictor.predict` table of these products: their label as the model's leaf at `conf`."""
+    conf = np.asarray(conf, dtype=float)
+    return pd.DataFrame({"id": p["id"], "predicted_category_id": p["category_id"], "confidence": conf,
+                         "category_path": "", "top1_category_id": p["category_id"], "top1_probability": conf,
+                         "prediction_kind": "all models", "needs_review": np.asarray(flagged, bool)})
+
+
+def titled(titles: list[str], start: int = 1000, leaf: int = 23) -> pd.DataFrame:
+    p = catalogue(len(titles), start=start)
+    return p.assign(title=titles, category_id=leaf, short_description=None, name_value_characteristics=None)
+
+
+CHAPPI = "Корм сухой для взрослых собак Chappi мясное изобилие с говядиной"
+NEAR = [f"{CHAPPI} {size}" for size in ("15 кг", "2.5 кг", "600 г", "10 кг")]  # title cosines 0.93-0.96
+
+
+def served(store, reviewer: str = "ann") -> list[tuple[int, list[int]]]:
+    """Every open product in the order it is served (lead, its members), each skipped after being shown."""
+    out = []
+    while (item := store.claim_next(reviewer)) is not None and len(out) < 50:
+        out.append((item["product_id"], [m["product_id"] for m in item["members"]]))
+        store.decide(item["product_id"], 23, "correct", reviewer, f"{store.dataset}-{len(out)}")
+    return out
+
+
+def test_the_queue_order_is_value_confidence_or_arrival_with_the_audit_sample_spread(open_store):
+    from prodcat.review.items import priority
+
+    assert priority("value", FLAGGED, 1, 0.6, 3) == pytest.approx(0.2)  # a group of 3 at 0.6: like one at 0.2
+    assert priority("confidence", FLAGGED, 1, 0.6, 3) == 0.6 and priority("value", FLAGGED, 1, None, 3) == -3
+    assert priority("arrival", FLAGGED, 1, 0.6, 3, arrival=17.0) == 17.0
+    for order in ("value", "confidence"):  # the audit sample: a hash of the id whatever the group or confidence
+        assert priority(order, AUDIT, 1006, 0.99, 5) == pytest.approx(unit_hash([1006], ORDER_SALT)[0])
+    p = titled(["Шампунь детский Johnson 300 мл", "Лампа настольная Camelion KD-308", *NEAR[:3],
+                "Батарейки Duracell AA 4 шт", "Носки мужские хлопок черные"])
+    conf = [0.25, 0.35, 0.6, 0.65, 0.7, 0.99, 0.5]
+    flagged = [True, True, True, True, True, False, True]
+    table = predict_table(p, conf, flagged)
+    audit_id = 1005
+    ids = {}
+    for order in ("value", "confidence", "arrival"):
+        store = open_store(f"order-{order}")
+        counts = queue_predictions(store, table, p, 1.0, "v1", {"order": order})  # every accepted one audited
+        assert counts == {"flagged": 6, "audit": 1, "added": 7, "grouped": 2}
+        assert store.item(audit_id)["reason"] == AUDIT and store.item(audit_id)["group_id"] is None
+        if order != "arrival":
+            assert store.item(audit_id)["priority"] == pytest.approx(unit_hash([audit_id], ORDER_SALT)[0])
+        placed = {pid: store.item(pid)["priority"] for pid in p["id"]}
+        shown = served(store)
+        assert (1002, [1003, 1004]) in shown  # the lowest confidence of the three leads them
+        ids[order] = [lead for lead, _ in shown]
+        assert ids[order] == sorted(ids[order], key=lambda pid: (placed[pid], pid))  # served by priority
+    flagged_only = {order: [pid for pid in found if pid != audit_id] for order, found in ids.items()}
+    assert flagged_only["value"] == [1002, 1000, 1001, 1006]  # 3 products at 0.6 (0.2 each) before one at 0.25
+    assert flagged_only["confidence"] == [1000, 1001, 1006, 1002]  # the lowest confidence first
+    assert ids["arrival"] == [1000, 1001, 1002, 1005, 1006]  # as queued (the audit product with its batch)
+
+
+def test_similar_flagged_products_are_grouped_when_queued(open_store):
+    store = open_store()
+    near = NEAR
+    p = titled([near[0], "Лампа настольная Camelion KD-308", near[1], near[2]])
+    table = predict_table(p, [0.4, 0.3, 0.5, 0.45], [True] * 4)
+    assert queue_predictions(store, table, p, 0.0, "v1")["grouped"] == 2  # the default threshold
+    assert [store.item(i)["group_id"] for i in (1000, 1001, 1002, 1003)] == [1000, None, 1000, 1000]
+    assert store.item(1000)["priority"] == pytest.approx(0.4 / 3)  # value: the group's size counts
+    later = titled([near[3], "Носки мужские хлопок черные"], start=2000)  # a later batch joins the open group
+    assert queue_predictions(store, predict_table(later, [0.2, 0.2], [True, True]), later, 0.0, "v1")["grouped"] == 1
+    assert store.item(2000)["group_id"] == 1000 and store.item(1000)["priority"] == pytest.approx(0.1)
+    first = store.claim_next("ann")  # the lead (0.1) and its members, held together
+    assert first["product_id"] == 1000 and [m["product_id"] for m in first["members"]] == [2000, 1003, 1002]
+    assert all(store.item(i)["claimed_by"] == "ann" for i in (1000, 1002, 1003, 2000))
+    assert [store.claim_next(r)["product_id"] for r in ("bob", "carl")] == [2001, 1001]  # members: never alone
+    assert store.claim_next("dave") is None
+    held = titled([near[0] + " новинка"], start=3000)  # the lead is claimed: a new near-duplicate stays alone
+    queue_predictions(store, predict_table(held, [0.2], [True]), held, 0.0, "v1")
+    assert store.item(3000)["group_id"] is None
+    apart = open_store("apart")  # group_similarity null: no groups
+    assert queue_predictions(apart, table, p, 0.0, "v1", {"group_similarity": None})["grouped"] == 0
+    assert all(apart.item(i)["group_id"] is None for i in (1000, 1002, 1003))
+    many = open_store("many")  # a lead has at most 9 members (x then 1-9 on the page)
+    twelve = titled([f"{CHAPPI} {k} кг" for k in range(11, 23)], start=5000)
+    queue_predictions(many, predict_table(twelve, np.linspace(0.1, 0.2, 12), [True] * 12), twelve, 0.0, "v1")
+    sizes = pd.Series([many.item(5000 + k)["group_id"] for k in range(12)]).value_counts(dropna=False)
+    assert sizes.tolist() == [10, 2]
+
+
+def test_a_group_is_decided_at_once_but_its_excluded_members_and_undone_whole(open_store):
+    store = open_store()
+    p = titled(NEAR)
+    p.loc[p["id"] == 1002, "category_id"] = 24  # its model said another leaf
+    queue_predictions(store, predict_table(p, [0.4, 0.5, 0.6, 0.7], [True] * 4), p, 0.0, "v1")
+    lead = store.claim_next("ann")
+    assert lead["product_id"] == 1000 and [m["product_id"] for m in lead["members"]] == [1001, 1002, 1003]
+    with pytest.raises(DataError, match=r"excluded product\(s\) 77 are not open members of product 1000's group"):
+        store.decide(1000, 23, "accept", "ann", "g-1", excluded=[77])
+    with pytest.raises(Conflict, match="decided with its group: decide its lead, product 1000"):
+        store.decide(1001, 23, "accept", "ann", "g-2")
+    assert store.decisions_frame().empty
+    decision = store.decide(1000, 23, "accept", "ann", "g-3", excluded=[1003])
+    assert decision["product_id"] == 1000 and decision["group_id"] == 1000
+    assert store.decide(1000, 23, "accept", "ann", "g-3", excluded=[1003])["id"] == decision["id"]  # a retry
+    frame = store.decisions_frame()
+    assert frame[["product_id", "action", "chosen_leaf", "group_id"]].values.tolist() == [
+        [1000, "accept", 23, 1000], [1001, "accept", 23, 1000], [1002, "correct", 23, 1000]]  # a row each
+    assert frame["idempotency_key"].nunique() == 3
+    alone = store.item(1003)
+    assert alone["group_id"] is None and alone["decision_id"] is None and alone["claimed_by"] is None
+    assert store.claim_next("bob")["product_id"] == 1003  # the excluded member: queued alone again
+    assert store.export_training_rows()[["id", "category_id"]].values.tolist() == [[1000, 23], [1001, 23], [1002, 23]]
+    assert store.counters()["done"] == 3 and store.counters()["suggestion1_accepted"] == 2
+    store.decide(1003, 24, "correct", "bob", "b-1")  # bob's own decision is not part of ann's group
+    undo = store.undo("ann", "u-1")
+    assert undo["product_id"] == 1000 and store.undo("ann", "u-1")["id"] == undo["id"]
+    frame = store.decisions_frame()
+    undone = frame[frame["action"] == "undo"]
+    assert sorted(undone["product_id"]) == [1000, 1001, 1002] and set(undone["group_id"]) == {1000}
+    assert store.export_training_rows()[["id", "category_id"]].values.tolist() == [[1003, 24]]
+    again = store.claim_next("ann")  # the group is back, held by ann
+    assert again["product_id"] == 1000 and [m["product_id"] for m in again["members"]] == [1001, 1002]
+    store.decide(1000, None, "skip", "ann", "s-1")  # a skip moves the whole group behind the others
+    assert store.item(1000)["skips"] == 1 and store.item(1001)["decision_id"] is None
+    back = store.claim_next("ann")
+    assert back["product_id"] == 1000 and [m["product_id"] for m in back["members"]] == [1001, 1002]
+    with pytest.raises(Conflict, match="no decision to undo"):
+        store.undo("carl", "u-2")
+
+
+def test_a_store_made_before_groups_opens_and_gets_the_column(open_store, url):
+    from sqlalchemy import create_engine, inspect, text
+
+    store = open_store()
+    store.enqueue(queue_items(catalogue(3)))
+    store.decide(1000, 21, "correct", "ann", "old-1")
+    store.close()
+    engine = create_engine(url)
+    with engine.begin() as conn:  # as prodcat made it before: no group_id columns, no index on them
+        conn.execute(text("DROP INDEX ix_review_queue_group"))
+        for table in ("review_queue", "review_decisions"):
+            conn.execute(text(f"ALTER TABLE {table} DROP COLUMN group_id"))
+    with engine.connect() as conn:
+        assert "group_id" not in {c["name"] for c in inspect(conn).get_columns("review_queue")}
+    engine.dispose()
+    reopened = open_store()
+    assert reopened.item(1000)["group_id"] is None and reopened.claim_next("ann")["members"] == []
+    assert reopened.decisions_frame()["group_id"].isna().all()
+    p = titled(NEAR[:3], start=4000)
+    assert queue_predictions(reopened, predict_table(p, [0.1, 0.2, 0.3], [True] * 3), p, 0.0, "v1")["grouped"] == 2
+    assert reopened.item(4001)["group_id"] == 4000
+    assert open_store().item(4000)["group_id"] == 4000  # opened again: nothing more to add

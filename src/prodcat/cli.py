@@ -539,11 +539,14 @@ def review_add(input_path, products_path, images, models_dir, model, min_precisi
     precision = settings["min_precision"] if min_precision is None else min_precision
     table, products = read_review_input(input_path, products_path, images, predictor, precision,
                                         settings["suggestions"], echo=click.echo)
-    counts = queue_predictions(store, table, products, settings["audit_share"], model_version(predictor))
+    counts = queue_predictions(store, table, products, settings["audit_share"], model_version(predictor), settings)
     skipped = counts["flagged"] + counts["audit"] - counts["added"]
     click.echo(f"[review] {len(table)} products: {counts['flagged']} need review, {counts['audit']} accepted ones "
                f"in the audit sample ({settings['audit_share']:.1%}); {counts['added']} added to the queue "
                f"({skipped} already queued or decided) -> {store}")
+    if counts["grouped"]:
+        click.echo(f"[review] {counts['grouped']} of them join a similar product's group: decided with it "
+                   f"(review.group_similarity {settings['group_similarity']})")
 
 
 @review.command(name="suspects")

@@ -163,6 +163,16 @@ class ReviewSettings:
     claim_ttl_s: int = setting(600, "seconds a reviewer holds a product before another reviewer may get it", min=1)
     dwell_ms: int = setting(300, "milliseconds a product is on the review page before a key press may decide "
                             "it (earlier presses and held keys decide nothing)", min=0)
+    order: str = setting("value", "the queue's order: value (the time a decision saves first: confidence / products "
+                         "decided with it, so bigger and less certain groups first), confidence (lowest first), "
+                         "arrival (as queued); the audit sample stays spread through it (a hash of its id)",
+                         choices=("value", "confidence", "arrival"))
+    group_similarity: Union[float, None] = setting(
+        0.91, "flagged products whose titles' char 3-gram cosine with a lead's reaches this are decided with it, "
+              "one group (null: no groups); the lowest threshold where grouped products share a leaf >= 98% of "
+              "the time on 50,000 uhtt_ke training products (./run.sh python bench/bench_groups.py): pairs at "
+              ">= 0.91 98.5%, members and their lead 98.0%, 4.1% of the products grouped (0.85: 97.3%, 97.2%, "
+              "7.9%)", min=0.01, max=1.0)
     suspects_filter: str = setting("confident_learning", "how `review suspects` finds wrong labels (cleanlab's "
                                    "filter_by)", choices=("confident_learning", "prune_by_noise_rate", "both"))
     suspects_min_probability: float = setting(0.9, "`review suspects` lists a label only when the suggested leaf "

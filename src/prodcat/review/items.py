@@ -12,6 +12,7 @@ import pandas as pd
 
 from prodcat.review.schema import AUDIT, FLAGGED
 
+ORDERS = ("value", "confidence", "arrival")  # review.order (declared in prodcat.settings)
 SNAPSHOT_FIELDS = ("title", "short_description", "name_value_characteristics", "rating", "feedback_quantity")
 AUDIT_SALT, ORDER_SALT = 0x5EED_A0D1, 0x0DE5_0F7E  # two independent hashes of a product id
 
@@ -19,7 +20,9 @@ AUDIT_SALT, ORDER_SALT = 0x5EED_A0D1, 0x0DE5_0F7E  # two independent hashes of a
 @dataclass
 class QueueItem:
     """A product for a person to decide: its fields, the model's top-N suggestions (leaf, probability) best
-    first, the model's leaf and confidence (None: no model could predict it), why it is queued."""
+    first, the model's leaf and confidence (None: no model could predict it), why it is queued; its place in
+    the queue: the order (review.order), its group (`group_id`: the lead's product id, None: alone; the
+    lead's `group_size` counts it and its members) and when it arrived (seconds; `arrival` order)."""
 
     product_id: int
     snapshot: dict
@@ -28,15 +31,41 @@ class QueueItem:
     confidence: float | None = None
     model_version: str = ""
     reason: str = FLAGGED
+    order: str = field(default_factory=lambda: default_order())
+    group_id: int | None = None
+    group_size: int = 1
+    arrival: float = 0.0
 
     @property
     def priority(self) -> float:
-        """The queue's order, lowest first: a flagged product's confidence (no prediction: -1, first); an
-        audit product's hash of its id, uniform in [0, 1), so the audit sample is spread through the
-        flagged products instead of waiting behind them all (its own confidence is high)."""
-        if self.reason == AUDIT:
-            return float(unit_hash([self.product_id], ORDER_SALT)[0])
-        return -1.0 if self.confidence is None else float(self.confidence)
+        """Its place in the queue, lowest first (`priority`)."""
+        return priority(self.order, self.reason, self.product_id, self.confidence, self.group_size, self.arrival)
+
+
+def default_order() -> str:
+    """The declared default of review.order (prodcat.settings)."""
+    from prodcat.settings import ReviewSettings, defaults_of
+
+    return defaults_of(ReviewSettings)["order"]
+
+
+def priority(order: str, reason: str, product_id: int, confidence: float | None, size: int = 1,
+             arrival: float = 0.0) -> float:
+    """The queue's order, lowest first; the one place it is computed. `confidence`: the lowest confidence first
+    (no prediction: -1, first); `value`: the time a decision saves first - confidence / products decided
+    together (`size`: a group's lead counts its members; no prediction: -size), so bigger groups and less
+    certain ones come first, a product alone as in `confidence`; `arrival`: as queued (`arrival`, seconds).
+    An audit product (confidence and value) sits at a hash of its id, uniform in [0, 1), so the audit sample
+    is spread through the flagged products instead of waiting behind them all (its own confidence is high);
+    in arrival order it comes as queued, among the products of its batch (the hash picked it)."""
+    if order not in ORDERS:
+        raise ValueError(f"review.order {order!r} is not one of {', '.join(ORDERS)}")
+    if order == "arrival":
+        return float(arrival)
+    if reason == AUDIT:
+        return float(unit_hash([product_id], ORDER_SALT)[0])
+    size = max(int(size), 1) if order == "value" else 1
+    return -float(size) if confidence is None else float(confidence) / size
 
 
 def clean(value):

@@ -1,7 +1,10 @@
 """The reviewer's web page, rendered on the server (plain HTML and a little JavaScript, no build step): a
 sign-in form, then one product at a time - its fields, photo and the model's suggestions with their
 probabilities and title paths - and the counters. Keys: 1-9 take a suggestion, / opens a type-ahead over
-every leaf path, s skips, u undoes the last decision; d unfolds the long text, p enlarges the photo. Every
+every leaf path, s skips, u undoes the last decision; d unfolds the long text, p enlarges the photo. A group's
+lead (prodcat.review.groups) shows its similar products below it, a line each with the words that differ from
+the lead's title marked: the keys decide them all, x then a member's number (or a click on its line) leaves
+that member out (queued alone again), u undoes the whole group. Every
 key press posts the decision and gets the next product's HTML in the same answer (one round trip); the
 decision is stored before the answer is sent, and a status line then says what was decided.
 
@@ -16,7 +19,7 @@ import uuid
 from contextvars import ContextVar
 from html import escape
 
-from prodcat.data.text import parse_characteristics
+from prodcat.data.text import normalize, parse_characteristics
 
 # the Content-Security-Policy nonce of the page being answered: the service's SecurityHeaders sets one per
 # request under /review (prodcat.serve.security); outside such a request a fresh one that no policy names
@@ -61,7 +64,13 @@ margin:.3em auto .4em} .desk main>*{flex:none}
 .desk #item{flex:0 1 auto;min-height:0;display:flex;flex-direction:column;overflow:auto}
 .desk #product{flex:0 1 auto;min-height:0;display:flex;flex-direction:column}
 .desk .product{flex:0 1 auto;min-height:4.5em;overflow:auto} .desk ol.suggestions{flex:none}
-.desk .help{margin-top:.6em}
+.desk .help{margin-top:.6em} .desk .group{flex:0 1 auto;min-height:3.2em;overflow:auto}
+.group{margin-top:.6em;border-top:1px solid #dde1e8;padding-top:.4em} .group .meta{margin-bottom:.2em}
+ol.members{list-style:none;padding:0;margin:0} ol.members li{display:flex;gap:.6em;align-items:baseline;
+padding:.1em .4em;border-radius:4px;cursor:pointer;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+ol.members li:hover{background:#f4f5f7} ol.members li.out{color:#98a0ae;text-decoration:line-through}
+ol.members li.out kbd{opacity:.5} ol.members .mt{overflow:hidden;text-overflow:ellipsis}
+mark{background:#fff0b3;color:inherit;border-radius:2px} #product.xmode ol.members kbd{background:#dbe7ff}
 @media (max-width:700px){.product{flex-direction:column} dt{float:none;width:auto} dd{margin-left:1em}
 .card{padding:.8em}}
 """
@@ -69,7 +78,7 @@ margin:.3em auto .4em} .desk main>*{flex:none}
 # Keys: 1-9 / s u are the decisions and the undo; d and p only show more (never decide); Escape closes.
 SCRIPT = """
 const $ = (id) => document.getElementById(id);
-const ui = {busy: false, picked: 0, hits: [], shownAt: 0, timer: 0,
+const ui = {busy: false, picked: 0, hits: [], shownAt: 0, timer: 0, xmode: false, excluded: new Set(),
             dwell: Number(document.body.dataset.dwellMs || 0)};
 function current() { return $('product') ? $('product').dataset : null; }
 function short(text, n) {
@@ -79,6 +88,8 @@ function short(text, n) {
 function productTitle() { const h = document.querySelector('#product h1'); return short(h ? h.textContent : '', 80); }
 function arm() {  // a product came on screen: no key decides it before the dwell is over (a visible wait)
   ui.shownAt = performance.now();
+  ui.excluded = new Set();
+  xmode(false);
   clearTimeout(ui.timer);
   const p = $('product');
   if (!p) return;
@@ -89,6 +100,14 @@ function arm() {  // a product came on screen: no key decides it before the dwel
   if (ui.dwell > 0) { p.classList.add('wait'); ui.timer = setTimeout(ready, ui.dwell); } else ready();
 }
 function seen() { return performance.now() - ui.shownAt >= ui.dwell; }
+function xmode(on) { ui.xmode = on; if ($('product')) $('product').classList.toggle('xmode', on); }
+function members() { return [...document.querySelectorAll('#product ol.members li')]; }
+function exclude(li) {  // a member left out of the group's decision (again: back in)
+  if (!li) return;
+  const id = Number(li.dataset.member);
+  if (ui.excluded.has(id)) ui.excluded.delete(id); else ui.excluded.add(id);
+  li.classList.toggle('out', ui.excluded.has(id));
+}
 async function post(url, body, said) {
   if (ui.busy) return;
   ui.busy = true;
@@ -114,10 +133,12 @@ function decide(action, leaf, leafTitle) {
   const p = current();
   if (!p || !seen()) return;  // a press before the product could be seen decides nothing
   const what = short(leafTitle || ('category ' + leaf), 80), title = productTitle();
-  const said = (action === 'skip' ? 'skipped ' + title : (action === 'accept' ? 'accepted ' : 'chose ') + what +
-                ' for ' + title) + ', u to undo';
-  post('/review/decide', {product_id: Number(p.id), category_id: leaf, action: action, idempotency_key: p.key},
-       said);
+  const together = members().length - ui.excluded.size;
+  const also = together > 0 ? ' and ' + together + ' similar' : '';
+  const said = (action === 'skip' ? 'skipped ' + title + also : (action === 'accept' ? 'accepted ' : 'chose ') +
+                what + ' for ' + title + also) + ', u to undo';
+  post('/review/decide', {product_id: Number(p.id), category_id: leaf, action: action, idempotency_key: p.key,
+                          excluded: [...ui.excluded]}, said);
 }
 function undo() {
   const u = document.querySelector('[data-undo]');
@@ -157,6 +178,7 @@ document.addEventListener('click', (e) => {
     const hit = ui.hits.find(h => h.id === Number(li.dataset.id));
     decide('correct', Number(li.dataset.id), hit && hit.title);
   } else if (e.target.closest('#product .product img')) enlarge();
+  else if (e.target.closest('#product ol.members li')) exclude(e.target.closest('#product ol.members li'));
 });
 document.addEventListener('keydown', (e) => {
   if (e.ctrlKey || e.metaKey || e.altKey) return;
@@ -173,10 +195,15 @@ document.addEventListener('keydown', (e) => {
   }
   if (e.target.tagName === 'INPUT') return;
   const n = Number(e.key), digit = n >= 1 && n <= 9;
-  if (!digit && !['/', 's', 'u', 'd', 'p', 'Escape'].includes(e.key)) return;
+  if (!digit && !['/', 's', 'u', 'd', 'p', 'x', 'Escape'].includes(e.key)) { xmode(false); return; }
   e.preventDefault();
   if (e.repeat) return;  // a held key decides (and undoes) nothing more
-  if (digit) {
+  if (ui.xmode) {  // x then a member's number: that member is left out; any other key: no member
+    xmode(false);
+    if (digit) { exclude(document.querySelector('#product ol.members li[data-m="' + n + '"]')); return; }
+  }
+  if (e.key === 'x') { if (members().length) xmode(true); }
+  else if (digit) {
     const s = document.querySelector('#product li[data-n="' + n + '"]');
     if (s) decide('accept', Number(s.dataset.id), s.dataset.leaf);
   } else if (e.key === '/') openPicker();
@@ -221,8 +248,9 @@ def review_page(reviewer: str, item_html: str, counters_html: str, dwell_ms: int
                 f"<div id=item>{item_html}</div>"
                 "<div id=picker class=card><input id=q placeholder='any word of the category path' "
                 "autocomplete=off><ol id=hits></ol></div>"
-                "<p class=help><kbd>1</kbd>-<kbd>9</kbd> take a suggestion · <kbd>/</kbd> search every leaf "
-                "(arrows, Enter) · <kbd>s</kbd> skip · <kbd>u</kbd> undo the last decision · <kbd>d</kbd> "
+                "<p class=help><kbd>1</kbd>-<kbd>9</kbd> take a suggestion (for a whole group) · <kbd>/</kbd> "
+                "search every leaf (arrows, Enter) · <kbd>s</kbd> skip · <kbd>u</kbd> undo the last decision · "
+                "<kbd>x</kbd> then a number: leave a similar product out · <kbd>d</kbd> "
                 "the whole text · <kbd>p</kbd> the photo large</p></main>"
                 f"<script nonce='{nonce()}'>{SCRIPT}</script>",
                 body_attrs=f" class=desk data-dwell-ms={max(int(dwell_ms), 0)}")
@@ -242,6 +270,30 @@ def counters_html(counters: dict) -> str:
 def leaf_title(path: str) -> str:
     """A leaf's own title: the end of its title path ("" for a leaf not in the tree)."""
     return path.rsplit(" > ", 1)[-1]
+
+
+def marked(title: str | None, lead_title: str | None) -> str:
+    """A member's title, escaped, its words that are not among the lead's title words (normalised) marked."""
+    lead = {w for word in (lead_title or "").split() for w in normalize(word).split()}
+    out = []
+    for word in (title or "").split():
+        own = normalize(word).split()
+        out.append(f"<mark>{escape(word)}</mark>" if own and not set(own) <= lead else escape(word))
+    return " ".join(out) or "(no title)"
+
+
+def group_html(item: dict) -> str:
+    """The lead's similar products, one line each (x then its number, or a click, leaves it out)."""
+    members = item.get("members") or []
+    if not members:
+        return ""
+    lead = item["snapshot"].get("title")
+    lines = "".join(f"<li data-m={n} data-member={int(m['product_id'])}><kbd>x</kbd><kbd>{n}</kbd>"
+                    f"<span class=mt>{marked(m['snapshot'].get('title'), lead)}</span></li>"
+                    for n, m in enumerate(members, start=1))
+    return (f"<div class=group><div class=meta>decided with {len(members)} similar product"
+            f"{'s' if len(members) > 1 else ''} (the words that differ are marked): <kbd>x</kbd> then a number, "
+            f"or a click, leaves one out</div><ol class=members>{lines}</ol></div>")
 
 
 def item_html(item: dict | None, title_path, photo_url: str | None = None) -> str:
@@ -273,4 +325,5 @@ def item_html(item: dict | None, title_path, photo_url: str | None = None) -> st
             f"<div class=meta>product {int(item['product_id'])}{' · ' + numbers if numbers else ''}{audit}"
             "<span class=more> · folded: <kbd>d</kbd> shows the whole text</span></div>"
             f"{f'<p class=desc>{escape(desc)}</p>' if desc else ''}<dl>{fields}</dl></div></div>"
+            f"{group_html(item)}"
             f"<ol class=suggestions>{suggestions or '<li>no suggestion: press / to search</li>'}</ol></div>")

@@ -2,6 +2,8 @@
 (`queue_predictions`), the store of a config and workdir (`open_store`), and what `review add` reads."""
 from __future__ import annotations
 
+import dataclasses
+import time
 from pathlib import Path
 
 import numpy as np
@@ -9,19 +11,27 @@ import pandas as pd
 
 from prodcat.errors import NotTrainedError, fail
 from prodcat.probs import NO_LABEL
+from prodcat.review.groups import MAX_MEMBERS, form_groups, similar_pairs, title_vectors
 from prodcat.review.items import QueueItem, audit_sample, snapshots
 from prodcat.review.schema import AUDIT, FLAGGED, SUSPECT
 from prodcat.review.store import ReviewStore
 
 PREDICTION_COLUMNS = ("id", "predicted_category_id", "confidence", "needs_review", "top1_category_id")
+HEADS = 1000  # open queued products (the newest) a new product may join as the lead of its group
 
 
 def queue_predictions(store: ReviewStore, table: pd.DataFrame, products: pd.DataFrame, audit_share: float,
-                      model_version: str) -> dict:
+                      model_version: str, review: dict | None = None) -> dict:
     """Queue the products of a `Predictor.predict` table (prodcat.predict) that need review, and the audit
     sample (`audit_share` of the others, picked by a hash of the id); `products` holds their fields (ids as
     in the table). Products already queued, or whose normalised text a person already decided, are left
-    out. Returns {"flagged": n, "audit": n, "added": n}."""
+    out. `review`: the review settings (order, group_similarity; None: their declared defaults): the queue's
+    order, and the flagged products' groups (`group_items`). Returns {"flagged": n, "audit": n, "added": n,
+    "grouped": members queued with a lead}."""
+    from prodcat.settings import ReviewSettings, defaults_of
+
+    review = defaults_of(ReviewSettings) | dict(review or {})
+    now = time.time()
     table = table.reset_index(drop=True)
     ids = table["id"].to_numpy(np.int64)
     flagged, audit = queued(table, audit_share)
@@ -42,8 +52,46 @@ def queue_predictions(store: ReviewStore, table: pd.DataFrame, products: pd.Data
             suggestions=[(int(table[c].iat[r]), float(table[p].iat[r])) for c, p in tops
                          if int(table[c].iat[r]) != NO_LABEL],
             model_leaf=leaf if known else None, confidence=float(conf) if known else None,
-            reason=FLAGGED if flagged[r] else AUDIT))
-    return {"flagged": int(flagged.sum()), "audit": int(audit.sum()), "added": store.enqueue(items)}
+            reason=FLAGGED if flagged[r] else AUDIT, order=review["order"], arrival=now + len(items) * 1e-6))
+    items = group_items(store, items, review["group_similarity"])
+    grouped = sum(i.group_id is not None and i.group_id != i.product_id for i in items)
+    return {"flagged": int(flagged.sum()), "audit": int(audit.sum()), "added": store.enqueue(items),
+            "grouped": grouped}
+
+
+def group_items(store: ReviewStore, items: list[QueueItem], threshold: float | None) -> list[QueueItem]:
+    """The items with their groups (QueueItem.group_id, group_size): a flagged product whose title cosine with
+    an open, unclaimed flagged product already queued (the newest HEADS, prodcat.review.groups) reaches
+    `threshold` joins the most similar one's group, while it has room; the others are grouped among themselves
+    (prodcat.review.groups.form_groups, in the queue's order: a group's lead is its most urgent product). The
+    audit sample and catalogue checks are never grouped. `threshold` None: no groups."""
+    if threshold is None:
+        return items
+    flagged = [i for i in store.fresh(i for i in items if i.reason == FLAGGED)]
+    if not flagged:
+        return items
+    vectors = title_vectors([i.snapshot.get("title") for i in flagged])
+    group: dict[int, tuple[int, int]] = {}  # product id -> (lead id, lead's group size: set for leads)
+    heads = store.open_heads(HEADS)
+    rest = np.arange(len(flagged))
+    if heads:
+        room = {h["product_id"]: MAX_MEMBERS - h["members"] for h in heads}
+        i, j, s = similar_pairs(vectors, title_vectors([h["title"] for h in heads]), floor=threshold)
+        for k in np.argsort(-s, kind="stable"):
+            pid, head = int(flagged[i[k]].product_id), heads[j[k]]["product_id"]
+            if pid not in group and room[head] > 0:
+                group[pid], room[head] = (head, 0), room[head] - 1
+        rest = np.array([k for k, item in enumerate(flagged) if int(item.product_id) not in group], dtype=int)
+    if len(rest) > 1:
+        order = np.argsort([flagged[k].priority for k in rest], kind="stable")
+        lead = form_groups(vectors[rest], threshold, order)
+        sizes = np.bincount(lead, minlength=len(lead))
+        for k, lead_k in enumerate(lead):
+            if sizes[lead_k] > 1:
+                group[int(flagged[rest[k]].product_id)] = (int(flagged[rest[lead_k]].product_id), int(sizes[lead_k]))
+    return [dataclasses.replace(i, group_id=group[i.product_id][0],
+                                group_size=group[i.product_id][1] if group[i.product_id][0] == i.product_id else 1)
+            if i.product_id in group else i for i in items]
 
 
 def queue_suspects(store: ReviewStore, suspects: pd.DataFrame, products: pd.DataFrame, model_version: str) -> int:

@@ -1,7 +1,10 @@
 """The review store's tables (SQLAlchemy Core): `queue`, the products waiting for a person (one row
 per dataset and product, its claim and its standing decision), `decisions`, the append-only record of
 every decision (never updated or deleted; an undo is a row of its own), and `sessions_ended`, the
-reviewers' signed-out sessions (every worker and replica of the service refuses their cookies)."""
+reviewers' signed-out sessions (every worker and replica of the service refuses their cookies).
+
+`group_id` (both tables, null: alone) is the product id of a group's lead: similar products decided together
+(prodcat.review.groups); a store made before it had the column gets it when opened (`GROUP_COLUMNS`)."""
 from __future__ import annotations
 
 from sqlalchemy import JSON, BigInteger, Column, Float, Index, Integer, MetaData, String, Table, UniqueConstraint
@@ -33,10 +36,12 @@ queue = Table(
     Column("claimed_at", Float),
     Column("claim_expires", Float),
     Column("decision_id", BigInteger),  # the standing decision (null: still to be decided)
+    Column("group_id", BigInteger),  # the lead's product id (the lead's own too); null: alone
 )
 Index("ix_review_queue_open", queue.c.dataset, queue.c.skips, queue.c.priority, queue.c.product_id,
       sqlite_where=queue.c.decision_id.is_(None), postgresql_where=queue.c.decision_id.is_(None))
 Index("ix_review_queue_claims", queue.c.dataset, queue.c.claimed_by, queue.c.claimed_at)
+GROUP_INDEX = Index("ix_review_queue_group", queue.c.dataset, queue.c.group_id)
 
 decisions = Table(
     "review_decisions", metadata,
@@ -55,12 +60,15 @@ decisions = Table(
     Column("undoes", BigInteger),  # UNDO: the decision it cancels (each at most once)
     Column("idempotency_key", String(200), nullable=False),
     Column("at", Float, nullable=False),  # seconds since the epoch (UTC)
+    Column("group_id", BigInteger),  # decided with its group: the lead's product id (null: alone)
     UniqueConstraint("idempotency_key", name="uq_review_decisions_key"),
     UniqueConstraint("undoes", name="uq_review_decisions_undoes"),
 )
 Index("ix_review_decisions_reviewer", decisions.c.dataset, decisions.c.reviewer, decisions.c.id)
 Index("ix_review_decisions_text", decisions.c.dataset, decisions.c.text_key)
 Index("ix_review_decisions_product", decisions.c.dataset, decisions.c.product_id)
+
+GROUP_COLUMNS = ((queue, "group_id"), (decisions, "group_id"))  # added later: added to an older store at open
 
 sessions_ended = Table(
     "review_sessions_ended", metadata,

@@ -155,7 +155,7 @@ class ReviewDesk:
             wanted = np.logical_or(*queued(table, share))
             frame["image_path"] = pd.Series([self.keep_photo(path) if keep else None for path, keep
                                              in zip(frame["image_path"].tolist(), wanted)], dtype=object)
-        return queue_predictions(self.store(tree), table, frame, share, version)
+        return queue_predictions(self.store(tree), table, frame, share, version, self.settings)
 
     def keep_photo(self, path) -> str | None:
         """A copy of a request's photo under the review folder, named by its content hash (atomic)."""

@@ -5,7 +5,9 @@
                                  too many wrong keys (per client address, overall) -> 429 with Retry-After
     POST /review/sign-out        the session ends on the server too (its id is recorded in the review store:
                                  every worker and replica refuses the old cookie)
-    POST /review/decide          {product_id, category_id, action, idempotency_key} -> the next product's HTML
+    POST /review/decide          {product_id, category_id, action, idempotency_key, excluded} -> the next
+                                 product's HTML; a group's lead decides its members too, but the `excluded`
+                                 ones (their product ids: queued alone again; not a member: 422)
     POST /review/undo            {idempotency_key} -> the undone product again
     GET  /review/photo/{id}      a queued product's photo
 
@@ -22,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from prodcat.errors import DataError
 from prodcat.review import page
+from prodcat.review.groups import MAX_MEMBERS
 from prodcat.serve.desk import SESSION_S
 from prodcat.serve.problems import Problem, from_data_error
 from prodcat.serve.schemas import INT64
@@ -35,6 +38,8 @@ class Decision(BaseModel):
     category_id: Optional[int] = Field(None, ge=INT64[0], le=INT64[1], description="the chosen leaf (null for skip)")
     action: Literal["accept", "correct", "skip"]
     idempotency_key: str = Field(min_length=8, max_length=200)
+    excluded: list[Annotated[int, Field(ge=INT64[0], le=INT64[1])]] = Field(
+        [], max_length=MAX_MEMBERS, description="members of the lead's group left out: each is decided alone later")
 
 
 class Undo(BaseModel):
@@ -157,7 +162,7 @@ def add_calls(router: APIRouter, desk: Desk) -> None:
 
         def work():
             desk.desk.store(desk.tree()).decide(body.product_id, body.category_id, body.action, name,
-                                                body.idempotency_key)
+                                                body.idempotency_key, body.excluded)
             return desk.shown(name)
 
         return await in_thread(work)
