@@ -377,7 +377,8 @@ def test_kill_9_loses_no_acknowledged_decision(open_store, url, tmp_path):
 
 def test_review_commands_add_status_export(trained, tmp_path):
     from prodcat.data.dataset import TRAIN_COLUMNS, read_products
-    from prodcat.review.queue import open_store, review_config
+    from prodcat.review.queue import open_store
+    from prodcat.training.run import settings_and_paths
 
     common, models, _ = trained
     data = tmp_path / "tiny"
@@ -388,7 +389,7 @@ def test_review_commands_add_status_export(trained, tmp_path):
     r = CliRunner().invoke(main, ["review", "add", "--input", str(new), *args, *apart])
     assert r.exit_code == 0, r.output
     assert "30 products:" in r.output and "added to the queue" in r.output
-    store = open_store(*review_config(common[1], common[3], common[5]), TREE_OBJ)
+    store = open_store(*settings_and_paths(common[1], common[3], common[5]), TREE_OBJ)
     left = store.counters()["left"]
     assert left > 0 and str(tmp_path / "w" / "review" / "tiny" / "review.db") in r.output
     pred = tmp_path / "pred.parquet"
@@ -414,7 +415,7 @@ def test_review_commands_add_status_export(trained, tmp_path):
     # a reviewer's label of a test.parquet product never becomes a training row: the submission would copy it
     r = CliRunner().invoke(main, ["review", "add", "--input", str(data / "test.parquet"), *args, *apart])
     assert r.exit_code == 0, r.output
-    store = open_store(*review_config(common[1], common[3], common[5]), TREE_OBJ)
+    store = open_store(*settings_and_paths(common[1], common[3], common[5]), TREE_OBJ)
     test_ids = set(pd.read_parquet(data / "test.parquet")["id"])
     while (item := store.claim_next("bob")) and item["product_id"] not in test_ids:
         store.decide(item["product_id"], None, "skip", "bob", f"skip-{item['product_id']}")

@@ -33,9 +33,10 @@ def test_wrong_training_labels_are_found_queued_and_replaced_at_learn(tmp_path, 
     assert len(hits) >= 4 and len(hits) / len(found) >= 0.5, found  # recall and precision on this data
     assert "added to the queue as catalogue checks" in r.output
     from prodcat.data.tree import CategoryTree
-    from prodcat.review.queue import open_store, review_config
+    from prodcat.review.queue import open_store
+    from prodcat.training.run import settings_and_paths
 
-    cfg, paths = review_config(str(data), str(tiny_config), str(tmp_path / "w"))
+    cfg, paths = settings_and_paths(str(data), str(tiny_config), str(tmp_path / "w"))
     store = open_store(cfg, paths, CategoryTree.from_csv(data / "categories_tree.csv"))
     item = store.item(int(found["id"].iloc[0]))
     assert item["reason"] == "suspect" and item["suggestions"][1][0] == found["current_category_id"].iloc[0]

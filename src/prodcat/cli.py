@@ -503,10 +503,10 @@ def store_options(fn):
 
 def review_setup(data, config, workdir, sets):
     """(settings, Paths) of the review commands' options."""
-    from prodcat.review.queue import review_config
     from prodcat.settings import parse_sets
+    from prodcat.training.run import settings_and_paths
 
-    return review_config(data, config, workdir, parse_sets(sets) if sets else None)
+    return settings_and_paths(data, config, workdir, parse_sets(sets) if sets else None)
 
 
 @review.command(name="add")

@@ -26,6 +26,12 @@ class Paths:
     workdir: Path
     dataset: str
 
+    @classmethod
+    def of_models(cls, models_root: str | Path) -> "Paths":
+        """The Paths whose models_root is `models_root` (<workdir>/models/<dataset>/)."""
+        root = Path(models_root).resolve()
+        return cls(root.parent.parent, root.name)
+
     def _dir(self, kind: str, *parts: str) -> Path:
         return self.workdir.joinpath(kind, self.dataset, *parts)
 

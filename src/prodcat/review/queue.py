@@ -114,21 +114,20 @@ def queued(table: pd.DataFrame, audit_share: float) -> tuple[np.ndarray, np.ndar
     return flagged, ~flagged & audit_sample(table["id"].to_numpy(np.int64), audit_share)
 
 
-def store_url(cfg: dict, paths) -> str:
-    """review.url, or for 'auto' the SQLite file under the workdir (outputs.Paths.review_db)."""
-    url = cfg["review"]["url"]
-    return f"sqlite:///{paths.review_db.resolve()}" if url == "auto" else url
+def store_url(url: str, paths) -> str:
+    """review.url, or for 'auto' the SQLite file of the workdir and dataset (outputs.Paths.review_db), its
+    folder made."""
+    from prodcat.review.db import StoreError
 
-
-def review_config(data=None, config=None, workdir=None, sets: dict | None = None):
-    """(the resolved settings, the Paths of the config's dataset and workdir), without reading the training
-    data."""
-    from prodcat.data.dataset import dataset_name
-    from prodcat.outputs import Paths, workdir_of
-    from prodcat.settings import resolve_config
-
-    cfg = resolve_config(config, sets).values
-    return cfg, Paths(workdir_of(workdir, cfg), dataset_name(data or cfg["data"], cfg["dataset_name"]))
+    if url != "auto":
+        return url
+    path = paths.review_db.resolve()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"review store {path}: {exc.strerror or exc} (the models folder is not "
+                         "<workdir>/models/<dataset>/: set review.url)") from None
+    return f"sqlite:///{path}"
 
 
 def open_store(cfg: dict, paths, tree=None) -> ReviewStore:
@@ -140,11 +139,11 @@ def open_store(cfg: dict, paths, tree=None) -> ReviewStore:
 
         saved = paths.models_root / TREE_FILE
         if not saved.is_file():
-            ReviewStore(store_url(cfg, paths), paths.dataset).close()  # a store that cannot open is named first
+            ReviewStore(store_url(cfg["review"]["url"], paths), paths.dataset).close()  # a bad store is named first
             raise NotTrainedError(f"{paths.models_root}: no saved models (their tree keys the review store): "
                                   "./run.sh all first")
         tree = CategoryTree.from_csv(saved)
-    return ReviewStore(store_url(cfg, paths), paths.dataset, tree)
+    return ReviewStore(store_url(cfg["review"]["url"], paths), paths.dataset, tree)
 
 
 def teach(predictor, store: ReviewStore) -> None:

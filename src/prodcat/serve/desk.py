@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from prodcat.errors import SettingsError
+from prodcat.outputs import Paths
 from prodcat.serve.security import SignInThrottle
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
@@ -55,29 +56,6 @@ def read_reviewers(path: str | None) -> dict[str, str]:
             raise SettingsError(f"review.reviewers_file: {path}, line {number}: a key or a name given twice")
         reviewers[parts[1]] = parts[0]
     return reviewers
-
-
-def review_paths(models_dir: Path):
-    """The outputs.Paths of the workdir and dataset whose models are under `models_dir`
-    (<workdir>/models/<dataset>/): where their review store and photos go."""
-    from prodcat.outputs import Paths
-
-    return Paths(Path(models_dir).resolve().parent.parent, Path(models_dir).name)
-
-
-def store_url(models_dir: Path, url: str) -> str:
-    """review.url; 'auto': the SQLite file of the models' workdir and dataset (outputs.Paths.review_db)."""
-    from prodcat.review.db import StoreError
-
-    if url != "auto":
-        return url
-    path = review_paths(models_dir).review_db
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(f"review store {path}: {exc.strerror or exc} (the models folder is not "
-                         "<workdir>/models/<dataset>/: set review.url)") from None
-    return f"sqlite:///{path}"
 
 
 class ReviewDesk:
@@ -132,17 +110,18 @@ class ReviewDesk:
         """The review store of the dataset and of `tree`, the tree of the models that answer now: a reload
         onto another tree (`?new_tree=true`) works in that tree's store; the old tree's decisions are kept
         there, never served or queued under the new one."""
+        from prodcat.review.queue import store_url
         from prodcat.review.store import ReviewStore, scope_of
 
         with self._opening:
             scope = scope_of(self.models_dir.name, tree)
             if self._store is None or self._store.dataset != scope:
-                url = store_url(self.models_dir, self.settings["url"])
+                url = store_url(self.settings["url"], Paths.of_models(self.models_dir))
                 self._store = ReviewStore(url, self.models_dir.name, tree)
             return self._store
 
     def photos_dir(self) -> Path:
-        return review_paths(self.models_dir).review_db.parent / "photos"
+        return Paths.of_models(self.models_dir).review_db.parent / "photos"
 
     def queue(self, table: pd.DataFrame, frame: pd.DataFrame, version: str, tree) -> dict:
         """Queue a request's flagged products and audit sample; the photos of those (a request's temporary
