@@ -540,3 +540,15 @@ def test_a_group_is_decided_with_one_key_a_member_left_out_and_undone_whole(live
     assert actions[len(together):] == ["undo"] * len(together)
     assert set(frame["group_id"]) == {lead}
     live.driver.save_screenshot(str(SCREENSHOT.with_name("review_page_group.png")))
+
+
+def test_a_suggestion_by_name_says_so():
+    """A zero-shot suggestion (an empty leaf, probability 0: prodcat.models.zero_shot) is marked as one, so the
+    reviewer knows no model learned it; the models' suggestions are not."""
+    from prodcat.review.page import item_html
+
+    item = {"product_id": 1, "snapshot": {"title": "cheese gouda"}, "suggestions": [[11, 0.6], [13, 0.0]],
+            "reason": "flagged", "model_leaf": 11, "confidence": 0.6, "members": []}
+    html = item_html(item, lambda leaf: f"Food > {leaf}")
+    first, second = html.split("<li data-n=")[1:3]
+    assert "by its name" not in first and "by its name" in second

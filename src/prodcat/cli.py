@@ -247,13 +247,12 @@ def predict(input_path, out_path, images, models_dir, model, top, threshold, min
     """Categorise any file of products with the saved models (no training data needed)."""
     from prodcat.predict import predict_file
 
-    check_rule_flags(threshold, min_precision)
-    if models_dir is None:
-        from prodcat.training.run import settings_and_paths
+    from prodcat.training.run import settings_and_paths
 
-        models_dir = settings_and_paths(data, config, workdir)[1].models_root
-    predict_file(models_dir, input_path, out_path, images, model, top, threshold, min_precision, use,
-                 echo=click.echo, tree_file=tree_file)
+    check_rule_flags(threshold, min_precision)
+    cfg, paths = settings_and_paths(data, config, workdir)
+    predict_file(models_dir or paths.models_root, input_path, out_path, images, model, top, threshold, min_precision,
+                 use, echo=click.echo, tree_file=tree_file, zero_shot=cfg["review"]["zero_shot"])
 
 
 @main.command()
@@ -532,7 +531,8 @@ def review_add(input_path, products_path, images, models_dir, model, min_precisi
 
     check_rule_flags(None, min_precision)  # before any photo is read
     cfg, paths = review_setup(data, config, workdir, sets)
-    predictor = Predictor.load(models_dir or paths.models_root, model, preload=False, use=use)
+    predictor = Predictor.load(models_dir or paths.models_root, model, preload=False, use=use,
+                               zero_shot=cfg["review"]["zero_shot"])
     store = open_store(cfg, paths, predictor.tree)
     teach(predictor, store)  # what people decided so far: the models' memory before these are predicted
     settings = cfg["review"]

@@ -7,7 +7,9 @@ path the test set takes, for tomorrow's products too.
 
 The output has, per product, the decided leaf, its calibrated probability (`confidence`), the category's
 title path, the top-N alternatives and `needs_review` (confidence under the review threshold). The
-threshold is set directly or picked for a target precision from the model's out-of-fold confidences.
+threshold is set directly or picked for a target precision from the model's out-of-fold confidences. Leaves
+with no or few training products join the alternatives by their names (prodcat.models.zero_shot), with
+probability 0; `zero_shot_score` is the best such leaf's score.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from prodcat.models.bag import DEFAULT_USE, USES, Bag, saved_bags
 from prodcat.outputs import STACK, STACKER_FILE, TRAIN_IDS, TREE_FILE, confidence_file
 from prodcat.probs import NO_LABEL, TopK, average
 from prodcat.review_rule import ReviewRule
+from prodcat.settings import ZeroShotSettings, check, complete
 
 AVERAGE = "average"
 
@@ -66,9 +69,13 @@ class Predictor:
     """Saved models of one dataset (`models/<dataset>/`) that predict any frame of products. `use`: each
     base model's full child (trained on every product) or the average of its fold children."""
 
-    def __init__(self, root: Path, tree: CategoryTree, model: str, bags: dict[str, Bag], use: str = DEFAULT_USE):
+    def __init__(self, root: Path, tree: CategoryTree, model: str, bags: dict[str, Bag], use: str = DEFAULT_USE,
+                 zero_shot: dict | None = None):
         self.root, self.tree, self.model, self.use = Path(root), tree, model, use
         self.bags = bags  # {base model: its finished bag} saved under root
+        self.zero_shot_params = complete(ZeroShotSettings, check(ZeroShotSettings, zero_shot or {}, "Predictor",
+                                                                 "zero_shot"))
+        self._zero_shot: tuple | None = None  # (the tree, its scorer): built once per tree
         self._stacker = None
         self._thresholds: dict[float, dict] = {}
         self._remembering = threading.Lock()
@@ -76,10 +83,11 @@ class Predictor:
 
     @classmethod
     def load(cls, root: str | Path, model: str | None = None, preload: bool = True,
-             use: str = DEFAULT_USE) -> "Predictor":
+             use: str = DEFAULT_USE, zero_shot: dict | None = None) -> "Predictor":
         """Models under `root`; `model`: stack (the default when saved), average, or a base model (the
         default without a stacker: the base model with the best OOF hF1). `use`: full or folds (see
-        prodcat.models.bag). `preload`: load every model now (else at the first prediction)."""
+        prodcat.models.bag). `preload`: load every model now (else at the first prediction). `zero_shot`:
+        settings over prodcat.settings.ZeroShotSettings."""
         root = Path(root)
         if use not in USES:
             raise UsageError(f"use must be one of {', '.join(USES)} (got {use!r})")
@@ -100,7 +108,7 @@ class Predictor:
         if model not in known:
             raise NotTrainedError(f"model '{model}' has no saved fold models under {root.resolve()} "
                                   f"(saved: {', '.join(known) or 'none'})")
-        predictor = cls(root, tree, model, bags, use)
+        predictor = cls(root, tree, model, bags, use, zero_shot)
         for name in predictor.base_names():  # a missing full child is named now, not at the first product
             if preload:
                 predictor.base(name)  # loaded now (checked first): predicting then costs no load time
@@ -241,16 +249,63 @@ class Predictor:
         return top, kinds
 
     def predict(self, frame: pd.DataFrame, top: int = 3, threshold: float | None = None,
-                min_precision: float | None = None) -> pd.DataFrame:
+                min_precision: float | None = None, tree: CategoryTree | None = None) -> pd.DataFrame:
         """Per product: id, predicted_category_id, confidence, category_path, top-N alternatives with
-        their probabilities, prediction_kind, needs_review (confidence below `threshold`, or below the
-        threshold of the product's kind that reaches `min_precision`; neither: nothing flagged)."""
+        their probabilities (the empty leaves' zero-shot suggestions among them: `with_zero_shot`),
+        prediction_kind, needs_review (confidence below `threshold`, or below the threshold of the product's
+        kind that reaches `min_precision`; neither: nothing flagged). `tree`: a newer tree whose empty leaves
+        are suggested (default: the models' own)."""
         ReviewRule(threshold, min_precision)  # checked once, where the rule lives
         topk, kinds = self.predict_kinds(frame)
         if min_precision is not None:
             by_kind = {kind: t for kind, (t, _, _) in self.thresholds_for(min_precision).items()}
             threshold = np.array([by_kind[k] for k in kinds], np.float64)
-        return to_frame(topk, self.tree, top, threshold, kinds)
+        return self.with_zero_shot(to_frame(topk, self.tree, top, threshold, kinds), frame, top, tree)
+
+    # -- zero-shot suggestions of the empty leaves -----------------------------------------------------------
+    def training_counts(self) -> dict[int, int] | None:
+        """{leaf: training products} as the stacker recorded them (None: no stacker, no record)."""
+        if self.model != STACK:
+            return None
+        stacker = self.stacker()
+        return dict(zip(stacker.nodes.ids.tolist(), np.rint(stacker.counts).astype(np.int64).tolist()))
+
+    def zero_shot(self, tree: CategoryTree | None = None):
+        """The zero-shot scorer of the empty leaves of `tree` (default: the models'), built once per tree;
+        None without training counts (no stacker), with `slots` 0 or no empty leaf to name."""
+        from prodcat.models.zero_shot import ZeroShot, empty_leaves
+
+        tree = tree or self.tree
+        built = self._zero_shot
+        if built is None or built[0] is not tree:
+            counts, params = self.training_counts(), self.zero_shot_params
+            leaves = empty_leaves(tree, counts, params["max_products"]) if counts is not None else []
+            scorer = ZeroShot(tree, leaves, params) if len(leaves) and params["slots"] else None
+            built = self._zero_shot = (tree, scorer if scorer is not None and len(scorer.leaves) else None)
+        return built[1]
+
+    def with_zero_shot(self, table: pd.DataFrame, frame: pd.DataFrame, top: int,
+                       tree: CategoryTree | None = None) -> pd.DataFrame:
+        """The table with the empty leaves of `tree` merged into its top-N (prodcat.models.zero_shot.merge;
+        probability 0) and `zero_shot_score`, the best one's score (NaN: none scored); needs_review also
+        where that reaches `novelty_score`. The decided leaf and its confidence stay."""
+        from prodcat.models.zero_shot import merge
+
+        scorer, params = self.zero_shot(tree), self.zero_shot_params
+        table["zero_shot_score"] = np.full(len(table), np.nan, np.float32)
+        if scorer is None or not len(table):
+            return table
+        zs_labels, zs_scores = scorer.top(frame, int(params["slots"]) + top)
+        table["zero_shot_score"] = zs_scores[:, 0]
+        cols = [(f"top{j}_category_id", f"top{j}_probability") for j in range(1, top + 1)]
+        labels = np.stack([table[c].to_numpy(np.int64) for c, _ in cols], axis=1)
+        probs = np.stack([table[p].to_numpy(np.float32) for _, p in cols], axis=1)
+        labels, probs = merge(labels, probs, zs_labels, zs_scores, params)
+        for j, (c, p) in enumerate(cols):
+            table[c], table[p] = labels[:, j], probs[:, j]
+        if params["novelty_score"] is not None:
+            table["needs_review"] = table["needs_review"].to_numpy() | (zs_scores[:, 0] >= params["novelty_score"])
+        return table
 
     # -- review thresholds ---------------------------------------------------------------------------------
     def oof_confidence(self, kind: PredictionKind = PredictionKind()) -> dict[str, np.ndarray]:
@@ -296,16 +351,17 @@ def to_frame(top: TopK, tree: CategoryTree, n_top: int = 3, threshold=None, kind
 def predict_file(root: Path, input_path: Path, out_path: Path, images: Path | None = None,
                  model: str | None = None, top: int = 3, threshold: float | None = None,
                  min_precision: float | None = None, use: str = DEFAULT_USE, echo=print,
-                 tree_file: Path | None = None) -> pd.DataFrame:
+                 tree_file: Path | None = None, zero_shot: dict | None = None) -> pd.DataFrame:
     """`./run.sh predict`: read and validate the input, predict, write the output parquet. `tree_file`: a
-    newer category tree the predictions are read under (prodcat.data.tree_change.under_tree)."""
+    newer category tree the predictions are read under (prodcat.data.tree_change.under_tree); `zero_shot`:
+    the review.zero_shot settings."""
     from prodcat.data.dataset import ImageFolder, read_input, with_photos
     from prodcat.data.text import product_texts, report_empty_products
     from prodcat.storage import write_parquet
 
     start = time.time()
     newer = None if tree_file is None else CategoryTree.from_csv(tree_file)  # a bad tree stops before any work
-    predictor = Predictor.load(root, model, preload=False, use=use)
+    predictor = Predictor.load(root, model, preload=False, use=use, zero_shot=zero_shot)
     predictor.check_top(top)
     if min_precision is not None:
         predictor.thresholds_for(min_precision)  # fails now, not after the models have loaded
@@ -331,7 +387,7 @@ def predict_file(root: Path, input_path: Path, out_path: Path, images: Path | No
         echo("[predict] " + report_skipped(frame, report.with_name(f"{report.name}.skipped_photos.csv")))
     echo(f"[predict] {len(frame)} products from {input_path} with '{predictor.model}' ({use} models) "
          f"(loaded in {time.time() - start:.1f}s)")
-    table = predictor.predict(frame, top, threshold, min_precision)
+    table = predictor.predict(frame, top, threshold, min_precision, newer)
     if newer is not None:
         from prodcat.data.tree_change import under_tree
 

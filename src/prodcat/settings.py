@@ -151,6 +151,24 @@ class ServeSettings:
 
 
 @dataclass
+class ZeroShotSettings:
+    """Suggestions of the leaves with no or few training products, by their names (prodcat.models.zero_shot)."""
+
+    slots: int = setting(3, "empty leaves among a product's top-N suggestions at most (0: none)", min=0)
+    max_products: int = setting(2, "a leaf with at most this many training products is empty", min=0)
+    min_score: float = setting(0.3, "an empty leaf is suggested from this cosine score of its names on", min=0.0,
+                               max=1.0)
+    keep_probability: float = setting(0.1, "the models' alternatives of this probability or more stay ahead of "
+                                      "the empty leaves", min=0.0, max=1.0)
+    novelty_score: Union[float, None] = setting(None, "flag needs_review when the best empty leaf scores this or "
+                                                "more (null: never; measured: it flags ordinary products only)",
+                                                min=0.0, max=1.0)
+    title_words: int = setting(4, "the product's first title words that are compared (0: the whole title)", min=0)
+    path_weight: float = setting(0.1, "weight of the titles above the leaf beside its own title", min=0.0)
+    char_ngrams: list[int] = setting([2, 4], "shortest and longest char n-gram (TF-IDF)", min=1)
+
+
+@dataclass
 class ReviewSettings:
     url: str = setting("auto", "database URL of the review store ('auto': SQLite at <workdir>/review/<dataset>/"
                        "review.db; several service replicas share a postgresql+psycopg://USER:PASSWORD@HOST/DB)")
@@ -177,6 +195,8 @@ class ReviewSettings:
                                    "filter_by)", choices=("confident_learning", "prune_by_noise_rate", "both"))
     suspects_min_probability: float = setting(0.9, "`review suspects` lists a label only when the suggested leaf "
                                               "has at least this OOF probability", min=0.0, max=1.0)
+    zero_shot: ZeroShotSettings = setting(ZeroShotSettings, "suggestions of the leaves with no or few training "
+                                          "products by their names (predict, the service, review add)")
     reviewers_file: Union[str, None] = setting(None, "reviewers of the service's /review page, one 'NAME KEY' per "
                                                "line (null: no review page; the service then neither queues "
                                                "nor answers from decisions)", path=True)

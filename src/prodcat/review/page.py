@@ -314,6 +314,7 @@ def item_html(item: dict | None, title_path, photo_url: str | None = None) -> st
     suggestions = "".join(
         f"<li data-n={n} data-id={int(leaf)} data-leaf='{escape(leaf_title(title_path(int(leaf))), quote=True)}'>"
         f"<kbd>{n}</kbd><span class=prob>{prob:.1%}</span><span class=path>{escape(title_path(int(leaf)))}</span>"
+        + (" <span class=audit>by its name: a leaf with few or no training products</span>" if prob <= 0 else "") +
         f"<div class=bar data-w={max(prob, 0.0) * 80:.0f}></div></li>"  # the page sizes it (no style attribute)
         for n, (leaf, prob) in enumerate(item["suggestions"][:9], start=1))
     audit = {"audit": " · <span class=audit>audit sample (accepted without review)</span>",

@@ -60,7 +60,9 @@ class Service:
 
     def __init__(self, models_dir: Path, settings: dict, loader=load_models, review: dict | None = None):
         self.settings = serve_settings(settings)
-        self.desk = ReviewDesk(models_dir, review_settings(review))
+        review = review_settings(review)
+        self.settings["zero_shot"] = review["zero_shot"]  # the suggestions of the empty leaves (Predictor.load)
+        self.desk = ReviewDesk(models_dir, review)
         self.api_key = configured_key(self.settings)
         self.metrics = Metrics()
         self.holder = ModelHolder(models_dir, self.settings, loader, on_outcome=self.count_reload)

@@ -55,7 +55,8 @@ def load_models(models_dir: Path, settings: dict) -> LoadedModels:
     from prodcat.serve.info import describe
 
     start = time.perf_counter()
-    predictor = Predictor.load(models_dir, settings["model"], preload=True, use=settings["use"])
+    predictor = Predictor.load(models_dir, settings["model"], preload=True, use=settings["use"],
+                               zero_shot=settings.get("zero_shot"))
     predictor.check_top(settings["top"], "serve.top")
     about = describe(predictor, settings)
     predictor.predict(pd.DataFrame({"id": [0], "title": ["warm-up"]}), top=1)  # first-call costs paid now
