@@ -527,7 +527,6 @@ def review_add(input_path, products_path, images, models_dir, model, min_precisi
     """Queue the products that need review (and the audit sample of the accepted ones) from a file."""
     from prodcat.predict import Predictor
     from prodcat.review.queue import open_store, queue_predictions, read_review_input, teach
-    from prodcat.serve.info import model_version
 
     check_rule_flags(None, min_precision)  # before any photo is read
     cfg, paths = review_setup(data, config, workdir, sets)
@@ -539,7 +538,7 @@ def review_add(input_path, products_path, images, models_dir, model, min_precisi
     precision = settings["min_precision"] if min_precision is None else min_precision
     table, products = read_review_input(input_path, products_path, images, predictor, precision,
                                         settings["suggestions"], echo=click.echo)
-    counts = queue_predictions(store, table, products, settings["audit_share"], model_version(predictor), settings)
+    counts = queue_predictions(store, table, products, settings["audit_share"], predictor.version, settings)
     skipped = counts["flagged"] + counts["audit"] - counts["added"]
     click.echo(f"[review] {len(table)} products: {counts['flagged']} need review, {counts['audit']} accepted ones "
                f"in the audit sample ({settings['audit_share']:.1%}); {counts['added']} added to the queue "

@@ -13,6 +13,8 @@ probability 0; `zero_shot_score` is the best such leaf's score.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 import time
 import warnings
@@ -26,7 +28,7 @@ import pandas as pd
 from prodcat.data.tree import CategoryTree
 from prodcat.errors import DataError, NotTrainedError, UsageError
 from prodcat.evaluation.review import load_confidence, oof_quality, pick_threshold
-from prodcat.models.bag import DEFAULT_USE, USES, Bag, saved_bags
+from prodcat.models.bag import DEFAULT_USE, FULL, USES, Bag, saved_bags
 from prodcat.outputs import STACK, STACKER_FILE, TRAIN_IDS, TREE_FILE, confidence_file
 from prodcat.probs import NO_LABEL, TopK, average
 from prodcat.review_rule import ReviewRule
@@ -136,6 +138,18 @@ class Predictor:
             return np.zeros(0, np.int64)
         with np.load(path) as z:
             return seen_rows(frame["id"].to_numpy(), z["ids"])
+
+    @cached_property
+    def version(self) -> str:
+        """12 hex digits naming the models that answer: the chosen model, full or folds, the fingerprint of
+        every child used and, for the stack, of the stacker's description (a retrained or refit model is a new
+        version)."""
+        parts = {"model": self.model, "use": self.use, "children": {
+            name: ([self.bag(name).meta[FULL]] if self.use == FULL else self.bag(name).meta["children"])
+            for name in self.base_names()}}
+        if self.model == STACK:
+            parts["stacker"] = hashlib.sha256((self.root / STACK / STACKER_FILE).read_bytes()).hexdigest()
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
     @cached_property
     def top_k(self) -> int:

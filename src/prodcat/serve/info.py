@@ -1,11 +1,8 @@
 """What the saved models say about themselves, read from their own files (nothing outside the models
-folder): the version of the models that answer (a hash of the fingerprints of every saved child they are
-made of, so a retrained or refit model is a new version), the training data's fingerprint, the
+folder): their version (Predictor.version), the training data's fingerprint, the
 out-of-fold scores kept beside each model (the rows `./run.sh scores` scores) and the review thresholds."""
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 
 import numpy as np
@@ -13,20 +10,8 @@ import numpy as np
 import prodcat
 from prodcat.evaluation.metrics import hf1_of_counts
 from prodcat.evaluation.review import load_confidence
-from prodcat.models.bag import FULL
-from prodcat.outputs import CONFIDENCE_FILE, STACK, STACKER_FILE, TRAIN_IDS
+from prodcat.outputs import CONFIDENCE_FILE, STACK, TRAIN_IDS
 from prodcat.predict import Predictor
-
-
-def model_version(predictor: Predictor) -> str:
-    """12 hex digits naming the models that answer: the chosen model, full or folds, the fingerprint of
-    every child used and, for the stack, of the stacker's description."""
-    parts = {"model": predictor.model, "use": predictor.use, "children": {
-        name: ([predictor.bag(name).meta[FULL]] if predictor.use == FULL else predictor.bag(name).meta["children"])
-        for name in predictor.base_names()}}
-    if predictor.model == STACK:
-        parts["stacker"] = hashlib.sha256((predictor.root / STACK / STACKER_FILE).read_bytes()).hexdigest()
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def data_fingerprint(predictor: Predictor) -> str:
@@ -83,7 +68,7 @@ def describe(predictor: Predictor, settings: dict) -> dict:
     """The part of GET /v1/info that stays the same while these models answer."""
     tree = predictor.tree
     return {"prodcat_version": prodcat.__version__, "model": predictor.model, "use": predictor.use,
-            "model_version": model_version(predictor), "base_models": predictor.base_names(),
+            "model_version": predictor.version, "base_models": predictor.base_names(),
             "data_fingerprint": data_fingerprint(predictor), "training_products": training_products(predictor),
             "categories": len(tree) - 1, "leaves": len(tree.leaves), "top_k": predictor.top_k,
             "oof_scores": oof_scores(predictor),
