@@ -274,7 +274,11 @@ def predict(input_path, out_path, images, models_dir, model, top, threshold, min
               help="Where models/ is (default: the config's).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a setting, e.g. --set serve.max_batch_items=500 (repeatable).")
-def serve(models_dir, host, port, workers, use, data, config, workdir, sets):
+@click.option("--tree", "tree_file", type=click.Path(path_type=Path), callback=user_path, default=None,
+              help="A newer category tree to answer under, read again at every reload (default: the serve.tree "
+                   "setting): leaves matched by id, a prediction into a removed leaf or a node that is no longer "
+                   "a leaf flagged and named, its new leaves suggested and in the review picker.")
+def serve(models_dir, host, port, workers, use, data, config, workdir, sets, tree_file):
     """Serve the saved models over HTTP: POST /v1/predict, GET /v1/info, /v1/categories, /health/live,
     /health/ready, /metrics (docs/serving.md). The serve.* settings hold the defaults of these flags."""
     from prodcat.predict import Predictor, check_models_folder
@@ -288,6 +292,13 @@ def serve(models_dir, host, port, workers, use, data, config, workdir, sets):
     flags = {"host": host, "port": port, "workers": workers, "use": use}
     cfg, paths = settings_and_paths(data, config, workdir, sets)
     settings = cfg["serve"] | {k: v for k, v in flags.items() if v is not None}
+    if tree_file is not None:
+        settings["tree"] = str(tree_file)
+    if settings.get("tree"):  # a bad tree file stops now, in one line (workers and reloads read it again)
+        from prodcat.serve.loading import read_newer_tree
+
+        settings["tree"] = str(Path(settings["tree"]).resolve())
+        read_newer_tree(settings["tree"])
     models_dir = check_models_folder(models_dir or paths.models_root)
     # models that cannot answer (no full models for --use full, a model that is not saved) stop now, with
     # what to run first, instead of a service that answers 503 forever

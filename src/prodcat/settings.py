@@ -148,6 +148,11 @@ class ServeSettings:
     graceful_shutdown_s: int = setting(30, "seconds in-flight requests get to finish at shutdown", min=0)
     client_timeout_s: float = setting(10.0, "seconds a client has to send a whole request, head and body (a slower "
                                       "one is answered 408 and closed)", min=0.1)
+    tree: Union[str, None] = setting(None, "a newer category tree (categories_tree.csv layout) the service answers "
+                                     "under, read at start and at every reload: leaves matched by id, a prediction "
+                                     "into a removed node or one that is no longer a leaf flagged and named, its new "
+                                     "leaves suggested and choosable, the review store that tree's (null: the "
+                                     "models' own tree)", path=True)
 
 
 @dataclass

@@ -51,11 +51,19 @@ def product_frame(products: list, photos: PhotoFiles, item: str, uploaded: str |
 
 def answer(models: LoadedModels, frame: pd.DataFrame, ask: Ask, keep: int = 0) -> tuple[dict, pd.DataFrame]:
     """(the response body, the Predictor's table) for a checked frame; the table holds at least `keep`
-    alternatives (what a review queue keeps), as far as the models have them."""
+    alternatives (what a review queue keeps), as far as the models have them. Under a newer tree
+    (`serve.tree`) the table is read under it as `predict --tree` reads it (prodcat.data.tree_change.under_tree:
+    its paths; a prediction into a node that is not one of its leaves flagged and named) and its new leaves
+    are among the zero-shot suggestions."""
     predictor = models.predictor
     predictor.check_top(ask.top, "top")
-    table = predictor.predict(frame, max(ask.top, min(keep, predictor.top_k)), ask.threshold, ask.min_precision)
-    return {"model_version": models.version, "predictions": predictions(table, predictor.tree, ask.top)}, table
+    table = predictor.predict(frame, max(ask.top, min(keep, predictor.top_k)), ask.threshold, ask.min_precision,
+                              tree=models.newer)
+    if models.newer is not None:
+        from prodcat.data.tree_change import under_tree
+
+        table = under_tree(table, models.newer)
+    return {"model_version": models.version, "predictions": predictions(table, models.tree, ask.top)}, table
 
 
 def predictions(table: pd.DataFrame, tree, top: int) -> list[dict]:
@@ -69,13 +77,15 @@ def predictions(table: pd.DataFrame, tree, top: int) -> list[dict]:
 
     alternatives = [list(zip(table[f"top{j}_category_id"].tolist(), table[f"top{j}_probability"].tolist()))
                     for j in range(1, top + 1)]
+    problems = table["tree_problem"].tolist() if "tree_problem" in table.columns else [None] * len(table)
     out = []
-    for i, (pid, leaf, conf, kind, review) in enumerate(zip(
+    for i, (pid, leaf, conf, kind, review, problem) in enumerate(zip(
             table["id"].tolist(), table["predicted_category_id"].tolist(), table["confidence"].tolist(),
-            table["prediction_kind"].tolist(), table["needs_review"].tolist())):
+            table["prediction_kind"].tolist(), table["needs_review"].tolist(), problems)):
         out.append({"id": pid, "predicted_category_id": None if leaf == NO_LABEL else leaf,
                     "confidence": None if math.isnan(conf) else conf, "category_path": path(leaf),
                     "alternatives": [{"category_id": c, "probability": p, "category_path": path(c)}
                                      for c, p in (alt[i] for alt in alternatives) if c != NO_LABEL],
-                    "needs_review": bool(review), "prediction_kind": str(kind)})
+                    "needs_review": bool(review), "prediction_kind": str(kind),
+                    "tree_problem": problem if isinstance(problem, str) else None})
     return out

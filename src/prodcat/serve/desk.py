@@ -107,9 +107,11 @@ class ReviewDesk:
         return None if key is None else hmac.new(key.encode(), message.encode(), "sha256").hexdigest()
 
     def store(self, tree):
-        """The review store of the dataset and of `tree`, the tree of the models that answer now: a reload
-        onto another tree (`?new_tree=true`) works in that tree's store; the old tree's decisions are kept
-        there, never served or queued under the new one."""
+        """The review store of the dataset and of `tree`, the tree the service answers under now (the
+        `serve.tree` file when set, else the models' own): a reload onto another tree (`?new_tree=true`, an
+        edited `serve.tree`) works in that tree's store; the old tree's decisions are kept there, never
+        served or queued under the new one. A decision is checked against `tree` (ReviewStore.check_leaf):
+        a newer tree's new leaves can be chosen, its removed ones cannot."""
         from prodcat.review.queue import store_url
         from prodcat.review.store import ReviewStore, scope_of
 
@@ -150,8 +152,9 @@ class ReviewDesk:
                 tmp.write_bytes(data)
         return str(target)
 
-    def teach(self, predictor) -> None:
-        """The standing decisions of the store join the models' memory (Predictor.remember) when they changed
+    def teach(self, predictor, tree) -> None:
+        """The standing decisions of the store of `tree` (the tree the service answers under) join the models'
+        memory (Predictor.remember) when they changed
         since the models last learned them: every worker and replica reads the same store, so they agree;
         an undone decision is forgotten. A store that cannot be read is logged and the models answer as
         they are."""
@@ -159,7 +162,7 @@ class ReviewDesk:
         from prodcat.review.queue import teach
 
         try:
-            teach(predictor, self.store(predictor.tree))
+            teach(predictor, self.store(tree))
         except StoreError as exc:
             log.warning("decisions not learned: %s", exc)
 
@@ -192,7 +195,7 @@ def apply_decisions(body: dict, decided: dict[int, dict], tree) -> None:
     for row, decision in decided.items():
         leaf = int(decision["chosen_leaf"])
         if not tree.is_leaf(leaf):
-            continue  # never answered with a node that is not a leaf of the models' tree
+            continue  # never answered with a node that is not a leaf of the tree that answers
         body["predictions"][row] |= {"predicted_category_id": leaf, "confidence": 1.0, "needs_review": False,
-                                     "category_path": tree.shown_path(leaf),
+                                     "category_path": tree.shown_path(leaf), "tree_problem": None,
                                      "source": "review"}

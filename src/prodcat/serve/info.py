@@ -64,12 +64,22 @@ def review_rule(predictor: Predictor, threshold: float | None, min_precision: fl
             "kinds": kinds}
 
 
-def describe(predictor: Predictor, settings: dict) -> dict:
-    """The part of GET /v1/info that stays the same while these models answer."""
-    tree = predictor.tree
+def describe(predictor: Predictor, settings: dict, newer=None) -> dict:
+    """The part of GET /v1/info that stays the same while these models answer (`categories`, `leaves`: of
+    the tree they answer under - `newer`, the `serve.tree` one, else their own)."""
+    tree = predictor.tree if newer is None else newer
     return {"prodcat_version": prodcat.__version__, "model": predictor.model, "use": predictor.use,
             "model_version": predictor.version, "base_models": predictor.base_names(),
             "data_fingerprint": data_fingerprint(predictor), "training_products": training_products(predictor),
             "categories": len(tree) - 1, "leaves": len(tree.leaves), "top_k": predictor.top_k,
             "oof_scores": oof_scores(predictor),
             "review": review_rule(predictor, settings["threshold"], settings["min_precision"])}
+
+
+def tree_info(models_tree, newer, tree_file) -> dict:
+    """Which category tree answers: the `serve.tree` file (null: the models' own), its fingerprint
+    (structure: ids and parents; what the review store is keyed by), node and leaf counts, and the models'
+    own tree's fingerprint."""
+    tree = models_tree if newer is None else newer
+    return {"file": None if newer is None else str(tree_file), "fingerprint": tree.fingerprint,
+            "nodes": len(tree), "leaves": len(tree.leaves), "models_fingerprint": models_tree.fingerprint}

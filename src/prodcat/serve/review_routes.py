@@ -71,7 +71,8 @@ class Desk:
         self.service, self.desk = service, service.desk
 
     def tree(self):
-        return self.service.holder.require().predictor.tree
+        """The tree the service answers under (`serve.tree`, else the models'): its store, its leaves."""
+        return self.service.holder.require().tree
 
     def enabled(self) -> None:
         if not self.desk.enabled:

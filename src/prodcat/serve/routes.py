@@ -92,11 +92,11 @@ def predict_now(service, models, products: list, ask_args: dict, item: str, uplo
             frame = product_frame(products, photos, item, None if uploaded is None else photos.add(uploaded))
             keep = desk.settings["suggestions"] if queue else 0  # what the review queue keeps of each product
             if desk.enabled:
-                desk.teach(models.predictor)  # what people decided since: the models' memory, at once
+                desk.teach(models.predictor, models.tree)  # what people decided since: the models' memory
             with service.predicting:
                 body, table = answer(models, frame, ask, keep)
             if desk.enabled:  # the store's work outside the prediction slots
-                tree = models.predictor.tree
+                tree = models.tree  # the tree the service answers under (serve.tree, else the models')
                 apply_decisions(body, desk.decided(frame, tree), tree)
                 if queue:
                     desk.queue(table, frame, models.version, tree)
@@ -172,16 +172,16 @@ def add_info(router: APIRouter, service) -> None:
                 "tree"))] = None,
             limit: Annotated[Optional[int], Query(ge=1, le=service.settings["max_category_results"], description=(
                 "leaves returned at most by a search (default: serve.max_category_results)"))] = None):
-        """The category tree (every category with its parent), or the leaves whose title path holds every
-        word of `q`, by path."""
+        """The category tree the service answers under (every category with its parent; `serve.tree` when
+        set), or the leaves whose title path holds every word of `q`, by path."""
         models = service.holder.require()
         if q is None:
             return {"total": len(models.categories), "categories": models.categories}
         words = q.casefold().split()
         found = [row for row in models.leaf_paths if all(w in row[2] for w in words)]
         shown = found[:limit or service.settings["max_category_results"]]
-        parent = models.predictor.tree.parent
-        return {"total": len(found), "categories": [{"id": leaf, "title": models.predictor.tree.titles[leaf],
+        parent = models.tree.parent
+        return {"total": len(found), "categories": [{"id": leaf, "title": models.tree.titles.get(leaf, ""),
                                                      "parent_id": parent[leaf], "is_leaf": True, "path": path}
                                                     for leaf, path, _ in shown]}
 
@@ -195,8 +195,9 @@ def add_reload(router: APIRouter, service) -> None:
                      new_tree: Annotated[bool, Query(description="accept models of another category tree: the "
                                                      "review desk starts that tree's store")] = False):
         """Load the models folder again (e.g. retrained) and swap it in: the old models answer until the new
-        ones are loaded; a failed load keeps them and says why. Models of another category tree are refused
-        (409) unless `new_tree=true`. With several workers, the workers are told to reload in place, each in
+        ones are loaded; a failed load keeps them and says why. The `serve.tree` file is read again (an edited
+        one answers at once; a bad one fails the reload). Models of another category tree are refused (409)
+        unless `new_tree=true` (or, with `serve.tree`, unless that file changed). With several workers, the workers are told to reload in place, each in
         the background (their outcome is in the log and the metrics; another tree is refused there: restart
         the service to change trees)."""
         check_key(service.api_key, api_key)

@@ -103,6 +103,9 @@ class Prediction(BaseModel):
                                              "`without MODEL` where a model had nothing to say")
     source: Literal["model", "review"] = Field("model", description="`review`: a person already decided a "
                                                                    "product with this text (confidence 1)")
+    tree_problem: Optional[str] = Field(None, description="under a newer tree (`serve.tree`): why the predicted "
+                                        "category cannot be an answer there (removed, or no longer a leaf); "
+                                        "such a prediction needs review")
 
 
 class PredictResponse(BaseModel):
@@ -163,6 +166,16 @@ class Limits(BaseModel):
     max_photo_pixels: int
 
 
+class TreeInfo(BaseModel):
+    file: Optional[str] = Field(description="the `serve.tree` file answers are given under (null: the models' "
+                                            "own tree)")
+    fingerprint: str = Field(description="the structure of the tree that answers (ids and parents): the review "
+                                         "store's key")
+    nodes: int = Field(description="its categories, the root included")
+    leaves: int
+    models_fingerprint: str = Field(description="the tree the models were trained on")
+
+
 class Info(BaseModel):
     prodcat_version: str
     model: str = Field(description="stack, average or a base model")
@@ -171,8 +184,9 @@ class Info(BaseModel):
     base_models: list[str]
     data_fingerprint: str = Field(description="the training data's content hash the models were made from")
     training_products: Optional[int]
-    categories: int
+    categories: int = Field(description="categories of the tree that answers (the root excluded)")
     leaves: int
+    tree: TreeInfo
     top_k: int = Field(description="classes kept per product (the most `top` can ask)")
     oof_scores: list[ModelScore]
     review: ReviewRule
