@@ -3,7 +3,7 @@
 that is no longer a leaf, a moved leaf shows its new path."""
 import pandas as pd
 from click.testing import CliRunner
-from conftest import TREE
+from conftest import REPO, TREE
 
 from prodcat.cli import main
 
@@ -87,3 +87,51 @@ def test_a_mapping_file_relabels_the_training_products_at_the_next_all(tmp_path)
         bad.to_csv(data / "bad.csv", index=False)
         with pytest.raises(DataError, match=problem):
             Run.open(data, None, tmp_path / "w", {"relabel": "bad.csv"})
+
+
+def test_a_tree_with_20_leaves_added_10_removed_10_moved_auto_accepts_nothing_into_a_removed_node(tmp_path):
+    """The issue's case at its size: models of a 30-leaf tree predict under a tree that adds 20 leaves,
+    removes 10 and moves 10 - `tree diff` counts them, and under `predict --tree` (every other product
+    auto-accepted: threshold 0) no product is auto-accepted into a removed node; a moved leaf shows its new
+    path."""
+    import numpy as np
+    from conftest import write_dataset
+
+    groups = {100: "Garden", 200: "Kitchen", 300: "Tools"}
+    leaves = [g + i for g in groups for i in range(1, 11)]
+    tree = pd.DataFrame({"id": [1, *groups, *leaves],
+                         "title": ["All", *groups.values(), *[f"Leaf {leaf}" for leaf in leaves]],
+                         "parent_id": [0, 1, 1, 1, *[leaf // 100 * 100 for leaf in leaves]]})
+    rng = np.random.default_rng(0)
+
+    def frame(n, start):
+        cats = rng.choice(leaves, n)
+        return pd.DataFrame({"id": np.arange(start, start + n),
+                             "title": [f"w{c}a w{c}b item{rng.integers(9)}" for c in cats], "short_description": None, "name_value_characteristics": None, "rating": np.nan,
+                             "feedback_quantity": np.nan, "category_id": cats})
+
+    data = write_dataset(tmp_path / "d", tree=tree, train=frame(600, 1000),
+                         test=frame(150, 5000).drop(columns="category_id"))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"extends: {REPO / 'configs' / 'default.yaml'}\nfolds: {{k: 3}}\npipeline: [tfidf]\n")
+    r = CliRunner().invoke(main, ["all", "--data", str(data), "--config", str(cfg), "--workdir", str(tmp_path / "w")])
+    assert r.exit_code == 0, r.output
+    new = tree[~tree["id"].between(101, 110)].copy()  # 10 leaves removed
+    new.loc[new["id"].between(201, 210), "parent_id"] = 300  # 10 moved from Kitchen to Tools
+    added = pd.DataFrame({"id": [400] + list(range(401, 421)), "title": ["Toys"] + [f"Toy {i}" for i in range(20)],
+                          "parent_id": [1] + [400] * 20})
+    pd.concat([new, added]).to_csv(tmp_path / "new.csv", index=False)
+    models = tmp_path / "w" / "models" / "d"
+    r = CliRunner().invoke(main, ["tree", "diff", str(models / "categories_tree.csv"), str(tmp_path / "new.csv")])
+    assert r.exit_code == 0 and "21 added, 10 removed, 10 moved" in r.output, r.output
+    out = tmp_path / "p.parquet"
+    r = CliRunner().invoke(main, ["predict", "--input", str(data / "test.parquet"), "--out", str(out), "--models",
+                                  str(models), "--threshold", "0", "--tree", str(tmp_path / "new.csv")])
+    assert r.exit_code == 0, r.output
+    table = pd.read_parquet(out)
+    removed = table["predicted_category_id"].between(101, 110)
+    assert removed.sum() > 20 and table.loc[removed, "needs_review"].all()  # never auto-accepted
+    assert (table.loc[removed, "tree_problem"] == "removed from the tree").all()
+    assert not table.loc[~removed, "needs_review"].any()
+    moved = table["predicted_category_id"].between(201, 210)
+    assert moved.any() and table.loc[moved, "category_path"].str.startswith("Tools > ").all()
