@@ -107,7 +107,8 @@ def test_a_tree_with_20_leaves_added_10_removed_10_moved_auto_accepts_nothing_in
     def frame(n, start):
         cats = rng.choice(leaves, n)
         return pd.DataFrame({"id": np.arange(start, start + n),
-                             "title": [f"w{c}a w{c}b item{rng.integers(9)}" for c in cats], "short_description": None, "name_value_characteristics": None, "rating": np.nan,
+                             "title": [f"w{c}a w{c}b item{rng.integers(9)}" for c in cats],
+                             "short_description": None, "name_value_characteristics": None, "rating": np.nan,
                              "feedback_quantity": np.nan, "category_id": cats})
 
     data = write_dataset(tmp_path / "d", tree=tree, train=frame(600, 1000),
