@@ -11,7 +11,6 @@ from prodcat.probs import TopK
 from prodcat.stacking.decoding import decode, group_softmax
 from prodcat.stacking.features import NodeIndex, candidate_pairs
 from prodcat.stacking.stacker import Stacker
-from prodcat.storage import write_json
 from prodcat.training.oof import load_oof
 from prodcat.training.run import Run
 from prodcat.training.runner import bag_of
