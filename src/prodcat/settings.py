@@ -116,6 +116,7 @@ class StackSettings:
                          "share (id_neighbours: 1.0)", min=0.0, max=1.0)
 
 
+REVIEW_ORDERS = ("value", "confidence", "arrival")  # review.order
 USES = ("full", "folds")  # how a bag predicts new products: its full child, or the average of its folds
 DEFAULT_USE = "folds"  # docs/commands.md "Refit on all products"; measured in docs/results/uhtt_ke.md
 
@@ -189,7 +190,7 @@ class ReviewSettings:
     order: str = setting("value", "the queue's order: value (the time a decision saves first: confidence / products "
                          "decided with it, so bigger and less certain groups first), confidence (lowest first), "
                          "arrival (as queued); the audit sample stays spread through it (a hash of its id)",
-                         choices=("value", "confidence", "arrival"))
+                         choices=REVIEW_ORDERS)
     group_similarity: Union[float, None] = setting(
         0.91, "flagged products whose titles' char 3-gram cosine with a lead's reaches this are decided with it, "
               "one group (null: no groups); the lowest threshold where grouped products share a leaf >= 98% of "

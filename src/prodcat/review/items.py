@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from prodcat.review.schema import AUDIT, FLAGGED
+from prodcat.settings import REVIEW_ORDERS
 
-ORDERS = ("value", "confidence", "arrival")  # review.order (declared in prodcat.settings)
 SNAPSHOT_FIELDS = ("title", "short_description", "name_value_characteristics", "rating", "feedback_quantity")
 AUDIT_SALT, ORDER_SALT = 0x5EED_A0D1, 0x0DE5_0F7E  # two independent hashes of a product id
 
@@ -58,8 +58,8 @@ def priority(order: str, reason: str, product_id: int, confidence: float | None,
     An audit product (confidence and value) sits at a hash of its id, uniform in [0, 1), so the audit sample
     is spread through the flagged products instead of waiting behind them all (its own confidence is high);
     in arrival order it comes as queued, among the products of its batch (the hash picked it)."""
-    if order not in ORDERS:
-        raise ValueError(f"review.order {order!r} is not one of {', '.join(ORDERS)}")
+    if order not in REVIEW_ORDERS:
+        raise ValueError(f"review.order {order!r} is not one of {', '.join(REVIEW_ORDERS)}")
     if order == "arrival":
         return float(arrival)
     if reason == AUDIT:
