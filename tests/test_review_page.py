@@ -552,3 +552,5 @@ def test_a_suggestion_by_name_says_so():
     html = item_html(item, lambda leaf: f"Food > {leaf}")
     first, second = html.split("<li data-n=")[1:3]
     assert "by its name" not in first and "by its name" in second
+    # a catalogue check's second option is the current label, whose own probability may be 0: not a name
+    assert "by its name" not in item_html(item | {"reason": "suspect"}, lambda leaf: f"Food > {leaf}")

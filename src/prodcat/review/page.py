@@ -20,6 +20,7 @@ from contextvars import ContextVar
 from html import escape
 
 from prodcat.data.text import normalize, parse_characteristics
+from prodcat.review.schema import SUSPECT
 
 # the Content-Security-Policy nonce of the page being answered: the service's SecurityHeaders sets one per
 # request under /review (prodcat.serve.security); outside such a request a fresh one that no policy names
@@ -311,10 +312,12 @@ def item_html(item: dict | None, title_path, photo_url: str | None = None) -> st
                                                                       ("feedback_quantity", "feedback"))
                          if isinstance(snap.get(key), (int, float)))
     photo = f"<img src='{escape(photo_url)}' alt='product photo'>" if photo_url else ""
+    by_name = item["reason"] != SUSPECT  # a catalogue check's 0 is the current label's own probability
     suggestions = "".join(
         f"<li data-n={n} data-id={int(leaf)} data-leaf='{escape(leaf_title(title_path(int(leaf))), quote=True)}'>"
         f"<kbd>{n}</kbd><span class=prob>{prob:.1%}</span><span class=path>{escape(title_path(int(leaf)))}</span>"
-        + (" <span class=audit>by its name: a leaf with few or no training products</span>" if prob <= 0 else "") +
+        + (" <span class=audit>by its name: a leaf with few or no training products</span>"
+           if by_name and prob <= 0 else "") +
         f"<div class=bar data-w={max(prob, 0.0) * 80:.0f}></div></li>"  # the page sizes it (no style attribute)
         for n, (leaf, prob) in enumerate(item["suggestions"][:9], start=1))
     audit = {"audit": " · <span class=audit>audit sample (accepted without review)</span>",
