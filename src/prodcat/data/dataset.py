@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from prodcat.data.tree import CategoryTree
-from prodcat.data.tree_change import read_tree_map, relabel as relabel_labels
+from prodcat.data.tree_change import read_tree_map
+from prodcat.data.tree_change import relabel as relabel_labels
 from prodcat.errors import fail
 
 TEXT_COLUMNS = ("title", "short_description", "name_value_characteristics")
@@ -194,42 +195,53 @@ def load_dataset(root: str | Path, name: str | None = None, extra: str | Path | 
                                    "train.parquet and test.parquet)")
     tree = CategoryTree.from_csv(root / "categories_tree.csv")
     mapping = read_tree_map(root / relabel, tree) if relabel is not None else {}
-    train, changed = relabel_labels(read_products(root / "train.parquet", TRAIN_COLUMNS), mapping)
-    check_labels(train, tree, root / "train.parquet")
+    train, moved = read_labelled(root / "train.parquet", tree, mapping)
+    changed = int(moved.sum())
     if extra is not None:
-        train = with_extra(train, Path(extra), tree, mapping)
+        train, n = with_extra(train, Path(extra), tree, mapping)
+        changed += n
     only = draw = None
     if train_only is not None:
-        only, draw = read_train_only(root / train_only, tree, train, train_only_rows, seed, holdout, mapping)
-        only, n = relabel_labels(only, mapping)  # (read_train_only checked them mapped)
+        only, draw, n = read_train_only(root / train_only, tree, train, train_only_rows, seed, holdout, mapping)
         changed += n
     return Dataset(name=dataset_name(root, name), root=root, tree=tree, train=train,
                    train_only=only, train_only_draw=draw, relabelled=changed)
 
 
+def read_labelled(path: Path, tree: CategoryTree, mapping: dict, **read) -> tuple[pd.DataFrame, np.ndarray]:
+    """The labelled products of `path` (the training layout) with the `relabel` mapping applied, their labels
+    checked against the tree; and which rows the mapping moved."""
+    frame, moved = relabel_labels(read_products(path, TRAIN_COLUMNS, **read), mapping)
+    check_labels(frame, tree, path)
+    return frame, moved
+
+
 def read_train_only(path: Path, tree: CategoryTree, train: pd.DataFrame, rows: int | None,
-                    seed: int, holdout: int = 0, mapping: dict | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+                    seed: int, holdout: int = 0, mapping: dict | None = None) -> tuple[pd.DataFrame, np.ndarray, int]:
     """Labelled products that only fit the base models: never held out, so neither in the folds' OOF nor in the
     stacker (what is scored stays train.parquet's products). A product also in training (same id) is
     trained on once, as a training row; then the first `rows` of the rest in a seeded draw (None: all), in
     file order, and each one's place in the draw (a model given fewer takes the first of them). The last
-    `holdout` of the draw are never taken, whatever `rows` asks: unseen products kept for measuring."""
-    frame = read_products(path, TRAIN_COLUMNS, missing="the setting train_only.file: a parquet in the training "
-                                                        "layout, relative to the dataset folder; null: none")
-    check_labels(relabel_labels(frame, mapping or {})[0], tree, path)
-    frame = frame[~frame["id"].isin(train["id"])].reset_index(drop=True)
+    `holdout` of the draw are never taken, whatever `rows` asks: unseen products kept for measuring. The third
+    value: how many of those taken the `relabel` mapping moved."""
+    frame, moved = read_labelled(path, tree, mapping or {}, missing="the setting train_only.file: a parquet in the "
+                                                                    "training layout, relative to the dataset "
+                                                                    "folder; null: none")
+    new = ~frame["id"].isin(train["id"]).to_numpy()
+    frame, moved = frame[new].reset_index(drop=True), moved[new]
     draw = np.empty(len(frame), np.int64)
     draw[np.random.RandomState(seed).permutation(len(frame))] = np.arange(len(frame))
     keep = draw < min(len(frame) - holdout, len(frame) if rows is None else rows)
-    return frame[keep].reset_index(drop=True), draw[keep]
+    return frame[keep].reset_index(drop=True), draw[keep], int(moved[keep].sum())
 
 
-def with_extra(train: pd.DataFrame, path: Path, tree: CategoryTree, mapping: dict | None = None) -> pd.DataFrame:
+def with_extra(train: pd.DataFrame, path: Path, tree: CategoryTree,
+               mapping: dict | None = None) -> tuple[pd.DataFrame, int]:
     """The training rows with the labelled products of `path` added: a product already in
     training (same id) takes the extra row (its label as decided, its fields as they were then), in its
-    place; new products are appended. The extra rows pass the same checks as train.parquet."""
-    extra = relabel_labels(read_products(path, TRAIN_COLUMNS), mapping or {})[0]
-    check_labels(extra, tree, path)
+    place; new products are appended. The extra rows pass the same checks as train.parquet. The second value:
+    how many extra rows the `relabel` mapping moved."""
+    extra, moved = read_labelled(path, tree, mapping or {})
     where = pd.Index(train["id"]).get_indexer(extra["id"])
     known = where >= 0
     replaced = {}
@@ -238,7 +250,7 @@ def with_extra(train: pd.DataFrame, path: Path, tree: CategoryTree, mapping: dic
         values[where[known]] = extra[col].to_numpy()[known]
         replaced[col] = pd.Series(values, dtype=train[col].dtype)
     merged = pd.concat([pd.DataFrame(replaced), extra.loc[~known, list(train.columns)]], ignore_index=True)
-    return merged
+    return merged, int(moved.sum())
 
 
 def read_test(path: Path, train: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -105,11 +105,11 @@ def read_tree_map(path: Path, tree: CategoryTree) -> dict[int, int]:
     return dict(zip(old.tolist(), new.tolist()))
 
 
-def relabel(frame: pd.DataFrame, mapping: dict[int, int]) -> tuple[pd.DataFrame, int]:
-    """(the labelled products with their category_id mapped, how many changed)."""
-    if not mapping:
-        return frame, 0
+def relabel(frame: pd.DataFrame, mapping: dict[int, int]) -> tuple[pd.DataFrame, np.ndarray]:
+    """(the labelled products with their category_id mapped, which rows it changed)."""
     labels = frame["category_id"].to_numpy(np.int64)
+    if not mapping:
+        return frame, np.zeros(len(labels), bool)
     mapped = pd.Series(labels).map(mapping).fillna(pd.Series(labels)).to_numpy(np.int64)
-    changed = int((mapped != labels).sum())
-    return (frame.assign(category_id=mapped) if changed else frame), changed
+    moved = mapped != labels
+    return (frame.assign(category_id=mapped) if moved.any() else frame), moved
