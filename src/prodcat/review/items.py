@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 
 from prodcat.review.schema import AUDIT, FLAGGED
-from prodcat.settings import REVIEW_ORDERS
+from prodcat.settings import REVIEW_ORDERS, ReviewSettings, defaults_of
 
 SNAPSHOT_FIELDS = ("title", "short_description", "name_value_characteristics", "rating", "feedback_quantity")
+DEFAULT_ORDER = defaults_of(ReviewSettings)["order"]  # review.order, declared in prodcat.settings
 AUDIT_SALT, ORDER_SALT = 0x5EED_A0D1, 0x0DE5_0F7E  # two independent hashes of a product id
 
 
@@ -31,7 +32,7 @@ class QueueItem:
     confidence: float | None = None
     model_version: str = ""
     reason: str = FLAGGED
-    order: str = field(default_factory=lambda: default_order())
+    order: str = DEFAULT_ORDER
     group_id: int | None = None
     group_size: int = 1
     arrival: float = 0.0
@@ -40,13 +41,6 @@ class QueueItem:
     def priority(self) -> float:
         """Its place in the queue, lowest first (`priority`)."""
         return priority(self.order, self.reason, self.product_id, self.confidence, self.group_size, self.arrival)
-
-
-def default_order() -> str:
-    """The declared default of review.order (prodcat.settings)."""
-    from prodcat.settings import ReviewSettings, defaults_of
-
-    return defaults_of(ReviewSettings)["order"]
 
 
 def priority(order: str, reason: str, product_id: int, confidence: float | None, size: int = 1,
