@@ -46,3 +46,18 @@ def test_wrong_training_labels_are_found_queued_and_replaced_at_learn(tmp_path, 
     exported = store.export_training_rows()
     assert exported["id"].tolist() == [claimed["product_id"]] and row["id"] in set(found["id"])
     store.close()
+
+
+def test_small_classes_are_counted_not_warned(recwarn):
+    from prodcat.training.suspects import label_issues
+
+    rng = np.random.default_rng(0)
+    given = np.r_[np.zeros(60, int), np.ones(60, int), [2]]  # class 2: one product
+    probs = np.full((len(given), 3), 0.05)
+    probs[np.arange(len(given)), given] = 0.9
+    probs[:5] = [0.05, 0.9, 0.05]  # five of class 0 look like class 1
+    probs[-1] = [0.9, 0.05, 0.05]  # the lone product of class 2 looks like class 0
+    probs = probs + rng.random(probs.shape) * 0.01
+    issues, small = label_issues(given, probs / probs.sum(axis=1, keepdims=True), "both")
+    assert set(issues.tolist()) and set(issues.tolist()) <= {0, 1, 2, 3, 4, len(given) - 1}
+    assert small >= 1 and not [w for w in recwarn if "too few examples" in str(w.message)]

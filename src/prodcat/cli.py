@@ -576,6 +576,9 @@ def review_suspects(run, model, out_path, no_queue):
     suspects = find_suspects(run, model)
     click.echo(f"[review] {len(suspects)} of {len(run.ds.train)} training labels look wrong "
                f"({len(suspects) / max(len(run.ds.train), 1):.1%}; confident learning on the OOF predictions)")
+    if suspects.attrs.get("small_classes"):
+        click.echo(f"[review] {suspects.attrs['small_classes']} leaves have too few training products for every "
+                   "wrong label among them to be found")
     if out_path is not None:
         write_csv(suspects, out_path)
         click.echo(f"[review] -> {out_path}")

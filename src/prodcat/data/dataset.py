@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from prodcat.data.photos import FILE_SUFFIXES
 from prodcat.data.tree import CategoryTree
 from prodcat.data.tree_change import read_tree_map
 from prodcat.data.tree_change import relabel as relabel_labels
@@ -20,7 +21,6 @@ TEXT_COLUMNS = ("title", "short_description", "name_value_characteristics")
 NUMERIC_COLUMNS = ("rating", "feedback_quantity")
 TEST_COLUMNS = ("id",) + TEXT_COLUMNS + NUMERIC_COLUMNS
 TRAIN_COLUMNS = TEST_COLUMNS + ("category_id",)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 
 
 class ImageFolder:
@@ -36,7 +36,7 @@ class ImageFolder:
             index: dict = {}
             if self.base is not None and self.base.is_dir():
                 for path in sorted(self.base.rglob("*")):
-                    if path.suffix.lower() in IMAGE_SUFFIXES and path.stem.lstrip("-").isdigit():
+                    if path.suffix.lower() in FILE_SUFFIXES and path.stem.lstrip("-").isdigit():
                         split = path.parent.name if path.parent != self.base else None
                         index.setdefault((split, int(path.stem)), path)
             self._index = index

@@ -13,6 +13,7 @@ from prodcat.settings import ServeSettings, defaults_of
 
 MAX_PIXELS = defaults_of(ServeSettings)["max_photo_pixels"]  # width x height of a photo at most
 SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif"}  # what the models read
+FILE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")  # a photo file's names: SUFFIXES' and .jpeg
 
 
 def inspect_photo(source: str | Path | bytes, max_pixels: int = MAX_PIXELS, decode: bool = True):

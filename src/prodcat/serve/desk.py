@@ -18,11 +18,11 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from prodcat.data.photos import FILE_SUFFIXES
 from prodcat.errors import SettingsError
 from prodcat.outputs import Paths
 from prodcat.serve.security import SignInThrottle
 
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 log = logging.getLogger("prodcat.serve")
 SESSION_S = 12 * 3600  # how long a reviewer stays signed in (unless they sign out)
 SESSION_ID = re.compile(r"[0-9a-f]{32}")  # a session's random id (secrets.token_hex(16))
@@ -184,7 +184,7 @@ class ReviewDesk:
         """The photo of a queued product (its snapshot's file, when it is an image file that exists)."""
         item = self.store(tree).item(product_id)
         path = (item or {}).get("snapshot", {}).get("image_path")
-        if isinstance(path, str) and Path(path).suffix.lower() in PHOTO_SUFFIXES and Path(path).is_file():
+        if isinstance(path, str) and Path(path).suffix.lower() in FILE_SUFFIXES and Path(path).is_file():
             return Path(path)
         return None
 

@@ -7,6 +7,9 @@ spread evenly over the other classes, so every product has a full row of probabi
 that have training products)."""
 from __future__ import annotations
 
+import re
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -38,8 +41,6 @@ def find_suspects(run: Run, model: str | None = None, filter_by: str | None = No
     wrong (cleanlab's `filter_by`), whose suggested leaf has at least `min_probability`, most suspect first.
     `model`: whose OOF (default: the stacker, else the best finished model); `filter_by`, `min_probability`:
     default the settings review.suspects_filter and review.suspects_min_probability."""
-    from cleanlab.filter import find_label_issues
-
     done = finished_models(run)
     model = model or (STACK if STACK in done else (base_models(run) or [None])[0])
     if model is None or model not in done:
@@ -53,11 +54,25 @@ def find_suspects(run: Run, model: str | None = None, filter_by: str | None = No
     settings = run.cfg["review"]
     filter_by = settings["suspects_filter"] if filter_by is None else filter_by
     min_probability = settings["suspects_min_probability"] if min_probability is None else min_probability
-    issues = find_label_issues(given, probs, filter_by=filter_by, return_indices_ranked_by="self_confidence",
-                               n_jobs=1)
+    issues, small = label_issues(given, probs, filter_by)
     top = probs.argmax(axis=1)
     issues = issues[probs[issues, top[issues]] >= min_probability]
-    return pd.DataFrame({"id": run.ds.train["id"].to_numpy()[issues], "current_category_id": y[issues],
-                         "suggested_category_id": classes[top[issues]],
-                         "suggested_probability": probs[issues, top[issues]],
-                         "label_self_confidence": probs[issues, given[issues]]})
+    found = pd.DataFrame({"id": run.ds.train["id"].to_numpy()[issues], "current_category_id": y[issues],
+                          "suggested_category_id": classes[top[issues]],
+                          "suggested_probability": probs[issues, top[issues]],
+                          "label_self_confidence": probs[issues, given[issues]]})
+    found.attrs["small_classes"] = small  # leaves too small for every issue of theirs to be found
+    return found
+
+
+def label_issues(given: np.ndarray, probs: np.ndarray, filter_by: str) -> tuple[np.ndarray, int]:
+    """(rows whose label confident learning finds wrong, most suspect first; how many classes were too small for
+    all their issues to be found). Cleanlab's warnings about those classes become the count, not stderr."""
+    from cleanlab.filter import find_label_issues
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        issues = find_label_issues(given, probs, filter_by=filter_by, return_indices_ranked_by="self_confidence",
+                                   n_jobs=1)
+    small = {m.group(1) for w in caught if (m := re.search(r"in class: (\d+)", str(w.message)))}
+    return issues, len(small)
