@@ -35,7 +35,8 @@ lat = []
 for i in range(100):
     row = frame.iloc[[i]]
     s = time.perf_counter(); p.predict(row); lat.append(time.perf_counter() - s)
-print(json.dumps({"load_s": load, "median_ms": 1000 * float(np.median(lat)), "p90_ms": 1000 * float(np.percentile(lat, 90))}))
+print(json.dumps({"load_s": load, "median_ms": 1000 * float(np.median(lat)),
+                  "p90_ms": 1000 * float(np.percentile(lat, 90))}))
 """
 
 
@@ -94,7 +95,8 @@ def main() -> int:
     sizes = {d.name: du(d) for d in sorted(models.iterdir()) if d.is_dir()}
     print("saved models on disk: " + ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in sizes.items())
           + f"; total {sum(sizes.values()) / 1e9:.2f} GB")
-    print("\n" + review_table(run, comparison_predictions(run)).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    table = review_table(run, comparison_predictions(run))
+    print("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
 
 

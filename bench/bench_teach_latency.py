@@ -105,7 +105,8 @@ def measure(httpx, url: str, sample, truth: dict, rows: dict, args) -> list[dict
     answer = api.post("/v1/predict", json=body)
     answer.raise_for_status()
     predictions = answer.json()["predictions"]
-    wrong = [int(p["id"]) for p in predictions if p["needs_review"] and p["predicted_category_id"] != truth[int(p["id"])]]
+    wrong = [int(p["id"]) for p in predictions
+             if p["needs_review"] and p["predicted_category_id"] != truth[int(p["id"])]]
     print(f"[bench_teach_latency] {len(predictions)} products posted for review: "
           f"{sum(p['needs_review'] for p in predictions)} flagged, {len(wrong)} of them predicted wrong", flush=True)
     signed = reviewer.post("/review/sign-in", data={"key": REVIEWER_KEY})

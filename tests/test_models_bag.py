@@ -231,7 +231,8 @@ def test_one_spec_per_model_and_the_lists_derived_from_it():
     # registering every model loads no torch: a fastText-only run or service never pays for it
     code = "import sys, prodcat.models; print('torch' in sys.modules)"
     src = str(Path(prodcat.__file__).parents[1])
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONPATH": src})
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": src})
     assert out.stdout == "False\n"
 
 

@@ -134,7 +134,8 @@ def listed(tmp_path, tiny_config):
     test["id"] = np.arange(1001, 1001 + 2 * len(test), 2)
     data = write_dataset(tmp_path / "listed", train=train.reset_index(drop=True), test=test)
     cfg = tmp_path / "listed.yaml"
-    cfg.write_text(tiny_config.read_text().replace("pipeline: [fasttext]", "pipeline: [fasttext, tfidf, id_neighbours]"))
+    cfg.write_text(tiny_config.read_text().replace("pipeline: [fasttext]",
+                                                   "pipeline: [fasttext, tfidf, id_neighbours]"))
     common = ["--data", data, "--config", cfg, "--workdir", tmp_path / "w"]
     r = invoke("all", *common)
     assert r.exit_code == 0 and "[id_neighbours] skipped" not in r.output, r.output

@@ -54,7 +54,8 @@ def desk(served, tmp_path_factory):  # noqa: F811
 def store_of(folder: Path, models: Path) -> ReviewStore:
     from prodcat.data.tree import CategoryTree
 
-    return ReviewStore(f"sqlite:///{folder / 'review.db'}", models.name, CategoryTree.from_csv(models / "categories_tree.csv"))
+    tree = CategoryTree.from_csv(models / "categories_tree.csv")
+    return ReviewStore(f"sqlite:///{folder / 'review.db'}", models.name, tree)
 
 
 def test_predict_queues_flagged_products_with_the_api_key_only(desk):

@@ -200,10 +200,12 @@ def test_pair_features_of_a_small_case():
     freq = np.zeros((1, len(nodes.ids)), np.float32)
     x = pair_features({"a": a, "b": b}, nodes, rows, cls, freq, np.zeros(1, np.int64))
     x.index = nodes.category(cls)
-    assert x.loc[23, "a_prob"] == pytest.approx(0.5, rel=1e-3) and x.loc[23, "a_rank"] == 1 and x.loc[23, "a_first"] == 1
+    assert x.loc[23, "a_prob"] == pytest.approx(0.5, rel=1e-3)
+    assert x.loc[23, "a_rank"] == 1 and x.loc[23, "a_first"] == 1
     assert x.loc[23, "a_mass_parent"] == pytest.approx(0.8, rel=1e-3)  # 23 and 24 share the parent 22
     assert x.loc[11, "b_rank"] == 4 and x.loc[11, "b_prob"] == 0  # not in b's top: rank K+1
-    assert x.loc[24, "b_ratio"] == pytest.approx(1.0, rel=1e-3) and x.loc[23, "b_ratio"] == pytest.approx(0.4 / 0.6, rel=1e-3)
+    assert x.loc[24, "b_ratio"] == pytest.approx(1.0, rel=1e-3)
+    assert x.loc[23, "b_ratio"] == pytest.approx(0.4 / 0.6, rel=1e-3)
     assert x.loc[23, "n_first"] == 1 and x.loc[24, "n_first"] == 1 and x.loc[11, "n_first"] == 0
     assert x.loc[23, "mean_prob"] == pytest.approx(0.45, rel=1e-3) and (x["n_candidates"] == 3).all()
 

@@ -246,7 +246,6 @@ def predict(input_path, out_path, images, models_dir, model, top, threshold, min
             workdir, use, tree_file):
     """Categorise any file of products with the saved models (no training data needed)."""
     from prodcat.predict import predict_file
-
     from prodcat.training.run import settings_and_paths
 
     check_rule_flags(threshold, min_precision)

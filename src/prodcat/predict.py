@@ -391,7 +391,8 @@ def predict_file(root: Path, input_path: Path, out_path: Path, images: Path | No
     seen = predictor.seen_rows(frame)
     if len(seen):
         by_id = [m for m in predictor.base_names() if any(c.uses_ids for c in predictor.base(m))]
-        echo(f"warning: {len(seen)} products to predict have training ids (e.g. {frame['id'].iloc[seen[:3]].tolist()}): "
+        examples = frame["id"].iloc[seen[:3]].tolist()
+        echo(f"warning: {len(seen)} products to predict have training ids (e.g. {examples}): "
              "the models were trained on them, so their predictions are optimistic"
              + (f" ({', '.join(by_id)} reads their own label)" if by_id else "")
              + "; give them new ids to predict them as new products")

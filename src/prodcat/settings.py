@@ -125,8 +125,8 @@ DEFAULT_USE = "folds"  # docs/commands.md "Refit on all products"; measured in d
 class ServeSettings:
     host: str = setting("127.0.0.1", "address the HTTP service binds to (loopback: this machine only)")
     port: int = setting(8000, "TCP port of the HTTP service", min=1, max=65535)
-    workers: int = setting(1, "worker processes, each with its own copy of the models (docs/serving.md: memory per worker)",
-                           min=1)
+    workers: int = setting(1, "worker processes, each with its own copy of the models (docs/serving.md: memory per "
+                              "worker)", min=1)
     use: str = setting(DEFAULT_USE, "each base model's full model or the average of its fold models", choices=USES)
     model: Union[str, None] = setting(None, "stack, average or a base model (null: stack when saved)")
     top: int = setting(3, "alternatives per product when a request does not say", min=1)

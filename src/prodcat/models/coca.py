@@ -37,6 +37,7 @@ from prodcat.data.tokens import Vocab, lemmas_many, navec_matrix
 from prodcat.distributed import is_main_process
 from prodcat.errors import DataError
 from prodcat.models.base import BaseModel, child_name
+from prodcat.models.nn.settings import HeadSettings, TrainerSettings
 from prodcat.models.nn.trainer import (  # noqa: I001
     StepTimer,
     count_params,
@@ -55,7 +56,6 @@ from prodcat.models.nn.vision import (
     photo_embeddings,
     photo_paths,
 )
-from prodcat.models.nn.settings import HeadSettings, TrainerSettings
 from prodcat.probs import TopK
 from prodcat.settings import config_hash, register_model, setting
 from prodcat.storage import atomic_path, write_json, write_npz
@@ -268,7 +268,8 @@ class CocaModel(BaseModel):
             stats["stage1"] = json.loads(meta.read_text()).get("stats", {})
         else:
             t0 = time.time()
-            stats["stage1"] = self._stage1(net, data.subset(data.has), workdir) | {"seconds": round(time.time() - t0, 1)}
+            stage1 = self._stage1(net, data.subset(data.has), workdir)
+            stats["stage1"] = stage1 | {"seconds": round(time.time() - t0, 1)}
             if ckpt is not None and is_main_process():
                 save_state(net, ckpt)
                 write_json({"stats": stats["stage1"], "fold": fold}, meta)

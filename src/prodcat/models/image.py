@@ -25,6 +25,7 @@ import numpy as np
 from prodcat.distributed import is_main_process
 from prodcat.errors import DataError
 from prodcat.models.base import BaseModel, child_name
+from prodcat.models.nn.settings import HeadSettings, TrainerSettings
 from prodcat.models.nn.trainer import (
     StepTimer,
     cpu_threads,
@@ -42,7 +43,6 @@ from prodcat.models.nn.vision import (
     photo_embeddings,
     photo_paths,
 )
-from prodcat.models.nn.settings import HeadSettings, TrainerSettings
 from prodcat.probs import TopK
 from prodcat.settings import register_model, setting
 from prodcat.storage import write_json, write_npz

@@ -173,8 +173,9 @@ class Featurizer:
         """A saved featurizer; fold models saved from one k-fold run share one (loaded once per process)."""
         import hashlib
 
-        key = hashlib.sha1((folder / "idf.npz").read_bytes() + (folder / "vocab_word.parquet").read_bytes()
-                           + (folder / "vocab_char.parquet").read_bytes() + repr(sorted(p.items())).encode()).hexdigest()
+        names = ("idf.npz", "vocab_word.parquet", "vocab_char.parquet")
+        saved = b"".join((folder / name).read_bytes() for name in names)
+        key = hashlib.sha1(saved + repr(sorted(p.items())).encode()).hexdigest()
         return _LOADED.get_or_make(key, lambda: cls._read(folder, p))
 
     @classmethod

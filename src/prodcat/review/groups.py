@@ -42,7 +42,10 @@ def similar_pairs(a, b=None, floor: float = FLOOR) -> tuple[np.ndarray, np.ndarr
         rows.append(i)
         cols.append(j)
         sims.append(np.minimum(s, 1.0))
-    cat = (lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype))
+
+    def cat(parts, dtype):
+        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+
     return cat(rows, np.int64), cat(cols, np.int64), cat(sims, np.float32)
 
 

@@ -186,7 +186,9 @@ document.addEventListener('keydown', (e) => {
   const picking = $('picker') && $('picker').classList.contains('open');
   if (picking) {
     if (e.key === 'Escape') { closePicker(); e.preventDefault(); }
-    else if (e.key === 'ArrowDown') { ui.picked = Math.min(ui.picked + 1, ui.hits.length - 1); render(); e.preventDefault(); }
+    else if (e.key === 'ArrowDown') {
+      ui.picked = Math.min(ui.picked + 1, ui.hits.length - 1); render(); e.preventDefault();
+    }
     else if (e.key === 'ArrowUp') { ui.picked = Math.max(ui.picked - 1, 0); render(); e.preventDefault(); }
     else if (e.key === 'Enter' && ui.hits.length) {
       if (!e.repeat) decide('correct', ui.hits[ui.picked].id, ui.hits[ui.picked].title);

@@ -197,9 +197,9 @@ def add_reload(router: APIRouter, service) -> None:
         """Load the models folder again (e.g. retrained) and swap it in: the old models answer until the new
         ones are loaded; a failed load keeps them and says why. The `serve.tree` file is read again (an edited
         one answers at once; a bad one fails the reload). Models of another category tree are refused (409)
-        unless `new_tree=true` (or, with `serve.tree`, unless that file changed). With several workers, the workers are told to reload in place, each in
-        the background (their outcome is in the log and the metrics; another tree is refused there: restart
-        the service to change trees)."""
+        unless `new_tree=true` (or, with `serve.tree`, unless that file changed). With several workers, the
+        workers are told to reload in place, each in the background (their outcome is in the log and the
+        metrics; another tree is refused there: restart the service to change trees)."""
         check_key(service.api_key, api_key)
         if service.supervised:
             signal_workers()  # every worker, this one too

@@ -229,7 +229,8 @@ class JointModule(pl.LightningModule):
         self.log("loss", loss, prog_bar=True)
         return loss
 
-    def predict_proba(self, data: PairData, batch_size: int, device=None) -> np.ndarray:
+    def predict_proba(self, data, batch_size: int, device=None) -> np.ndarray:
+        """Class probabilities of `data` (a prodcat.models.coca.PairData), `batch_size` pairs at a time."""
         import torch
 
         device = device or torch.device("cpu")
