@@ -62,6 +62,21 @@ def test_counts_leave_out_the_excluded_fold():
     assert np.isnan(xt["prior0_word1_p"][3])
 
 
+def test_train_only_products_count_in_every_fold_and_survive_a_save(tmp_path):
+    train, y, folds = frame(["a x", "a y", "b x"]), np.array([0, 1, 0]), np.array([0, 1, 0])
+    extra, extra_y = frame(["a z", "a z", "c z"]), np.array([1, 1, 2])  # "c": a key only they have
+    lp = LookupPriors.fit(["word1"], train, y, folds, 2, 3, extra, extra_y)
+    x = lp.features(lp.codes(train), np.array([0, 0]), np.array([0, 1]), np.array([0, 0]))
+    assert x["prior0_word1_n"].tolist() == [1 + 2, 1 + 2]  # fold 1's "a" and both extra "a"s
+    assert x["prior0_word1_cnt"].tolist() == [0, 1 + 2]
+    new = frame(["c w"])
+    xn = lp.features(lp.codes(new), np.array([0]), np.array([2]), np.array([-1]))
+    assert xn["prior0_word1_n"].tolist() == [1] and xn["prior0_word1_cnt"].tolist() == [1]  # unscaled: no folds
+    lp.save(tmp_path)
+    back = LookupPriors.load(tmp_path, ["word1"], 2, 3)
+    pd.testing.assert_frame_equal(back.features(back.codes(new), np.array([0]), np.array([2]), np.array([-1])), xn)
+
+
 def test_a_key_no_product_has_gives_nan_features():
     train = frame(["a x", "b x"])
     lp = LookupPriors.fit(["char:Colour"], train, np.array([0, 1]), np.array([0, 1]), 2, 2)

@@ -109,6 +109,8 @@ class StackSettings:
     monotone: bool = setting(True, "monotone constraints on the probability/rank features")
     exclude_features: list[str] = setting([], "feature names or suffixes left out")
     priors: list[str] = setting([], "lookup-prior keys (prodcat.stacking.priors), e.g. word1, word1+word2, char:Brand")
+    priors_train_only: bool = setting(True, "the lookup priors also count the train-only products (every one drawn; "
+                                            "none is ever an OOF row, so they count in every fold)")
     hide: dict = setting({}, "MODEL: SHARE - a second set of rankers learns from that share of the training "
                          "products shown without MODEL's predictions and ranks the products MODEL says nothing "
                          "about (id_neighbours on tomorrow's products); the OOF hF1 without it is reported "
@@ -215,8 +217,9 @@ class FoldSettings:
 
 @dataclass
 class TrainOnlySettings:
-    file: Union[str, None] = setting(None, "labelled products (the training layout) that only fit the base models: "
-                                           "never held out, so not in OOF or the stacker (relative to the data folder)")
+    file: Union[str, None] = setting(None, "labelled products (the training layout) that only fit the base models "
+                                           "(and count in the stacker's lookup priors): never held out, so not in "
+                                           "the OOF rows the stacker learns from (relative to the data folder)")
     rows: Union[int, None] = setting(None, "how many of them: a seeded sample (null: all)", min=1)
     models: dict = setting({}, "MODEL: ROWS - that many of them for that model instead of `rows` (more than the "
                                "file holds: all); every sample is the start of one seeded draw, so a smaller "

@@ -12,7 +12,8 @@ the brand's products of that type.
 For a (product, candidate class) pair and a spec the features are `n` (training products with the product's
 key), `cnt` (those of them in the candidate class) and `p = cnt / (n + 1)`. Counts exclude one fold: an OOF
 product's own fold, or for test products the fold whose base models made the test prediction, so every
-product is described by labels its base models also trained on, never by its own label.
+product is described by labels its base models also trained on, never by its own label. The train-only
+products (`train_only`: labelled, never predicted out of fold) are counted too, in every fold.
 """
 from __future__ import annotations
 
@@ -94,21 +95,31 @@ class LookupPriors:
         self.k, self.n_classes = k, n_classes
         self.vocab: list[dict[str, int]] = []  # per spec: key -> code
         self.pair_keys, self.pair_counts, self.key_counts = [], [], []
+        self.pair_extra, self.key_extra = [], []  # per spec: the train-only products' counts (no folds)
 
     @classmethod
     def fit(cls, specs: list[str], train: pd.DataFrame, y: np.ndarray, folds: np.ndarray, k: int,
-            n_classes: int) -> "LookupPriors":
+            n_classes: int, extra: pd.DataFrame | None = None, extra_y: np.ndarray | None = None
+            ) -> "LookupPriors":
+        """Counts of the training rows per fold, and of `extra` (train-only products, class indices
+        `extra_y`) in every fold."""
         self = cls(specs, k, n_classes)
-        for key in product_keys(train, self.specs):
-            code, uniques = pd.factorize(pd.Series(key, dtype=object))  # -1: no key
-            code = code.astype(np.int64)
+        extra_keys = product_keys(extra, self.specs) if extra is not None and len(extra) else None
+        extra_y = np.zeros(0, np.int64) if extra_keys is None else np.asarray(extra_y, np.int64)
+        for i, key in enumerate(product_keys(train, self.specs)):
+            both = key if extra_keys is None else key + extra_keys[i]
+            code, uniques = pd.factorize(pd.Series(both, dtype=object))  # -1: no key
+            code, code_extra = code[:len(key)].astype(np.int64), code[len(key):].astype(np.int64)
             self.vocab.append(dict(zip(uniques.tolist(), range(len(uniques)))))
-            ok = (code >= 0) & (y >= 0)
-            pk = code[ok] * n_classes + y[ok]
+            ok, ok_extra = (code >= 0) & (y >= 0), (code_extra >= 0) & (extra_y >= 0)
+            pk = np.r_[code[ok] * n_classes + y[ok], code_extra[ok_extra] * n_classes + extra_y[ok_extra]]
             uniq, inv = np.unique(pk, return_inverse=True)
+            n_train = int(ok.sum())
             self.pair_keys.append(uniq)
-            self.pair_counts.append(_fold_counts(inv, folds[ok], len(uniq), k))
+            self.pair_counts.append(_fold_counts(inv[:n_train], folds[ok], len(uniq), k))
+            self.pair_extra.append(np.bincount(inv[n_train:], minlength=len(uniq)).astype(np.float32))
             self.key_counts.append(_fold_counts(code[ok], folds[ok], len(uniques) + 1, k))  # +1: unseen keys
+            self.key_extra.append(np.bincount(code_extra[ok_extra], minlength=len(uniques) + 1).astype(np.float32))
         return self
 
     def codes(self, frame: pd.DataFrame) -> list[np.ndarray]:
@@ -129,17 +140,19 @@ class LookupPriors:
         col = np.where(none, self.k, excluded)
         scale = np.where(none, (self.k - 1) / self.k, 1.0).astype(np.float32)
         out = {}
-        for name, code, uniq, per_fold, kc in zip(self.names, codes, self.pair_keys, self.pair_counts,
-                                                 self.key_counts):
+        for name, code, uniq, per_fold, kc, pair_extra, key_extra in zip(
+                self.names, codes, self.pair_keys, self.pair_counts, self.key_counts, self.pair_extra,
+                self.key_extra):
             c = code[products]
             has = c >= 0
             cs = np.maximum(c, 0)
-            n = _left_out(kc, cs, col, none, scale)
+            n = _left_out(kc, cs, col, none, scale) + key_extra[cs]
             pk = cs * self.n_classes + cls
             cnt = np.zeros(len(pk), np.float32)
             if len(uniq):
                 pos = np.clip(np.searchsorted(uniq, pk), 0, len(uniq) - 1)
-                cnt = np.where(has & (uniq[pos] == pk), _left_out(per_fold, pos, col, none, scale), 0)
+                cnt = np.where(has & (uniq[pos] == pk), _left_out(per_fold, pos, col, none, scale) + pair_extra[pos],
+                               0)
             nan = np.float32(np.nan)
             out[f"{name}_n"] = np.where(has, n, nan).astype(np.float32)
             out[f"{name}_cnt"] = np.where(has, cnt, nan).astype(np.float32)
@@ -153,7 +166,8 @@ class LookupPriors:
         for i, vocab in enumerate(self.vocab):
             write_parquet(pd.DataFrame({"key": list(vocab)}, dtype=object), folder / f"prior{i}_keys.parquet")
             arrays |= {f"pair_keys{i}": self.pair_keys[i], f"pair_counts{i}": self.pair_counts[i],
-                       f"key_counts{i}": self.key_counts[i]}
+                       f"key_counts{i}": self.key_counts[i], f"pair_extra{i}": self.pair_extra[i],
+                       f"key_extra{i}": self.key_extra[i]}
         write_npz(arrays, folder / "priors.npz")
 
     @classmethod
@@ -166,6 +180,9 @@ class LookupPriors:
                 self.pair_keys.append(z[f"pair_keys{i}"])
                 self.pair_counts.append(z[f"pair_counts{i}"])
                 self.key_counts.append(z[f"key_counts{i}"])
+                for name, counts in (("pair_extra", self.pair_extra), ("key_extra", self.key_extra)):
+                    size = len(self.pair_keys[i]) if name == "pair_extra" else len(self.key_counts[i])
+                    counts.append(z[f"{name}{i}"] if f"{name}{i}" in z.files else np.zeros(size, np.float32))
         return self
 
 

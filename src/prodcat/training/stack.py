@@ -110,7 +110,11 @@ def fit_stacker(run: Run, names: list[str], p: dict, echo=print):
     if p["priors"]:
         from prodcat.stacking.priors import LookupPriors
 
-        priors = LookupPriors.fit(p["priors"], run.ds.train, y, folds, run.k, len(nodes.ids))
+        extra = run.ds.train_only_frame() if run.ds.train_only is not None and p["priors_train_only"] else None
+        extra_y = None if extra is None else nodes.index(extra["category_id"].to_numpy())
+        priors = LookupPriors.fit(p["priors"], run.ds.train, y, folds, run.k, len(nodes.ids), extra, extra_y)
+        if extra is not None:
+            echo(f"[stack] lookup priors counted on {len(y)} training and {len(extra)} train-only products")
     codes = priors.codes(run.ds.train) if priors is not None else None
     rows, cls, x = _pairs(oof, nodes, p, freq_oof, folds, prod, priors, codes)
     excluded = p["exclude_features"] or []
