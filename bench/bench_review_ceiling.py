@@ -42,8 +42,10 @@ def costs(truth: np.ndarray, suggestions: np.ndarray) -> np.ndarray:
     return np.where(suggestions[:, 0] == truth, SUGGESTION1_S, np.where(later, SUGGESTION_S, SEARCH_S))
 
 
-def group_saving(vectors, truth: np.ndarray, cost: np.ndarray, threshold: float, seed: int) -> tuple[float, int]:
-    """(seconds saved, members) by groups at `threshold` with oracle exclusions, no size limit."""
+def group_saving(vectors, truth: np.ndarray, cost: np.ndarray, threshold: float, seed: int
+                 ) -> tuple[float, int, float]:
+    """(seconds saved, members, the members' share in their lead's leaf) by groups at `threshold` with oracle
+    exclusions, no size limit."""
     from prodcat.review.groups import leads, similar_pairs
 
     n = len(truth)
@@ -51,7 +53,8 @@ def group_saving(vectors, truth: np.ndarray, cost: np.ndarray, threshold: float,
                  np.random.default_rng(seed).permutation(n), max_members=n)
     members = np.flatnonzero(lead != np.arange(n))
     same = truth[members] == truth[lead[members]]
-    return float((cost[members][same] - MEMBER_S).sum() - (~same).sum() * MEMBER_S), len(members)
+    saved = float((cost[members][same] - MEMBER_S).sum() - (~same).sum() * MEMBER_S)
+    return saved, len(members), float(same.mean()) if len(members) else float("nan")
 
 
 def teach_saving(vectors, knn_vectors, nearest: np.ndarray, truth: np.ndarray, shown: np.ndarray, cost: np.ndarray,
@@ -108,8 +111,8 @@ def main() -> None:
           f"(shown products {np.median(nearest[shown]):.3f})", flush=True)
     rows = []
     for threshold in THRESHOLDS:
-        saved, members = group_saving(vectors[shown], truth[shown], cost, threshold, args.seed)
-        row = {"threshold": threshold, "group_members": members, "groups_save": saved / total}
+        saved, members, same = group_saving(vectors[shown], truth[shown], cost, threshold, args.seed)
+        row = {"threshold": threshold, "group_members": members, "in_lead_leaf": same, "groups_save": saved / total}
         for name, order in day_orders(len(day), args.seed).items():
             position = np.empty(len(day), np.int64)
             position[order] = np.arange(len(day))
