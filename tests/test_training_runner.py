@@ -220,7 +220,8 @@ def test_a_model_fitted_once_on_the_train_only_products_predicts_training_produc
                                                                                                  tiny_config):
     """`train_only.once`: one child fitted on the train-only products alone (never on train.parquet's) gives
     the OOF of every training product and predicts new products for both uses; `refit` has nothing to add;
-    reused while unchanged. `train_only.holdout`: the end of the seeded draw is never given to any model."""
+    reused while unchanged; the stacker's lookup priors count them too. `train_only.holdout`: the end of the
+    seeded draw is never given to any model."""
     import numpy as np
 
     from prodcat.models.bag import Bag
@@ -229,12 +230,13 @@ def test_a_model_fitted_once_on_the_train_only_products_predicts_training_produc
     root = write_dataset(tmp_path / "d", train=train)
     products(60, seed=3, start_id=50_000).to_parquet(root / "more.parquet", index=False)
     config = tmp_path / "once.yaml"
-    config.write_text(f"extends: {tiny_config}\npipeline: [fasttext, tfidf]\n"
+    config.write_text(f"extends: {tiny_config}\npipeline: [fasttext, tfidf]\nstack: {{priors: [word1]}}\n"
                       "train_only: {file: more.parquet, holdout: 10, once: [fasttext]}\n")
     common = ["--data", root, "--config", config, "--workdir", tmp_path / "w"]
     r = invoke("all", *common, "--refit")
     assert r.exit_code == 0, r.output
     assert "fitted once on 50 train-only products" in r.output
+    assert "lookup priors counted on 90 training and 50 train-only products" in r.output  # the held-out 10: never
     models = tmp_path / "w" / "models" / "d"
     bag = Bag("fasttext", models / "fasttext")
     assert bag.once and bag.has_full() and not (models / "fasttext" / "fold0").exists()

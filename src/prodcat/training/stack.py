@@ -106,15 +106,7 @@ def fit_stacker(run: Run, names: list[str], p: dict, echo=print):
     stack_folds = folds if n_folds == run.k else np.random.default_rng(run.seed).permutation(n_train) % n_folds
     counts, freq_oof = _class_counts(y, folds, run.k, len(nodes.ids))
     prod = product_features(run.ds.train, run.env.text) if p["product_features"] else None
-    priors = None
-    if p["priors"]:
-        from prodcat.stacking.priors import LookupPriors
-
-        extra = run.ds.train_only_frame() if run.ds.train_only is not None and p["priors_train_only"] else None
-        extra_y = None if extra is None else nodes.index(extra["category_id"].to_numpy())
-        priors = LookupPriors.fit(p["priors"], run.ds.train, y, folds, run.k, len(nodes.ids), extra, extra_y)
-        if extra is not None:
-            echo(f"[stack] lookup priors counted on {len(y)} training and {len(extra)} train-only products")
+    priors = fit_priors(run, p, nodes, y, folds, echo) if p["priors"] else None
     codes = priors.codes(run.ds.train) if priors is not None else None
     rows, cls, x = _pairs(oof, nodes, p, freq_oof, folds, prod, priors, codes)
     excluded = p["exclude_features"] or []
@@ -188,6 +180,19 @@ def _decide_oof(run: Run, p: dict, nodes, rows, cls, score_oof, is_true, hidden:
         without_top[m] = _to_topk(ids, r, c, proba_h, chosen, nodes, run.top_k)
         echo(f"[stack] OOF hF1 without {m} (as for products it has nothing to say about): {without[m]:.4f}")
     return temp, f_level, proba_oof, results, decided, without, without_top
+
+
+def fit_priors(run: Run, p: dict, nodes, y: np.ndarray, folds: np.ndarray, echo=print):
+    """The lookup priors of the training products' folds, and of the train-only products in every fold
+    (`stack.priors_train_only`)."""
+    from prodcat.stacking.priors import LookupPriors
+
+    extra = run.ds.train_only_frame() if run.ds.train_only is not None and p["priors_train_only"] else None
+    extra_y = None if extra is None else nodes.index(extra["category_id"].to_numpy())
+    priors = LookupPriors.fit(p["priors"], run.ds.train, y, folds, run.k, len(nodes.ids), extra, extra_y)
+    if extra is not None:
+        echo(f"[stack] lookup priors counted on {len(y)} training and {len(extra)} train-only products")
+    return priors
 
 
 def _pairs(parts: dict[str, TopK], nodes, p, freq_oof, folds, prod, priors, codes, columns=None):
