@@ -3,6 +3,7 @@ learning) are listed and queued as catalogue checks with the current label as an
 replaces the training label at `learn`."""
 import numpy as np
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 from conftest import products, write_dataset
 
@@ -61,3 +62,21 @@ def test_small_classes_are_counted_not_warned(recwarn):
     issues, small = label_issues(given, probs / probs.sum(axis=1, keepdims=True), "both")
     assert set(issues.tolist()) and set(issues.tolist()) <= {0, 1, 2, 3, 4, len(given) - 1}
     assert small >= 1 and not [w for w in recwarn if "too few examples" in str(w.message)]
+
+
+def test_other_warnings_of_cleanlab_are_passed_on(monkeypatch):
+    import warnings
+
+    import cleanlab.filter
+
+    from prodcat.training.suspects import label_issues
+
+    def fake(given, probs, **kwargs):
+        warnings.warn("May not flag all label issues in class: 3, it has too few examples")
+        warnings.warn("something else cleanlab says", FutureWarning)
+        return np.array([0])
+
+    monkeypatch.setattr(cleanlab.filter, "find_label_issues", fake)
+    with pytest.warns(FutureWarning, match="something else"):
+        issues, small = label_issues(np.array([0, 1]), np.full((2, 2), 0.5), "both")
+    assert issues.tolist() == [0] and small == 1

@@ -67,12 +67,19 @@ def find_suspects(run: Run, model: str | None = None, filter_by: str | None = No
 
 def label_issues(given: np.ndarray, probs: np.ndarray, filter_by: str) -> tuple[np.ndarray, int]:
     """(rows whose label confident learning finds wrong, most suspect first; how many classes were too small for
-    all their issues to be found). Cleanlab's warnings about those classes become the count, not stderr."""
+    all their issues to be found). Cleanlab's warnings about those classes become the count, not stderr; any
+    other warning is passed on."""
     from cleanlab.filter import find_label_issues
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         issues = find_label_issues(given, probs, filter_by=filter_by, return_indices_ranked_by="self_confidence",
                                    n_jobs=1)
-    small = {m.group(1) for w in caught if (m := re.search(r"in class: (\d+)", str(w.message)))}
+    small = set()
+    for w in caught:
+        found = re.search(r"in class: (\d+)", str(w.message))
+        if found:
+            small.add(found.group(1))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return issues, len(small)
