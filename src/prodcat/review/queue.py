@@ -67,7 +67,7 @@ def group_items(store: ReviewStore, items: list[QueueItem], threshold: float | N
     audit sample and catalogue checks are never grouped. `threshold` None: no groups."""
     if threshold is None:
         return items
-    flagged = [i for i in store.fresh(i for i in items if i.reason == FLAGGED)]
+    flagged = store.fresh(i for i in items if i.reason == FLAGGED)
     if not flagged:
         return items
     vectors = title_vectors([i.snapshot.get("title") for i in flagged])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from types import SimpleNamespace
 from typing import Iterable
 
 import numpy as np
@@ -351,8 +352,8 @@ class ReviewStore:
                 conn.execute(update(queue).where(*where).values(**free))
                 continue
             own = ACCEPT if chosen_leaf == m["model_leaf"] else CORRECT
-            done = self._record(conn, _Row(m), own, reviewer, member_key(key, m["product_id"]), chosen_leaf, None,
-                                now, group)
+            done = self._record(conn, SimpleNamespace(**m), own, reviewer, member_key(key, m["product_id"]),
+                                chosen_leaf, None, now, group)
             conn.execute(update(queue).where(*where).values(decision_id=done["id"], **free))
         return decision
 
@@ -528,13 +529,6 @@ class ReviewStore:
         with self._tx(write=False) as conn:
             return conn.execute(select(sessions_ended.c.session_id)
                                 .where(sessions_ended.c.session_id == str(session_id))).first() is not None
-
-
-class _Row:
-    """A queue row's dict read as attributes (what `_record` reads)."""
-
-    def __init__(self, values: dict):
-        self.__dict__.update(values)
 
 
 def _owned(earlier: dict, reviewer: str, key: str) -> None:
