@@ -219,9 +219,9 @@ def test_train_only_products_fit_every_child_but_are_never_held_out(tmp_path, ti
 def test_a_model_fitted_once_on_the_train_only_products_predicts_training_products_out_of_sample(tmp_path,
                                                                                                  tiny_config):
     """`train_only.once`: one child fitted on the train-only products alone (never on train.parquet's) gives
-    the OOF of every training product and predicts new products for both uses; `refit` has nothing to add;
-    reused while unchanged; the stacker's lookup priors count them too. `train_only.holdout`: the end of the
-    seeded draw is never given to any model."""
+    the OOF of every training product and predicts new products with the fold use; `refit` fits its full child
+    on the train-only and the training products together; reused while unchanged; the stacker's lookup priors
+    count them too. `train_only.holdout`: the end of the seeded draw is never given to any model."""
     import numpy as np
 
     from prodcat.models.bag import Bag
@@ -240,7 +240,9 @@ def test_a_model_fitted_once_on_the_train_only_products_predicts_training_produc
     models = tmp_path / "w" / "models" / "d"
     bag = Bag("fasttext", models / "fasttext")
     assert bag.once and bag.has_full() and not (models / "fasttext" / "fold0").exists()
+    assert "[fasttext] full: trained on 140 products" in r.output  # 50 train-only + 90 training products
     assert len(bag.children("folds")) == len(bag.children("full")) == 1
+    assert bag.children("folds")[0] is not bag.children("full")[0]
     with np.load(tmp_path / "w" / "oof" / "d" / "fasttext" / "oof.npz") as z:
         assert sorted(z["ids"].tolist()) == sorted(train["id"].tolist())
     with np.load(models / "train_ids.npz") as z:
@@ -251,3 +253,5 @@ def test_a_model_fitted_once_on_the_train_only_products_predicts_training_produc
         assert r.exit_code == 0, r.output
     r = invoke("train", "fasttext", *common)
     assert r.exit_code == 0 and "fitted once earlier, reused" in r.output
+    r = invoke("refit", "fasttext", *common)
+    assert r.exit_code == 0 and "full: finished earlier, reused" in r.output and bag.has_full()

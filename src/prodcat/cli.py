@@ -192,8 +192,7 @@ def refit(run, models, force):
     for model in models or run.cfg["pipeline"]:
         start = time.time()
         if refit_model(run, model, force=force, echo=click.echo):
-            child = "once" if run.fits_once(model) else "full"  # a model fitted once is its own full model
-            click.echo(f"[{model}] full model ready ({time.time() - start:.0f}s) -> {run.paths.models(model) / child}")
+            click.echo(f"[{model}] full model ready ({time.time() - start:.0f}s) -> {run.paths.models(model) / 'full'}")
 
 
 def use_option(fn):

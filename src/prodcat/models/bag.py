@@ -6,9 +6,11 @@ On disk (one folder per concern, as the runner writes them):
 
     models/<dataset>/<model>/fold<K>/   fold child K: trained without fold K (model.json last)
     models/<dataset>/<model>/full/      the full child: trained on every product with the folds' settings
-    models/<dataset>/<model>/once/      instead of both (`train_only.once`): the one child, fitted on the
-                                        train-only products alone; it predicts every training product out of
-                                        sample (the OOF) and new products for both uses
+    models/<dataset>/<model>/once/      instead of the fold children (`train_only.once`): the one child,
+                                        fitted on the train-only products alone; it predicts every training
+                                        product out of sample (the OOF) and new products with `--use folds`;
+                                        its full child (refit) learns from the train-only products and every
+                                        training product together
     models/<dataset>/<model>/bag.json   written when the folds' OOF is joined: what the bag was made from
                                         and the fingerprint (SHA-256 of model.json) of every child joined
     oof/<dataset>/<model>/fold<K>.valid.npz, fold<K>.json, oof.npz    the held-out predictions
@@ -104,8 +106,6 @@ class Bag:
         """A finished bag whose full child was trained with the folds' content and settings (refit since the
         folds were joined, and not replaced since)."""
         meta = self.meta
-        if meta is not None and meta.get(ONCE):
-            return self.finished(expect)
         return (self.finished(expect) and bool(meta.get(FULL))
                 and meta[FULL] == fingerprint(self.child_folder(None) / MODEL_FILE))
 
@@ -128,19 +128,24 @@ class Bag:
         return True
 
     def record_once(self, provenance: dict) -> None:
-        """bag.json of a bag fitted once: its one child (saved in once/) is the OOF's and new products'."""
-        write_json(provenance | {"model": self.name, "k": 1, ONCE: True, FULL: None,
+        """bag.json of a bag fitted once: its one child (saved in once/) is the OOF's and the fold use's; a
+        full child made from the same provenance is kept."""
+        write_json(provenance | {"model": self.name, "k": 1, ONCE: True, FULL: self._kept_full(provenance),
                                  "children": [fingerprint(self.folder / ONCE / MODEL_FILE)]},
                    self.folder / BAG_FILE)
 
     def record(self, k: int, provenance: dict) -> None:
         """bag.json after the folds' OOF is joined: the provenance and every fold child's fingerprint; a full
         child made from the same provenance is kept."""
+        write_json(provenance | {"model": self.name, "k": k, "children": self.fingerprints(k),
+                                 FULL: self._kept_full(provenance)}, self.folder / BAG_FILE)
+
+    def _kept_full(self, provenance: dict) -> str | None:
+        """The recorded full child's fingerprint while it was made from `provenance`'s content and settings."""
         meta = self.meta
         full = meta.get(FULL) if meta else None
         keep = full and self.child_done(None, {key: provenance.get(key) for key in ("data", "settings")})
-        write_json(provenance | {"model": self.name, "k": k, "children": self.fingerprints(k),
-                                 FULL: full if keep else None}, self.folder / BAG_FILE)
+        return full if keep else None
 
     def record_full(self) -> None:
         """The full child (just saved) in bag.json."""
@@ -162,10 +167,7 @@ class Bag:
         with self._lock:
             if use not in self._children:
                 self.check_use(use)
-                if self.once:
-                    folders = self.child_folders()
-                else:
-                    folders = [self.child_folder(None)] if use == FULL else self.child_folders()
+                folders = [self.child_folder(None)] if use == FULL else self.child_folders()
                 self._children[use] = [load_model(folder) for folder in folders]
             return self._children[use]
 

@@ -112,21 +112,18 @@ def train_model(run, name: str, folds: list[int] | None = None, force: bool = Fa
 
 
 def refit_model(run, name: str, force: bool = False, echo=print) -> bool | None:
-    """The full child of `name`: trained once on every training product with the settings of its folds
-    (AutoGluon's refit_full), saved to models/<dataset>/<model>/full/ and recorded in its bag; reused while
-    the training content and settings are unchanged. None when the model cannot run on this data."""
+    """The full child of `name`: trained once on every training product (and the train-only products the
+    model is given; a model fitted once on those alone learns train.parquet's too) with the settings of its
+    folds (AutoGluon's refit_full), saved to models/<dataset>/<model>/full/ and recorded in its bag; reused
+    while the training content and settings are unchanged. None when the model cannot run on this data."""
     made = runnable(run, name, echo)
     if made is None:
         return None
     model, base = made
     bag = bag_of(run, name)
-    if run.fits_once(name):
-        if not bag.finished(provenance(run, model)):
-            raise NotTrainedError(f"[{name}] is fitted once on the train-only products: ./run.sh train {name} first")
-        echo(f"[{name}] fitted once on the train-only products: its one child is its full model")
-        return True
     if not bag.finished(provenance(run, model)):
-        raise NotTrainedError(f"[{name}] refit needs the model's finished folds (their OOF feeds the stacker): "
+        made_how = "child fitted once" if run.fits_once(name) else "finished folds"
+        raise NotTrainedError(f"[{name}] refit needs the model's {made_how} (their OOF feeds the stacker): "
                               f"./run.sh train {name} first (./run.sh all --refit does both)")
     if not force and bag.has_full(provenance(run, model)):
         echo(f"[{name}] full: finished earlier, reused (--force to retrain)")
@@ -146,8 +143,8 @@ def refit_model(run, name: str, force: bool = False, echo=print) -> bool | None:
 def train_once(run, model: BaseModel, base: str, force: bool, echo) -> bool:
     """A bag fitted once (`train_only.once`): one child fitted on the train-only products alone predicts every
     training product out of sample - honest stacker features without folds, for the cost of one fit - and
-    new products for both uses; once/model.json, then oof.npz, then bag.json. Reused while the content and
-    settings are unchanged."""
+    new products with `--use folds` (`refit` adds the full child); once/model.json, then oof.npz, then
+    bag.json. Reused while the content and settings are unchanged."""
     bag = bag_of(run, model.name)
     made_from = provenance(run, model) | {"folds": run.ds.labels_fingerprint}
     if not force and bag.finished(made_from):
