@@ -212,6 +212,21 @@ def test_settings_are_checked_when_a_model_is_built_from_python(params, message)
         FastTextModel(params, ModelEnv(text={}))
 
 
+def test_fasttext_learns_the_same_model_whatever_the_order_of_its_rows(tmp_path):
+    """fastText reads its training file in order with a decaying learning rate: rows sorted by category (a
+    catalogue export) would train a model of the last categories. It reads them in a seeded order of their ids."""
+    from prodcat.models.base import ModelEnv
+    from prodcat.models.fasttext import FastTextModel
+
+    rows = products(300, seed=5)
+    model = FastTextModel({"epoch": 5, "thread": 1}, ModelEnv(text={}))
+    unseen = products(60, seed=6, labels=False, start_id=5000)
+    shuffled = model.fit(rows.sample(frac=1, random_state=1), tmp_path / "a").predict(unseen)
+    by_category = model.fit(rows.sort_values("category_id"), tmp_path / "b").predict(unseen)
+    assert np.array_equal(shuffled.labels, by_category.labels)
+    assert np.allclose(shuffled.scores, by_category.scores)
+
+
 def test_one_spec_per_model_and_the_lists_derived_from_it():
     import prodcat
     from prodcat.models.base import BaseModel, model_class

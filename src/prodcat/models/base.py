@@ -63,7 +63,8 @@ class BaseModel:
     What a model reads is declared, not probed: `uses_text`, `uses_photos` (`image_path`: the runner and
     predict list products without a usable photo), `uses_ids` (the listing order: a product's id is data).
     `distributed`: `_fit` trains with Lightning, whose DDP processes all take part (the extra processes of
-    a multi-process launch skip the other models).
+    a multi-process launch skip the other models). `training`: raised when a change of the code makes
+    the same settings train another model, so that children trained before are not reused (0: the first).
     """
 
     name = "base"
@@ -71,6 +72,7 @@ class BaseModel:
     uses_photos = False
     uses_ids = False
     distributed = False
+    training = 0
 
     def __init__(self, params: dict, env: ModelEnv):
         self.params = self.checked_params(params)  # every declared key present, each of its declared type
@@ -95,8 +97,9 @@ class BaseModel:
 
     def settings(self) -> dict:
         """Everything that changes this model's output: finished folds with other settings are redone."""
-        return {"params": self.params, "text": deep_merge(self.env.text, self.params.get("text", {})),
+        made = {"params": self.params, "text": deep_merge(self.env.text, self.params.get("text", {})),
                 "top_k": self.env.top_k, "seed": self.env.seed}
+        return made | ({"training": self.training} if self.training else {})
 
     def prepare(self, train: pd.DataFrame) -> None:
         return None

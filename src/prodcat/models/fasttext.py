@@ -49,6 +49,8 @@ class FastTextSettings:
 
 @register_model("fasttext", FastTextSettings)
 class FastTextModel(BaseModel):
+    training = 1  # 1: the rows in a seeded order of their ids (0: the order given)
+
     def __init__(self, params, env):
         super().__init__(params, env)
         self.model_file: Path | None = None
@@ -72,9 +74,15 @@ class FastTextModel(BaseModel):
         import fasttext
 
         self.model_file = workdir / "model.bin"
+        # fastText reads its file in order, with a decaying learning rate: rows sorted by category (a catalogue
+        # export) train a model of the last categories (measured: hF1 0.83 -> 0.44). It reads them in a seeded
+        # order of their ids, so any order of the same rows trains the same model.
+        order = np.random.default_rng(self.child_seed(fold)).permutation(len(train))
+        order = np.argsort(train["id"].to_numpy(), kind="stable")[order]
+        cats, texts = train["category_id"].to_numpy()[order].tolist(), texts.to_numpy()[order].tolist()
         with scratch_file(workdir, "train.txt") as train_file:  # a killed run's one is cleaned at the next
             with open(train_file, "w", encoding="utf-8") as fh:
-                for cat, text in zip(train["category_id"].tolist(), texts.tolist()):
+                for cat, text in zip(cats, texts):
                     fh.write(f"{LABEL}{cat} {text}\n")
             try:
                 self._ft, self._category = fasttext.train_supervised(input=str(train_file),
