@@ -23,7 +23,7 @@ from prodcat.serve.app import create_app
 
 REVIEWERS = "ann annkey-0001\nbob bobkey-0002\n"
 WORDS = "apple banana cherry dune eagle falcon garnet harbor island jungle kettle lemon".split()  # titles apart
-CHAPPI = "chappi meal with beef and vegetables for adult pets"  # + a size: title cosines >= 0.926
+CHAPPI = "dry wet chappi meal with beef and vegetables"  # + a size: near-duplicates; dry or wet (two leaves): unsure
 SCREENSHOT = REPO / "reports" / "review_page.png"  # looked at after each test run (README shows one)
 
 
@@ -124,8 +124,8 @@ def test_a_decided_text_is_answered_from_the_decision_and_not_queued_again(desk)
 
 
 def queue_group(client_or_url, start: int, sizes=("15 kg", "2.5 kg", "10 kg", "3 kg", "7 kg", "20 kg")) -> list[int]:
-    """Near-duplicates, predicted with review: the flagged ones (at least 3; the tiny models are sure of a
-    few) form one group. Returns their ids."""
+    """Near-duplicates, predicted with review: the flagged ones (at least 3; their titles name the words of
+    two leaves, so the tiny models are unsure of them) form one group. Returns their ids."""
     import httpx
 
     body = {"products": [{"id": start + k, "title": f"{CHAPPI} {size}"} for k, size in enumerate(sizes)],
