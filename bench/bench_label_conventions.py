@@ -26,7 +26,10 @@ import pandas as pd
 
 
 def normalised(titles: pd.Series) -> pd.Series:
-    return titles.fillna("").str.lower().str.replace(r"[^\w]+", " ", regex=True).str.strip()
+    """The project's normalised titles (prodcat.data.text.normalize: what the lookup priors key on)."""
+    from prodcat.data.text import normalize
+
+    return titles.map(normalize)
 
 
 def twins_agreement(frame: pd.DataFrame) -> dict:
